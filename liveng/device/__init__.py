@@ -1,0 +1,1 @@
+"""Device side of liveng: runs inside the image, standard library only."""

@@ -1,0 +1,1 @@
+"""Host side of liveng: build, run, flash and inspect images."""

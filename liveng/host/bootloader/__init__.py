@@ -1,0 +1,1 @@
+"""Boot loaders: one module per boot chain."""

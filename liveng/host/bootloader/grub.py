@@ -1,0 +1,109 @@
+"""GRUB for the PC: x86_64-efi (EFI/BOOT/BOOTX64.EFI on p1) and i386-pc (MBR + core.img) from one image.
+
+Both GRUBs carry the same small embedded config: find p1 by its FAT serial (the image id, so a
+second liveng disk cannot capture the boot), then read p1's grub.cfg. The menu reaches the other
+partitions of the same disk by partition number.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from liveng import layout
+from liveng.host.errors import PreflightError
+from liveng.host.runner import run
+
+GRUB_LIB = Path("/usr/lib/grub")
+
+_COMMON_MODULES = [
+    "part_msdos", "fat", "iso9660", "search", "search_fs_uuid", "normal", "configfile", "linux",
+    "echo", "test", "regexp", "loadenv", "serial", "terminal", "terminfo", "sleep", "halt", "reboot",
+    "cat", "ls",
+]
+MODULES = {
+    "x86_64-efi": [*_COMMON_MODULES, "efi_gop", "all_video"],
+    "i386-pc": [*_COMMON_MODULES, "biosdisk", "all_video"],
+}
+# GRUB's boot.img reads core.img from sector 1 (its default), which is where we put it.
+BOOT_CODE_SIZE = 440
+CORE_OFFSET = layout.SECTOR
+
+
+def early_config(image_id: str) -> str:
+    return (
+        f"search --no-floppy --fs-uuid --set=root {layout.fat_serial(image_id)}\n"
+        f"set prefix=($root)/{layout.GRUB_DIR}\n"
+        f"configfile ($root)/{layout.GRUB_CFG_PATH}\n"
+    )
+
+
+def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str) -> str:
+    """The menu on p1. ``console`` is the kernel's console arguments."""
+    system = layout.partition(layout.Role.SYSTEM).number
+    slot_a = layout.partition(layout.Role.SLOT_A).number
+    entries = [
+        ("liveng", "slot-a", slot_a),
+        ("liveng factory kernel (system partition)", "factory", system),
+    ]
+    lines = [
+        "# liveng boot menu. Written by liveng build; kernel updates rewrite only the slots and grubenv.",
+        f"set liveng_id={image_id}",
+        f"set timeout={timeout}",
+        "set default=slot-a",
+        "serial --unit=0 --speed=115200",
+        "terminal_input console serial",
+        "terminal_output console serial",
+        # $root is p1 of the disk GRUB was started from, e.g. hd0,msdos1: keep the disk part.
+        "regexp --set=1:liveng_disk '^([^,]+),' \"$root\"",
+        f"set liveng_cmdline=\"{cmdline} {console}\"",
+        "export liveng_id liveng_disk liveng_cmdline",
+        "",
+    ]
+    for title, entry_id, number in entries:
+        lines += [
+            f"menuentry '{title}' --id {entry_id} {{",
+            f"    set root=($liveng_disk,msdos{number})",
+            f"    linux /{layout.KERNEL_PATH} $liveng_cmdline {layout.KERNEL_ARG_BOOT}={entry_id}",
+            f"    initrd /{layout.INITRD_PATH}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def check_host() -> list[str]:
+    """What is missing on the host to make PC GRUB images."""
+    missing = []
+    for platform, package in (("x86_64-efi", "grub-efi-amd64-bin"), ("i386-pc", "grub-pc-bin")):
+        if not (GRUB_LIB / platform / "linux.mod").exists():
+            missing.append(f"{GRUB_LIB / platform} (install {package})")
+    return missing
+
+
+def mkimage(platform: str, out: Path, early_cfg: Path) -> None:
+    moddir = GRUB_LIB / platform
+    if not moddir.is_dir():
+        raise PreflightError(f"{moddir} is missing: install the GRUB package for {platform}")
+    run(["grub-mkimage", "-d", moddir, "-O", platform, "-o", out, "-c", early_cfg, "-p", f"/{layout.GRUB_DIR}",
+         *MODULES[platform]])
+
+
+def make_pc(workdir: Path, image_id: str, efi_dir: Path) -> Path:
+    """BOOTX64.EFI into ``efi_dir``; returns core.img for the MBR gap."""
+    early = workdir / "grub-early.cfg"
+    early.write_text(early_config(image_id))
+    efi_dir.mkdir(parents=True, exist_ok=True)
+    mkimage("x86_64-efi", efi_dir / "BOOTX64.EFI", early)
+    core = workdir / "core.img"
+    mkimage("i386-pc", core, early)
+    return core
+
+
+def install_bios(image_fd: int, core: Path, first_partition_start: int) -> None:
+    """Put GRUB's boot code in the MBR (keeping the partition table) and core.img behind it."""
+    core_bytes = core.read_bytes()
+    if CORE_OFFSET + len(core_bytes) > first_partition_start:
+        raise PreflightError(f"GRUB core.img is {len(core_bytes)} bytes and does not fit before the first partition")
+    boot = (GRUB_LIB / "i386-pc" / "boot.img").read_bytes()
+    os.pwrite(image_fd, boot[:BOOT_CODE_SIZE], 0)
+    os.pwrite(image_fd, core_bytes, CORE_OFFSET)

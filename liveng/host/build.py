@@ -1,0 +1,252 @@
+"""liveng build: a flat sequence of named steps, each logged with its duration.
+
+rootfs → customise → squashfs → system ISO → kernel slot → boot partition → persistence → disk image
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from liveng import __version__, layout
+from liveng.host import customize, disk, filesystems, preflight, rootfs
+from liveng.host.bootloader import grub
+from liveng.host.errors import BuildError, UsageError
+from liveng.host.mirrors import Mirrors, resolve_mirrors
+from liveng.host.recipe import Recipe
+
+log = logging.getLogger("liveng.build")
+
+PC_CONSOLE = "console=tty0 console=ttyS0,115200n8"
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    output: Path
+    workdir: Path
+    cache_dir: Path
+    image_id: str
+    mirrors: Mirrors
+    refresh: bool = False
+    # Filled in by the steps.
+    tarball: Path | None = None
+    kernel_version: str = ""
+    built: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    core_img: Path | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tree(self) -> Path:
+        return self.workdir / "tree"
+
+    def part(self, name: str) -> Path:
+        return self.workdir / f"{name}.part"
+
+    def image_info(self) -> dict[str, object]:
+        return {
+            "layout": layout.LAYOUT_VERSION,
+            "id": self.image_id,
+            "target": self.recipe.target,
+            "arch": self.recipe.arch,
+            "suite": self.recipe.suite,
+            "kernel": self.kernel_version,
+            "hostname": self.recipe.hostname,
+            "built": self.built,
+            "liveng": __version__,
+            "recipe": self.recipe.path,
+        }
+
+
+def step_rootfs(ctx: Context) -> None:
+    spec = rootfs.spec_for(ctx.recipe, ctx.mirrors.archive)
+    ctx.tarball, cached = rootfs.obtain(spec, ctx.cache_dir, ctx.workdir, ctx.refresh)
+    log.info("rootfs %s: %s", "reused from cache" if cached else "made", ctx.tarball.name)
+    rootfs.extract(ctx.tarball, ctx.tree)
+
+
+def step_customise(ctx: Context) -> None:
+    tree, recipe = ctx.tree, ctx.recipe
+    customize.hostname(tree, recipe.hostname)
+    customize.apt_sources(tree, recipe, rootfs.COMPONENTS[recipe.target], ctx.mirrors)
+    customize.networking(tree)
+    customize.device_tool(tree)
+    customize.device_units(tree)
+    customize.lock_root(tree)
+    customize.users(tree, recipe.users)
+    if recipe.autologin:
+        customize.autologin(tree)
+    customize.copy_files(tree, recipe)
+    customize.first_boot_identity(tree)
+    customize.clean(tree)
+    ctx.kernel_version = _kernel_version(tree)
+
+
+def _kernel_version(tree: Path) -> str:
+    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
+    link = tree / "vmlinuz"
+    if link.is_symlink():
+        return os.readlink(link).rsplit("vmlinuz-", 1)[-1]
+    if len(kernels) != 1:
+        raise BuildError(f"expected one kernel in the rootfs's /boot, found: {kernels or 'none'}")
+    return kernels[0]
+
+
+def _kernel_files(ctx: Context, dest: Path) -> None:
+    live = dest / layout.LIVE_DIR
+    live.mkdir(parents=True, exist_ok=True)
+    boot = ctx.tree / "boot"
+    for src, name in ((f"vmlinuz-{ctx.kernel_version}", layout.KERNEL_PATH),
+                      (f"initrd.img-{ctx.kernel_version}", layout.INITRD_PATH)):
+        if not (boot / src).exists():
+            raise BuildError(f"/boot/{src} is missing from the rootfs")
+        shutil.copyfile(boot / src, dest / name)
+
+
+def _manifest(root: Path) -> str:
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == layout.MANIFEST_PATH:
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        lines.append(f"{h.hexdigest()}  {rel}")
+    return "\n".join(lines) + "\n"
+
+
+def step_squashfs(ctx: Context) -> None:
+    staging = ctx.workdir / "system"
+    (staging / layout.LIVE_DIR).mkdir(parents=True, exist_ok=True)
+    filesystems.squashfs(ctx.tree, staging / layout.SQUASHFS_PATH, ctx.recipe.compression)
+    ctx.sizes["squashfs"] = (staging / layout.SQUASHFS_PATH).stat().st_size
+
+
+def step_system_iso(ctx: Context) -> None:
+    staging = ctx.workdir / "system"
+    _kernel_files(ctx, staging)
+    info = staging / layout.IMAGE_INFO_PATH
+    info.parent.mkdir(parents=True, exist_ok=True)
+    info.write_text(json.dumps(ctx.image_info(), indent=1) + "\n")
+    (staging / layout.MANIFEST_PATH).write_text(_manifest(staging))
+    filesystems.iso9660(staging, ctx.part("system"), layout.SYSTEM_VOLID)
+    ctx.sizes["system"] = layout.align_up(ctx.part("system").stat().st_size)
+
+
+def step_kernel_slot(ctx: Context) -> None:
+    staging = ctx.workdir / "slot-a"
+    _kernel_files(ctx, staging)
+    info = staging / layout.SLOT_INFO_PATH
+    info.parent.mkdir(parents=True, exist_ok=True)
+    info.write_text(json.dumps({"slot": "a", "kernel": ctx.kernel_version, "written": ctx.built}, indent=1) + "\n")
+    (staging / layout.MANIFEST_PATH).write_text(_manifest(staging))
+    filesystems.iso9660(staging, ctx.part("slot-a"), layout.SLOT_VOLID["a"])
+    need = ctx.part("slot-a").stat().st_size
+    if need > ctx.recipe.sizes.slot * layout.MiB:
+        raise BuildError(f"the kernel and initrd need {layout.align_up(need) // layout.MiB} MiB but "
+                         f"{ctx.recipe.path}: sizes.slot is {ctx.recipe.sizes.slot} MiB: raise sizes.slot")
+
+
+def step_boot_partition(ctx: Context) -> None:
+    staging = ctx.workdir / "boot"
+    if ctx.recipe.target != "pc":
+        raise BuildError(f"target {ctx.recipe.target!r} is not supported yet: use target = \"pc\"")
+    ctx.core_img = grub.make_pc(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR)
+    cfg = staging / layout.GRUB_CFG_PATH
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cmdline = layout.kernel_cmdline(ctx.image_id, ctx.recipe.cmdline)
+    cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, PC_CONSOLE))
+    info = staging / layout.IMAGE_INFO_PATH
+    info.parent.mkdir(parents=True, exist_ok=True)
+    info.write_text(json.dumps(ctx.image_info(), indent=1) + "\n")
+    filesystems.fat32(staging, ctx.part("boot"), ctx.recipe.sizes.boot, layout.BOOT_LABEL, ctx.image_id)
+
+
+def step_persistence(ctx: Context) -> None:
+    staging = ctx.workdir / "persistence"
+    staging.mkdir(exist_ok=True)
+    (staging / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
+    filesystems.ext4(staging, ctx.part("persistence"), ctx.recipe.sizes.persistence,
+                     layout.persistence_label(ctx.image_id))
+
+
+def step_disk_image(ctx: Context) -> None:
+    sizes = ctx.recipe.sizes
+    extents, total = layout.plan(boot=sizes.boot * layout.MiB, system=ctx.sizes["system"],
+                                 slot=sizes.slot * layout.MiB, persistence=sizes.persistence * layout.MiB)
+    tmp = ctx.output.with_name(f".{ctx.output.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.truncate(total)
+        disk.write_table(tmp, ctx.image_id, extents)
+        files = {layout.Role.BOOT: ctx.part("boot"), layout.Role.SYSTEM: ctx.part("system"),
+                 layout.Role.SLOT_A: ctx.part("slot-a"), layout.Role.PERSISTENCE: ctx.part("persistence")}
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            for ext in extents:
+                if ext.role in files:
+                    filesystems.copy_sparse(files[ext.role], fd, ext.start)
+            assert ctx.core_img is not None
+            grub.install_bios(fd, ctx.core_img, extents[0].start)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, ctx.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ctx.sizes["image"] = total
+
+
+Step = tuple[str, Callable[[Context], None]]
+STEPS: list[Step] = [
+    ("rootfs", step_rootfs),
+    ("customise", step_customise),
+    ("squashfs", step_squashfs),
+    ("system ISO", step_system_iso),
+    ("kernel slot", step_kernel_slot),
+    ("boot partition", step_boot_partition),
+    ("persistence", step_persistence),
+    ("disk image", step_disk_image),
+]
+
+
+def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: bool = False,
+          keep_workdir: bool = False) -> Context:
+    output = output.absolute()
+    if output.is_dir():
+        raise UsageError(f"{output} is a directory: give the image file name with -o")
+    if not output.parent.is_dir():
+        raise UsageError(f"{output.parent} does not exist: create it or choose another -o")
+    preflight.check_build(recipe.target, output.parent)
+    mirrors = resolve_mirrors(recipe.mirror, recipe.security_mirror)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix=".liveng-build-", dir=output.parent))
+        if keep_workdir:
+            log.info("work directory kept: %s", workdir)
+        else:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        ctx = Context(recipe=recipe, output=output, workdir=workdir,
+                      cache_dir=cache_dir or rootfs.default_cache_dir(), image_id=layout.new_image_id(),
+                      mirrors=mirrors, refresh=refresh)
+        total_start = time.monotonic()
+        for i, (name, func) in enumerate(STEPS, 1):
+            log.info("[%d/%d] %s ...", i, len(STEPS), name)
+            start = time.monotonic()
+            func(ctx)
+            log.info("[%d/%d] %s done in %.1f s", i, len(STEPS), name, time.monotonic() - start)
+        log.info("built %s (id %s, %d MiB) in %.1f s", output, ctx.image_id, ctx.sizes["image"] // layout.MiB,
+                 time.monotonic() - total_start)
+        return ctx
+    raise AssertionError("unreachable")

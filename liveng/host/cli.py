@@ -1,0 +1,137 @@
+"""The liveng command on the host: build, run, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from liveng import __version__, layout
+from liveng.host import recipe as recipes
+from liveng.host.errors import LivengError
+
+log = logging.getLogger("liveng")
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = time.monotonic()
+
+    def format(self, record: logging.LogRecord) -> str:
+        elapsed = time.monotonic() - self.start
+        return f"[{elapsed:7.1f}s] {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("liveng")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from liveng.host.build import build
+
+    recipe = recipes.load(args.recipe)
+    overrides: dict[str, object] = {}
+    if args.target:
+        overrides["target"] = args.target
+    if args.autologin:
+        overrides["autologin"] = True
+    if overrides:
+        recipe = recipes.with_overrides(recipe, **overrides)
+    output = args.output or Path(f"liveng-{recipe.target}-{recipe.suite}.img")
+    build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, keep_workdir=args.keep_workdir)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from liveng.host.qemu import VmConfig, run_vm
+
+    cfg = VmConfig(image=args.image, bios=args.bios, snapshot=args.snapshot, memory=args.memory,
+                   cpus=args.cpus, disks=tuple(args.disk), qmp=args.qmp, forwards=tuple(args.forward))
+    return run_vm(cfg)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from liveng.host.imagefile import open_image
+
+    image = open_image(args.image)
+    if args.json:
+        print(json.dumps({"info": image.info, "partitions": [
+            {"number": e.number, "start": e.start, "size": e.size, "type": f"0x{e.mbr_type:02x}",
+             "bootable": e.bootable} for e in image.table.entries]}, indent=1))
+        return 0
+    info = image.info
+    print(f"image:   {image.path}")
+    print(f"id:      {info.get('id')}   layout {info.get('layout')}   built {info.get('built')} by liveng "
+          f"{info.get('liveng')}")
+    print(f"system:  Debian {info.get('suite')} {info.get('arch')} ({info.get('target')}), kernel "
+          f"{info.get('kernel')}, hostname {info.get('hostname')}")
+    roles = {p.number: p.role.value for p in layout.PARTITIONS}
+    for e in image.table.entries:
+        flag = " boot" if e.bootable else ""
+        print(f"  p{e.number}  {roles.get(e.number, '?'):<12} {e.start // layout.MiB:>7} MiB "
+              f"+{e.size // layout.MiB:>7} MiB  type 0x{e.mbr_type:02x}{flag}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liveng", description="Indestructible Debian installations "
+                                     "for the Raspberry Pi and the PC.")
+    parser.add_argument("--version", action="version", version=f"liveng {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every command run")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="build an image from a TOML recipe (the embedded default without one)")
+    p.add_argument("recipe", nargs="?", type=Path, help="recipe file (default: the embedded default recipe)")
+    p.add_argument("--target", choices=sorted(recipes.TARGETS), help="override the recipe's target")
+    p.add_argument("--autologin", action="store_true",
+                   help="root autologin on the serial console (development images only)")
+    p.add_argument("-o", "--output", type=Path, help="image file to write (default: liveng-TARGET-SUITE.img)")
+    p.add_argument("--cache-dir", type=Path, help="where rootfs tarballs are cached")
+    p.add_argument("--refresh", action="store_true", help="make the rootfs again even if it is cached")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="boot an image in QEMU with the console on this terminal")
+    p.add_argument("image", type=Path)
+    p.add_argument("--bios", action="store_true", help="boot through the BIOS instead of UEFI")
+    p.add_argument("--snapshot", action="store_true", help="leave the image file untouched")
+    p.add_argument("--memory", type=int, default=1024, metavar="MiB", help="guest memory (default 1024)")
+    p.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
+    p.add_argument("--disk", type=Path, action="append", default=[], help="attach another disk image")
+    p.add_argument("--qmp", type=Path, help="QMP socket path, for scripts")
+    p.add_argument("--forward", action="append", default=[], metavar="HOSTPORT:GUESTPORT",
+                   help="forward a TCP port of 127.0.0.1 to the guest")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="show an image's layout and build information")
+    p.add_argument("image", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        result: int = args.func(args)
+        return result
+    except LivengError as exc:
+        log.error("error: %s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

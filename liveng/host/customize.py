@@ -1,0 +1,190 @@
+"""Customisation of the extracted rootfs: everything that is per-image rather than per-package-set.
+
+Works on the tree from the host (no chroot), so it costs the same for arm64 as for amd64.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from liveng.host.errors import BuildError
+from liveng.host.mirrors import Mirrors
+from liveng.host.recipe import Recipe, User
+from liveng.host.runner import run
+
+DEVICE_PYTHON_DIR = "usr/lib/python3/dist-packages/liveng"
+DEVICE_ENTRY = "usr/sbin/liveng"
+UNIT_DIR = "usr/lib/systemd/system"
+
+_ENTRY_SCRIPT = """#!/usr/bin/python3
+# liveng device tool (installed by liveng build).
+import sys
+
+from liveng.device.cli import main
+
+sys.exit(main())
+"""
+
+_AUTOLOGIN = """# Development image: root logs in on the serial console without a password (recipe: autologin).
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,38400,9600 - $TERM
+"""
+
+_NETWORK = """# liveng: DHCP on every wired interface.
+[Match]
+Type=ether
+
+[Network]
+DHCP=yes
+"""
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def hostname(tree: Path, name: str) -> None:
+    _write(tree / "etc/hostname", name + "\n")
+    _write(tree / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n\n"
+           "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+
+
+def apt_sources(tree: Path, recipe: Recipe, components: tuple[str, ...], mirrors: Mirrors) -> None:
+    comps = " ".join(components)
+    suites = recipe.suite if recipe.suite == "sid" else f"{recipe.suite} {recipe.suite}-updates"
+    text = (f"Types: deb\nURIs: {mirrors.archive}\nSuites: {suites}\nComponents: {comps}\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    if mirrors.security and recipe.suite != "sid":
+        text += (f"\nTypes: deb\nURIs: {mirrors.security}\nSuites: {recipe.suite}-security\nComponents: {comps}\n"
+                 "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    (tree / "etc/apt/sources.list").unlink(missing_ok=True)
+    _write(tree / "etc/apt/sources.list.d/debian.sources", text)
+
+
+def networking(tree: Path) -> None:
+    _write(tree / "etc/systemd/network/80-liveng-dhcp.network", _NETWORK)
+    enable_units(tree, ["systemd-networkd.service", "systemd-resolved.service"])
+
+
+def enable_units(tree: Path, units: list[str]) -> None:
+    run(["systemctl", f"--root={tree}", "enable", *units])
+
+
+def _copy_traversable(src: Traversable, dest: Path) -> None:
+    if src.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        for child in src.iterdir():
+            if child.name == "__pycache__":
+                continue
+            _copy_traversable(child, dest / child.name)
+    else:
+        dest.write_bytes(src.read_bytes())
+        dest.chmod(0o755 if os.access(str(src), os.X_OK) else 0o644)
+
+
+def device_tool(tree: Path) -> None:
+    """The device side of liveng: the layout contract and liveng.device, standard library only."""
+    target = tree / DEVICE_PYTHON_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    pkg = resources.files("liveng")
+    for name in ("__init__.py", "layout.py"):
+        (target / name).write_bytes(pkg.joinpath(name).read_bytes())
+    _copy_traversable(pkg.joinpath("device"), target / "device")
+    _write(tree / DEVICE_ENTRY, _ENTRY_SCRIPT, 0o755)
+
+
+def autologin(tree: Path) -> None:
+    _write(tree / "etc/systemd/system/serial-getty@.service.d/liveng-autologin.conf", _AUTOLOGIN)
+
+
+def lock_root(tree: Path) -> None:
+    """Root gets no password: ``*`` in /etc/shadow (a recipe user named root may set one later)."""
+    shadow = tree / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    out = []
+    for line in lines:
+        fields = line.split(":")
+        if fields[0] == "root":
+            fields[1] = "*"
+        out.append(":".join(fields))
+    shadow.write_text("\n".join(out) + "\n")
+
+
+def users(tree: Path, recipe_users: tuple[User, ...]) -> None:
+    for user in recipe_users:
+        if user.name == "root":
+            if user.password_hash:
+                run(["usermod", "--prefix", tree, "-p", user.password_hash, "root"])
+            home = tree / "root"
+        else:
+            args = ["useradd", "--prefix", tree, "-m", "-s", "/bin/bash", "-U"]
+            if user.password_hash:
+                args += ["-p", user.password_hash]
+            if user.sudo:
+                args += ["-G", "sudo"]
+            run([*args, user.name])
+            home = tree / "home" / user.name
+        if user.ssh_keys:
+            uid, gid = _ids(tree, user.name)
+            ssh = home / ".ssh"
+            ssh.mkdir(mode=0o700, exist_ok=True)
+            keys = ssh / "authorized_keys"
+            keys.write_text("\n".join(user.ssh_keys) + "\n")
+            keys.chmod(0o600)
+            for p in (ssh, keys):
+                os.chown(p, uid, gid)
+
+
+def _ids(tree: Path, name: str) -> tuple[int, int]:
+    for line in (tree / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    raise BuildError(f"user {name} is not in the image's /etc/passwd")
+
+
+def copy_files(tree: Path, recipe: Recipe) -> None:
+    for f in recipe.files:
+        dest = tree / f.destination.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if f.source.is_dir():
+            shutil.copytree(f.source, dest, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(f.source, dest)
+        if f.mode is not None:
+            dest.chmod(f.mode)
+
+
+def first_boot_identity(tree: Path) -> None:
+    """Nothing that must differ between two devices is baked into the image."""
+    _write(tree / "etc/machine-id", "", 0o444)
+    (tree / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    if (tree / "usr/sbin/sshd").exists():
+        enable_units(tree, ["liveng-ssh-keygen.service"])
+
+
+def device_units(tree: Path) -> None:
+    src = resources.files("liveng.device").joinpath("data/systemd")
+    for unit in src.iterdir():
+        if unit.name.endswith((".service", ".timer", ".target")):
+            _write(tree / UNIT_DIR / unit.name, unit.read_text())
+
+
+def clean(tree: Path) -> None:
+    lists = tree / "var/lib/apt/lists"
+    for entry in lists.glob("*"):
+        if entry.is_file() and entry.name != "lock":
+            entry.unlink()
+    for cache in (tree / "var/cache/apt").glob("*.bin"):
+        cache.unlink()

@@ -1,0 +1,81 @@
+"""The MBR disk: partition table with sfdisk on a plain file, partitions placed by offset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from liveng import layout
+from liveng.host.errors import ImageError
+from liveng.host.runner import output, run
+
+
+def sfdisk_script(image_id: str, extents: list[layout.Extent]) -> str:
+    lines = ["label: dos", f"label-id: 0x{image_id}", "unit: sectors", ""]
+    for ext in extents:
+        part = layout.partition(ext.role)
+        fields = [f"start={ext.start // layout.SECTOR}", f"size={ext.size // layout.SECTOR}",
+                  f"type={part.mbr_type:x}"]
+        if part.bootable:
+            fields.append("bootable")
+        lines.append(", ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def write_table(image: Path, image_id: str, extents: list[layout.Extent]) -> None:
+    script = sfdisk_script(image_id, extents)
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", image], input_bytes=script.encode())
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    number: int
+    start: int  # bytes
+    size: int  # bytes
+    mbr_type: int
+    bootable: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    image_id: str
+    entries: tuple[TableEntry, ...]
+
+    def entry(self, number: int) -> TableEntry:
+        for e in self.entries:
+            if e.number == number:
+                return e
+        raise ImageError(f"partition {number} is missing")
+
+
+def read_table(image: Path) -> Table:
+    """Read an MBR with ``sfdisk -J`` (works on files and block devices)."""
+    try:
+        data = json.loads(output(["sfdisk", "-J", image]))["partitiontable"]
+    except (ValueError, KeyError) as exc:
+        raise ImageError(f"{image}: cannot read a partition table: {exc}") from None
+    if data.get("label") != "dos":
+        raise ImageError(f"{image}: not an MBR disk (found {data.get('label')!r}), so not a liveng image")
+    entries = []
+    for p in data.get("partitions", []):
+        # sfdisk names partitions of a file "IMAGE1"; of /dev/mmcblk0 "mmcblk0p1": take trailing digits.
+        digits = ""
+        for ch in reversed(p["node"]):
+            if not ch.isdigit():
+                break
+            digits = ch + digits
+        number = int(digits)
+        entries.append(TableEntry(number=number, start=p["start"] * layout.SECTOR, size=p["size"] * layout.SECTOR,
+                                  mbr_type=int(p["type"], 16), bootable=bool(p.get("bootable", False))))
+    image_id = data.get("id", "0x0")[2:].rjust(8, "0")
+    return Table(image_id=image_id, entries=tuple(entries))
+
+
+def check_layout(table: Table) -> None:
+    """Raise ImageError unless the table has the liveng partitions with the liveng types."""
+    for part in layout.PARTITIONS:
+        entry = table.entry(part.number)
+        if entry.mbr_type != part.mbr_type:
+            raise ImageError(f"partition {part.number} ({part.role.value}) has type 0x{entry.mbr_type:02x}, "
+                             f"expected 0x{part.mbr_type:02x}: not a liveng image")

@@ -1,0 +1,50 @@
+"""Reading a liveng image (file or block device) from the host, without mounting it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from liveng import layout
+from liveng.host import disk
+from liveng.host.errors import CommandError, ImageError
+from liveng.host.runner import output
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    path: Path
+    table: disk.Table
+    info: dict[str, Any]
+
+    @property
+    def arch(self) -> str:
+        return str(self.info.get("arch", "amd64"))
+
+
+def fat_file(image: Path, offset: int, path: str) -> bytes:
+    """One file from the FAT partition at ``offset`` (mtools reads the image in place)."""
+    try:
+        text = output(["mtype", "-i", f"{image}@@{offset}", f"::/{path}"], env={"MTOOLS_SKIP_CHECK": "1"})
+    except CommandError as exc:
+        raise ImageError(f"{image}: cannot read {path} from the boot partition: {exc.stderr.strip()}") from None
+    return text.encode()
+
+
+def open_image(path: Path) -> ImageFile:
+    if not path.exists():
+        raise ImageError(f"{path}: no such image file or device")
+    table = disk.read_table(path)
+    disk.check_layout(table)
+    boot = table.entry(layout.partition(layout.Role.BOOT).number)
+    raw = fat_file(path, boot.start, layout.IMAGE_INFO_PATH)
+    try:
+        info = json.loads(raw)
+    except ValueError as exc:
+        raise ImageError(f"{path}: {layout.IMAGE_INFO_PATH} on the boot partition is damaged: {exc}") from None
+    if info.get("id") != table.image_id:
+        raise ImageError(f"{path}: image id {info.get('id')} in {layout.IMAGE_INFO_PATH} does not match the "
+                         f"disk identifier {table.image_id}")
+    return ImageFile(path=path, table=table, info=info)

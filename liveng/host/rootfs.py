@@ -1,0 +1,120 @@
+"""The root filesystem: mmdebstrap once, cached under a key of every input that shapes it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from liveng.host.recipe import Recipe
+from liveng.host.runner import output, run
+
+log = logging.getLogger("liveng.rootfs")
+
+# Bump when the way the rootfs is made changes in a way the other inputs do not show.
+CACHE_FORMAT = 1
+
+BASE_PACKAGES = (
+    "live-boot", "systemd-sysv", "systemd-resolved", "udev", "python3", "xorriso", "e2fsprogs",
+    "kmod", "iproute2", "procps", "zstd", "ca-certificates",
+)
+KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
+COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
+
+
+def packages(recipe: Recipe) -> tuple[str, ...]:
+    wanted = set(BASE_PACKAGES) | set(KERNEL_PACKAGES[recipe.arch]) | set(recipe.packages)
+    if any(u.sudo for u in recipe.users):
+        wanted.add("sudo")
+    if any(u.ssh_keys for u in recipe.users):
+        wanted.add("openssh-server")
+    return tuple(sorted(wanted))
+
+
+def initramfs_overlay() -> dict[str, bytes]:
+    """Files that must be in the tree before the kernel's initramfs is first generated."""
+    data = resources.files("liveng.device").joinpath("data/initramfs")
+    files = {}
+    for name in ("live-premount/liveng",):
+        files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
+    return files
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    suite: str
+    mirror: str
+    arch: str
+    components: tuple[str, ...]
+    packages: tuple[str, ...]
+    overlay: dict[str, bytes]
+
+    def key(self, mmdebstrap_version: str) -> str:
+        doc = {
+            "format": CACHE_FORMAT,
+            "mmdebstrap": mmdebstrap_version,
+            "suite": self.suite,
+            "mirror": self.mirror,
+            "arch": self.arch,
+            "components": list(self.components),
+            "packages": list(self.packages),
+            "overlay": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(self.overlay.items())},
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def spec_for(recipe: Recipe, mirror: str) -> RootfsSpec:
+    return RootfsSpec(suite=recipe.suite, mirror=mirror, arch=recipe.arch,
+                      components=COMPONENTS[recipe.target], packages=packages(recipe),
+                      overlay=initramfs_overlay())
+
+
+def mmdebstrap_version() -> str:
+    return output(["mmdebstrap", "--version"]).strip()
+
+
+def default_cache_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/cache/liveng")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liveng"
+
+
+def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool) -> tuple[Path, bool]:
+    """Return the cached rootfs tarball for ``spec``, making it first if needed; and whether it was cached."""
+    key = spec.key(mmdebstrap_version())
+    tarball = cache_dir / f"rootfs-{spec.suite}-{spec.arch}-{key}.tar"
+    if tarball.is_file() and not refresh:
+        log.info("rootfs cache hit: %s", tarball)
+        return tarball, True
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    overlay = workdir / "rootfs-overlay"
+    for rel, content in spec.overlay.items():
+        dest = overlay / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(content)
+        dest.chmod(0o755)
+    tmp = tarball.with_name(f".{tarball.name}.{os.getpid()}.tmp")
+    try:
+        run(["mmdebstrap", "--mode=root", "--format=tar", "--variant=minbase", f"--architectures={spec.arch}",
+             f"--components={','.join(spec.components)}", f"--include={','.join(spec.packages)}",
+             # Before the kernel is installed, so that its one initramfs run already has liveng's scripts.
+             f"--essential-hook=sync-in {overlay} /",
+             spec.suite, tmp, spec.mirror])
+        os.replace(tmp, tarball)
+    finally:
+        tmp.unlink(missing_ok=True)
+    (cache_dir / f"{tarball.name}.json").write_text(json.dumps(
+        {"suite": spec.suite, "arch": spec.arch, "packages": list(spec.packages)}, indent=1) + "\n")
+    return tarball, False
+
+
+def extract(tarball: Path, tree: Path) -> None:
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", tarball, "-C", tree])

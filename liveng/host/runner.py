@@ -1,0 +1,78 @@
+"""The one way liveng runs external commands.
+
+Scrubbed environment, stdin from /dev/null, every command logged, failures raised as
+CommandError carrying the command line and its stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from liveng.host.errors import CommandError
+
+log = logging.getLogger("liveng.run")
+
+_KEEP = ("PATH", "TERM", "TMPDIR", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _KEEP if k in os.environ}
+    env.setdefault("PATH", _DEFAULT_PATH)
+    # sbin is not on a normal user's PATH, but mkfs.*, sfdisk and friends live there.
+    for d in ("/usr/sbin", "/sbin"):
+        if d not in env["PATH"].split(":"):
+            env["PATH"] += ":" + d
+    env["LC_ALL"] = "C.UTF-8"
+    env["SOURCE_DATE_EPOCH"] = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not env["SOURCE_DATE_EPOCH"]:
+        del env["SOURCE_DATE_EPOCH"]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    capture: bool = False,
+    input_bytes: bytes | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command. stdout is captured when ``capture``; stderr is always captured for errors."""
+    args = [str(a) for a in argv]
+    log.debug("$ %s", shlex.join(args))
+    proc = subprocess.run(
+        args,
+        env=scrubbed_env(env),
+        cwd=cwd,
+        input=input_bytes,
+        stdin=None if input_bytes is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    if proc.stderr:
+        log.debug("%s", proc.stderr.decode(errors="replace").rstrip())
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc
+
+
+def output(argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run a command and return its stdout as text."""
+    return run(argv, env=env, cwd=cwd, capture=True).stdout.decode()
+
+
+def interactive(argv: Sequence[str | Path]) -> int:
+    """Run a command on the caller's terminal (stdin, stdout and stderr inherited); return its exit code."""
+    args = [str(a) for a in argv]
+    log.info("$ %s", shlex.join(args))
+    return subprocess.run(args, env=scrubbed_env(), check=False).returncode

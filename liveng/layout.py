@@ -1,0 +1,197 @@
+"""The liveng disk layout: the contract between the host builder and the device tool.
+
+Standard library only: this module is installed inside every image.
+
+The disk uses an MBR partition table because the Raspberry Pi boot ROM reads nothing else:
+
+    p1  FAT32 (0x0c, bootable)  boot loaders and boot state
+    p2  ISO9660 "system"        live/vmlinuz, live/initrd.img, live/filesystem.squashfs, liveng/SHA256SUMS
+    p3  extended (0x0f)
+    p5  ISO9660 kernel slot A   the kernel and initrd that boot by default
+    p6  ISO9660 kernel slot B   the other slot of an A/B kernel update
+    p7  ext4 persistence        persistence.conf "/ union": only the delta
+
+Every image has an id of 8 hex digits. It is the MBR disk identifier (so the partitions are
+``<id>-01`` … ``<id>-07`` in /dev/disk/by-partuuid), the FAT volume serial of p1 (which GRUB
+searches for) and part of the persistence label, so that an image boots its own system and
+persistence partitions even when another liveng disk is attached.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+
+SECTOR = 512
+MiB = 1024 * 1024
+# Partitions start on MiB boundaries; a logical partition's EBR sits in the MiB before it.
+ALIGN = MiB
+
+LAYOUT_VERSION = 1
+
+
+class Role(Enum):
+    BOOT = "boot"
+    SYSTEM = "system"
+    EXTENDED = "extended"
+    SLOT_A = "slot-a"
+    SLOT_B = "slot-b"
+    PERSISTENCE = "persistence"
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    role: Role
+    mbr_type: int
+    fstype: str | None
+    bootable: bool = False
+
+    @property
+    def logical(self) -> bool:
+        return self.number >= 5
+
+
+PARTITIONS: tuple[Partition, ...] = (
+    Partition(1, Role.BOOT, 0x0C, "vfat", bootable=True),
+    Partition(2, Role.SYSTEM, 0x83, "iso9660"),
+    Partition(3, Role.EXTENDED, 0x0F, None),
+    Partition(5, Role.SLOT_A, 0x83, "iso9660"),
+    Partition(6, Role.SLOT_B, 0x83, "iso9660"),
+    Partition(7, Role.PERSISTENCE, 0x83, "ext4"),
+)
+
+SLOTS: dict[str, Role] = {"a": Role.SLOT_A, "b": Role.SLOT_B}
+
+
+def partition(role: Role) -> Partition:
+    for p in PARTITIONS:
+        if p.role is role:
+            return p
+    raise KeyError(role)
+
+
+# Labels. ISO9660 volume ids allow A-Z 0-9 _ ; FAT labels 11 characters; ext4 labels 16 bytes.
+BOOT_LABEL = "LIVENG"
+SYSTEM_VOLID = "LIVENG_SYSTEM"
+SLOT_VOLID = {"a": "LIVENG_SLOT_A", "b": "LIVENG_SLOT_B"}
+PERSISTENCE_LABEL_PREFIX = "liveng-"
+
+# Paths inside the partitions.
+LIVE_DIR = "live"
+KERNEL_PATH = "live/vmlinuz"
+INITRD_PATH = "live/initrd.img"
+SQUASHFS_PATH = "live/filesystem.squashfs"
+MANIFEST_PATH = "liveng/SHA256SUMS"
+IMAGE_INFO_PATH = "liveng/image.json"  # on p1 and p2
+SLOT_INFO_PATH = "liveng/slot.json"
+GRUB_DIR = "boot/grub"
+GRUB_CFG_PATH = "boot/grub/grub.cfg"
+GRUBENV_PATH = "boot/grub/grubenv"
+EFI_BOOT_DIR = "EFI/BOOT"
+PERSISTENCE_CONF = "persistence.conf"
+PERSISTENCE_CONF_CONTENT = "/ union\n"
+
+# Where live-boot mounts things on the running system.
+LIVE_MEDIUM_MOUNT = "/run/live/medium"
+LIVE_PERSISTENCE_MOUNT = "/run/live/persistence"
+
+ID_RE = re.compile(r"^[0-9a-f]{8}$")
+KERNEL_ARG_ID = "liveng.id"
+KERNEL_ARG_BOOT = "liveng.boot"  # which menu entry booted: slot-a, slot-b or factory
+
+
+class LayoutError(ValueError):
+    """An id, label or size that does not fit the layout contract."""
+
+
+def new_image_id() -> str:
+    # 0 is "no disk identifier" for some tools: avoid it.
+    while True:
+        value = secrets.token_hex(4)
+        if value != "00000000":
+            return value
+
+
+def check_image_id(image_id: str) -> str:
+    if not ID_RE.match(image_id):
+        raise LayoutError(f"image id {image_id!r} is not 8 lowercase hex digits")
+    return image_id
+
+
+def fat_serial(image_id: str) -> str:
+    """The FAT volume serial as blkid and GRUB print it: XXXX-XXXX."""
+    check_image_id(image_id)
+    return f"{image_id[:4]}-{image_id[4:]}".upper()
+
+
+def persistence_label(image_id: str) -> str:
+    return PERSISTENCE_LABEL_PREFIX + check_image_id(image_id)
+
+
+def partuuid(image_id: str, number: int) -> str:
+    return f"{check_image_id(image_id)}-{number:02x}"
+
+
+def partuuid_path(image_id: str, role: Role) -> str:
+    return f"/dev/disk/by-partuuid/{partuuid(image_id, partition(role).number)}"
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Where one partition lies on the disk, in bytes."""
+
+    number: int
+    role: Role
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+def align_up(value: int, alignment: int = ALIGN) -> int:
+    return -(-value // alignment) * alignment
+
+
+def plan(boot: int, system: int, slot: int, persistence: int) -> tuple[list[Extent], int]:
+    """Place the partitions; sizes in bytes. Returns the extents and the disk size.
+
+    The extended partition starts one ALIGN before p5, so that every logical partition has
+    its EBR in the aligned gap in front of it.
+    """
+    for name, value in (("boot", boot), ("system", system), ("slot", slot), ("persistence", persistence)):
+        if value <= 0 or value % ALIGN:
+            raise LayoutError(f"{name} size {value} is not a positive multiple of {ALIGN}")
+    extents: list[Extent] = []
+    pos = ALIGN
+    extents.append(Extent(1, Role.BOOT, pos, boot))
+    pos += boot
+    extents.append(Extent(2, Role.SYSTEM, pos, system))
+    pos += system
+    ext_start = pos
+    logical: list[Extent] = []
+    for number, role, size in ((5, Role.SLOT_A, slot), (6, Role.SLOT_B, slot), (7, Role.PERSISTENCE, persistence)):
+        pos += ALIGN
+        logical.append(Extent(number, role, pos, size))
+        pos += size
+    extents.append(Extent(3, Role.EXTENDED, ext_start, pos - ext_start))
+    extents.extend(logical)
+    return extents, pos
+
+
+def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:
+    """The kernel command line every boot entry shares (the console options are added by GRUB)."""
+    args = [
+        "boot=live",
+        f"live-media={partuuid_path(image_id, Role.SYSTEM)}",
+        "persistence",
+        f"persistence-label={persistence_label(image_id)}",
+        "persistence-storage=filesystem",
+        f"{KERNEL_ARG_ID}={image_id}",
+    ]
+    args.extend(extra)
+    return " ".join(args)
