@@ -39,6 +39,7 @@ class Context:
     image_id: str
     mirrors: Mirrors
     refresh: bool = False
+    rootfs_tarball: Path | None = None  # given: used instead of mmdebstrap
     # Filled in by the steps.
     tarball: Path | None = None
     kernel_version: str = ""
@@ -69,9 +70,13 @@ class Context:
 
 
 def step_rootfs(ctx: Context) -> None:
-    spec = rootfs.spec_for(ctx.recipe, ctx.mirrors.archive)
-    ctx.tarball, cached = rootfs.obtain(spec, ctx.cache_dir, ctx.workdir, ctx.refresh)
-    log.info("rootfs %s: %s", "reused from cache" if cached else "made", ctx.tarball.name)
+    if ctx.rootfs_tarball:
+        ctx.tarball = ctx.rootfs_tarball
+        log.info("rootfs given: %s", ctx.tarball)
+    else:
+        spec = rootfs.spec_for(ctx.recipe, ctx.mirrors.archive)
+        ctx.tarball, cached = rootfs.obtain(spec, ctx.cache_dir, ctx.workdir, ctx.refresh)
+        log.info("rootfs %s: %s", "reused from cache" if cached else "made", ctx.tarball.name)
     rootfs.extract(ctx.tarball, ctx.tree)
 
 
@@ -223,13 +228,15 @@ STEPS: list[Step] = [
 
 
 def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: bool = False,
-          keep_workdir: bool = False) -> Context:
+          keep_workdir: bool = False, rootfs_tarball: Path | None = None) -> Context:
     output = output.absolute()
     if output.is_dir():
         raise UsageError(f"{output} is a directory: give the image file name with -o")
     if not output.parent.is_dir():
         raise UsageError(f"{output.parent} does not exist: create it or choose another -o")
-    preflight.check_build(recipe.target, output.parent)
+    if rootfs_tarball is not None and not rootfs_tarball.is_file():
+        raise UsageError(f"{rootfs_tarball}: no such rootfs tarball")
+    preflight.check_build(recipe.target, output.parent, need_mmdebstrap=rootfs_tarball is None)
     mirrors = resolve_mirrors(recipe.mirror, recipe.security_mirror)
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix=".liveng-build-", dir=output.parent))
@@ -239,7 +246,7 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         ctx = Context(recipe=recipe, output=output, workdir=workdir,
                       cache_dir=cache_dir or rootfs.default_cache_dir(), image_id=layout.new_image_id(),
-                      mirrors=mirrors, refresh=refresh)
+                      mirrors=mirrors, refresh=refresh, rootfs_tarball=rootfs_tarball)
         total_start = time.monotonic()
         for i, (name, func) in enumerate(STEPS, 1):
             log.info("[%d/%d] %s ...", i, len(STEPS), name)

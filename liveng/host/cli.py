@@ -26,8 +26,16 @@ class _Formatter(logging.Formatter):
         return f"[{elapsed:7.1f}s] {record.getMessage()}"
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+        sys.stderr.flush()
+
+
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     root = logging.getLogger("liveng")
     root.handlers[:] = [handler]
@@ -47,7 +55,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if overrides:
         recipe = recipes.with_overrides(recipe, **overrides)
     output = args.output or Path(f"liveng-{recipe.target}-{recipe.suite}.img")
-    build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, keep_workdir=args.keep_workdir)
+    build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, keep_workdir=args.keep_workdir,
+          rootfs_tarball=args.rootfs)
     return 0
 
 
@@ -97,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="image file to write (default: liveng-TARGET-SUITE.img)")
     p.add_argument("--cache-dir", type=Path, help="where rootfs tarballs are cached")
     p.add_argument("--refresh", action="store_true", help="make the rootfs again even if it is cached")
+    p.add_argument("--rootfs", type=Path, metavar="TARBALL",
+                   help="use this rootfs tarball instead of running mmdebstrap (offline builds, tests)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
     p.set_defaults(func=cmd_build)
 

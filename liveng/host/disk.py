@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
-from liveng.host.errors import ImageError
+from liveng.host.errors import CommandError, ImageError
 from liveng.host.runner import output, run
 
 
@@ -53,6 +53,8 @@ def read_table(image: Path) -> Table:
     """Read an MBR with ``sfdisk -J`` (works on files and block devices)."""
     try:
         data = json.loads(output(["sfdisk", "-J", image]))["partitiontable"]
+    except CommandError as exc:
+        raise ImageError(f"{image}: no partition table ({exc.stderr.strip()}): not a liveng image") from None
     except (ValueError, KeyError) as exc:
         raise ImageError(f"{image}: cannot read a partition table: {exc}") from None
     if data.get("label") != "dos":

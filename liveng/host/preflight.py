@@ -43,12 +43,15 @@ def _fail(problems: list[str]) -> None:
         raise PreflightError("the host is not ready:\n  - " + "\n  - ".join(problems) + hint)
 
 
-def check_build(target: str, workdir_parent: Path) -> None:
+def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("liveng build must run as root: the image tree holds files of other owners and "
                         "device nodes (run it with sudo)")
-    problems += missing_tools(BUILD_TOOLS)
+    tools = dict(BUILD_TOOLS)
+    if not need_mmdebstrap:
+        del tools["mmdebstrap"]
+    problems += missing_tools(tools)
     if target == "pc":
         problems += grub.check_host()
     try:

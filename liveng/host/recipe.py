@@ -21,7 +21,7 @@ SUITES = ("bookworm", "trixie", "forky", "sid")
 COMPRESSIONS = ("zstd", "xz", "gzip", "lz4", "lzo", "none")
 
 # MiB; FAT32 needs at least 65525 clusters, which mkfs.fat cannot fit below ~33 MiB.
-SIZE_LIMITS = {"boot": (64, 4096), "slot": (32, 4096), "persistence": (64, 1024 * 1024)}
+SIZE_LIMITS = {"boot": (64, 4096), "slot": (32, 4096), "persistence": (64, 2 * 1024 * 1024)}
 MBR_LIMIT_MIB = 2 * 1024 * 1024  # 2 TiB with 512-byte sectors
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")

@@ -1,0 +1,245 @@
+"""Build an image offline from a small rootfs fixture and check it against the layout contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from liveng import layout
+from liveng.host import recipe as recipes
+from liveng.host.bootloader import grub
+from liveng.host.build import build
+from liveng.host.cli import main
+from tests.layout import fixture
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="liveng build needs root")
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk test@liveng"
+RECIPE = f"""
+hostname = "layout-test"
+mirror = "http://mirror.example/debian"
+security_mirror = "none"
+compression = "lz4"
+cmdline = ["quiet"]
+[sizes]
+boot = 64
+slot = 32
+persistence = 64
+[[files]]
+source = "motd"
+destination = "/etc/motd"
+mode = "0600"
+[[users]]
+name = "pi"
+ssh_keys = ["{SSH_KEY}"]
+"""
+
+
+@dataclass(frozen=True)
+class Built:
+    image: Path
+    image_id: str
+    workdir: Path
+
+
+def sh(*argv: str | Path) -> str:
+    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    d = tmp_path_factory.mktemp("layout")
+    (d / "motd").write_text("welcome to liveng\n")
+    (d / "recipe.toml").write_text(RECIPE)
+    tarball = fixture.make(d / "rootfs.tar")
+    out = d / "out"
+    out.mkdir()
+    r = recipes.load(d / "recipe.toml")
+    ctx = build(r, out / "test.img", cache_dir=d / "cache", rootfs_tarball=tarball)
+    return Built(image=out / "test.img", image_id=ctx.image_id, workdir=d)
+
+
+def partitions(image: Path) -> dict[int, dict[str, object]]:
+    table = json.loads(sh("sfdisk", "-J", image))["partitiontable"]
+    return {int(p["node"][len(str(image)):]): p for p in table["partitions"]}
+
+
+def extract(b: Built, number: int) -> Path:
+    p = partitions(b.image)[number]
+    out = b.workdir / f"p{number}.bin"
+    with open(b.image, "rb") as src, open(out, "wb") as dst:
+        src.seek(int(str(p["start"])) * 512)
+        dst.write(src.read(int(str(p["size"])) * 512))
+    return out
+
+
+def blkid(b: Built, number: int) -> dict[str, str]:
+    text = subprocess.run(["blkid", "-p", "-o", "export", extract(b, number)], capture_output=True,
+                          text=True).stdout
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def iso_files(path: Path) -> dict[str, int]:
+    text = subprocess.run(["xorriso", "-indev", str(path), "-find", "/", "-type", "f", "-exec", "lsdl"],
+                          capture_output=True, text=True, check=True).stdout
+    files = {}
+    for line in text.splitlines():
+        fields = line.split()
+        files[fields[-1].strip("'").lstrip("/")] = int(fields[4])
+    return files
+
+
+def test_output_written_atomically(built: Built) -> None:
+    assert sorted(p.name for p in built.image.parent.iterdir()) == ["test.img"]
+
+
+def test_partition_table(built: Built) -> None:
+    table = json.loads(sh("sfdisk", "-J", built.image))["partitiontable"]
+    assert table["label"] == "dos"
+    assert table["id"] == f"0x{built.image_id}"
+    parts = partitions(built.image)
+    assert sorted(parts) == [1, 2, 3, 5, 6, 7]
+    assert {n: p["type"] for n, p in parts.items()} == {1: "c", 2: "83", 3: "f", 5: "83", 6: "83", 7: "83"}
+    assert [n for n, p in parts.items() if p.get("bootable")] == [1]
+    sizes = {n: int(str(p["size"])) * 512 // layout.MiB for n, p in parts.items()}
+    assert sizes[1] == 64 and sizes[5] == 32 and sizes[6] == 32 and sizes[7] == 64
+    for p in parts.values():
+        assert int(str(p["start"])) % 2048 == 0
+
+
+def test_filesystems_and_labels(built: Built) -> None:
+    p1 = blkid(built, 1)
+    assert p1["TYPE"] == "vfat" and p1["LABEL"] == "LIVENG"
+    assert p1["UUID"] == layout.fat_serial(built.image_id)
+    assert blkid(built, 2)["TYPE"] == "iso9660" and blkid(built, 2)["LABEL"] == "LIVENG_SYSTEM"
+    assert blkid(built, 5)["TYPE"] == "iso9660" and blkid(built, 5)["LABEL"] == "LIVENG_SLOT_A"
+    assert "TYPE" not in blkid(built, 6)  # slot B is empty until the first kernel update
+    p7 = blkid(built, 7)
+    assert p7["TYPE"] == "ext4" and p7["LABEL"] == f"liveng-{built.image_id}"
+
+
+def test_system_partition_files_and_manifest(built: Built) -> None:
+    iso = extract(built, 2)
+    files = iso_files(iso)
+    assert set(files) == {layout.KERNEL_PATH, layout.INITRD_PATH, layout.SQUASHFS_PATH, layout.MANIFEST_PATH,
+                          layout.IMAGE_INFO_PATH}
+    out = built.workdir / "sys"
+    sh("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/", out)
+    manifest = (out / layout.MANIFEST_PATH).read_text().splitlines()
+    assert len(manifest) == 4
+    for line in manifest:
+        digest, name = line.split("  ", 1)
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    info = json.loads((out / layout.IMAGE_INFO_PATH).read_text())
+    assert info["id"] == built.image_id and info["kernel"] == fixture.KERNEL
+    # The kernel on p2 is the rootfs's kernel.
+    assert files[layout.KERNEL_PATH] == 3 << 20
+
+
+def test_kernel_slot_a(built: Built) -> None:
+    files = iso_files(extract(built, 5))
+    assert {layout.KERNEL_PATH, layout.INITRD_PATH, layout.SLOT_INFO_PATH} <= set(files)
+    assert layout.SQUASHFS_PATH not in files
+
+
+def test_boot_partition(built: Built) -> None:
+    part = partitions(built.image)[1]
+    spec = f"{built.image}@@{int(str(part['start'])) * 512}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    listing = subprocess.run(["mdir", "-/", "-b", "-i", spec, "::/"], capture_output=True, text=True,
+                             check=True, env=env).stdout
+    assert "::/EFI/BOOT/BOOTX64.EFI" in listing
+    assert "::/boot/grub/grub.cfg" in listing
+    cfg = subprocess.run(["mtype", "-i", spec, "::/boot/grub/grub.cfg"], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert f"liveng.id={built.image_id}" in cfg
+    assert f"persistence-label=liveng-{built.image_id}" in cfg
+    assert " quiet " in cfg  # the recipe's cmdline addition
+    efi = subprocess.run(["mtype", "-i", spec, "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True, check=True,
+                         env=env).stdout
+    assert efi[:2] == b"MZ"
+
+
+def test_bios_boot_code(built: Built) -> None:
+    raw = built.image.read_bytes()[: 2048 * 512]
+    boot_img = (grub.GRUB_LIB / "i386-pc/boot.img").read_bytes()
+    assert raw[:440] == boot_img[:440]
+    assert raw[510:512] == b"\x55\xaa"
+    assert raw[512:1024] != bytes(512)  # core.img follows the MBR
+
+
+def test_persistence_partition(built: Built) -> None:
+    p7 = extract(built, 7)
+    conf = sh("debugfs", "-R", "cat /persistence.conf", p7)
+    assert conf == "/ union\n"
+
+
+def test_rootfs_customisation(built: Built) -> None:
+    sq = built.workdir / "fs.squashfs"
+    sys_dir = built.workdir / "sys"
+    if not sys_dir.exists():
+        sh("xorriso", "-osirrox", "on", "-indev", extract(built, 2), "-extract", "/", sys_dir)
+    sq = sys_dir / layout.SQUASHFS_PATH
+    tree = built.workdir / "tree"
+    sh("unsquashfs", "-no-progress", "-d", tree, sq)
+    assert (tree / "etc/hostname").read_text() == "layout-test\n"
+    assert (tree / "etc/motd").read_text() == "welcome to liveng\n"
+    assert (tree / "etc/motd").stat().st_mode & 0o777 == 0o600
+    assert (tree / "usr/sbin/liveng").stat().st_mode & 0o111
+    assert (tree / "usr/lib/python3/dist-packages/liveng/layout.py").exists()
+    assert (tree / "usr/lib/python3/dist-packages/liveng/device/cli.py").exists()
+    assert not (tree / "usr/lib/python3/dist-packages/liveng/host").exists()
+    # No password anywhere: root is locked, the user has a key but no password.
+    shadow = {line.split(":")[0]: line.split(":")[1] for line in (tree / "etc/shadow").read_text().splitlines()}
+    assert shadow["root"] == "*"
+    assert shadow["pi"] in ("!", "*", "!*")
+    assert (tree / "home/pi/.ssh/authorized_keys").read_text() == SSH_KEY + "\n"
+    # Per-device identity is not baked in; autologin is off unless asked for.
+    assert (tree / "etc/machine-id").read_text() == ""
+    assert not list((tree / "etc/ssh").glob("ssh_host_*"))
+    assert not (tree / "etc/systemd/system/serial-getty@.service.d").exists()
+    sources = (tree / "etc/apt/sources.list.d/debian.sources").read_text()
+    assert "URIs: http://mirror.example/debian" in sources and "Suites: trixie trixie-updates" in sources
+    assert not (tree / "etc/apt/sources.list").exists()
+    assert not list((tree / "var/lib/apt/lists").glob("*InRelease"))
+    assert (tree / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_symlink()
+
+
+def test_inspect(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "--json", str(built.image)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["info"]["id"] == built.image_id
+    assert [p["number"] for p in data["partitions"]] == [1, 2, 3, 5, 6, 7]
+
+
+def test_inspect_rejects_non_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(os.urandom(4096))
+    assert main(["inspect", str(junk)]) == 2
+    assert "junk.img" in capsys.readouterr().err
+
+
+def test_autologin_and_slot_too_small(tmp_path: Path, built: Built) -> None:
+    r = recipes.loads('mirror = "http://m.example/debian"\nsecurity_mirror = "none"\nautologin = true\n'
+                      "[sizes]\nboot = 64\nslot = 32\npersistence = 64\n", "t.toml", tmp_path)
+    tarball = built.workdir / "rootfs.tar"
+    ctx = build(r, tmp_path / "a.img", rootfs_tarball=tarball, keep_workdir=True)
+    assert (ctx.tree / "etc/systemd/system/serial-getty@.service.d/liveng-autologin.conf").exists()
+    # An initrd that does not fit the slot is an error naming the key, and no image is left behind.
+    big = fixture.make(tmp_path / "big.tar")
+    import tarfile
+    with tarfile.open(big, "a") as tar:
+        tar.add(tmp_path / "a.img", arcname=f"./boot/initrd.img-{fixture.KERNEL}")
+    from liveng.host.errors import BuildError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BuildError, match="sizes.slot"):
+        build(r, out / "b.img", rootfs_tarball=big)
+    assert list(out.iterdir()) == []
