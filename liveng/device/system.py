@@ -71,7 +71,8 @@ def status() -> Status:
     persistence = None
     if upper:
         for m in all_mounts:
-            if upper.startswith(m.mountpoint.rstrip("/") + "/") and m.mountpoint.startswith(layout.LIVE_PERSISTENCE_MOUNT):
+            inside = upper.startswith(m.mountpoint.rstrip("/") + "/")
+            if inside and m.mountpoint.startswith(layout.LIVE_PERSISTENCE_MOUNT):
                 persistence = m.device
     return Status(
         image_id=args.get(layout.KERNEL_ARG_ID),

@@ -126,7 +126,7 @@ def users(tree: Path, recipe_users: tuple[User, ...]) -> None:
                 run(["usermod", "--prefix", tree, "-p", user.password_hash, "root"])
             home = tree / "root"
         else:
-            args = ["useradd", "--prefix", tree, "-m", "-s", "/bin/bash", "-U"]
+            args: list[str | Path] = ["useradd", "--prefix", tree, "-m", "-s", "/bin/bash", "-U"]
             if user.password_hash:
                 args += ["-p", user.password_hash]
             if user.sudo:

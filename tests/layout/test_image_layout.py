@@ -240,6 +240,6 @@ def test_autologin_and_slot_too_small(tmp_path: Path, built: Built) -> None:
 
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(BuildError, match="sizes.slot"):
+    with pytest.raises(BuildError, match=r"sizes\.slot"):
         build(r, out / "b.img", rootfs_tarball=big)
     assert list(out.iterdir()) == []

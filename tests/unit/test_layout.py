@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from liveng import layout
@@ -33,10 +35,10 @@ def test_plan_places_partitions_aligned_and_without_overlap() -> None:
         # room for the EBR in front of every logical partition
         assert by_number[n].start - MiB >= ext.start
     primaries = sorted((by_number[n] for n in (1, 2, 3)), key=lambda e: e.start)
-    for a, b in zip(primaries, primaries[1:], strict=False):
+    for a, b in itertools.pairwise(primaries):
         assert a.end <= b.start
     logicals = [by_number[n] for n in (5, 6, 7)]
-    for a, b in zip(logicals, logicals[1:], strict=False):
+    for a, b in itertools.pairwise(logicals):
         assert a.end < b.start
     assert total == ext.end
 

@@ -1,0 +1,65 @@
+"""Boot tests: build real Debian images from the mirror and boot them in QEMU (TCG)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from liveng import layout
+from liveng.host.cli import main
+from liveng.host.disk import read_table
+
+# Test images are development images (serial autologin); the extra kernel arguments only make
+# TCG boots faster (see bench/boot_time.py and its results).
+TEST_CMDLINE = ["init_on_alloc=0"]
+
+
+def recipe_text(suite: str) -> str:
+    cmdline = ", ".join(f'"{a}"' for a in TEST_CMDLINE)
+    return f'suite = "{suite}"\nautologin = true\ngrub_timeout = 1\ncmdline = [{cmdline}]\n'
+
+
+def build_image(workdir: Path, suite: str, name: str) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    recipe = workdir / f"{name}.toml"
+    recipe.write_text(recipe_text(suite))
+    image = workdir / f"{name}.img"
+    assert main(["build", str(recipe), "-o", str(image)]) == 0
+    return image
+
+
+def partition_hash(image: Path, role: layout.Role) -> str:
+    entry = read_table(image).entry(layout.partition(role).number)
+    h = hashlib.sha256()
+    with open(image, "rb") as f:
+        f.seek(entry.start)
+        left = entry.size
+        while left:
+            chunk = f.read(min(left, 1 << 22))
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def boot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("boot tests build images, which needs root")
+    return tmp_path_factory.mktemp("boot")
+
+
+@pytest.fixture(scope="session")
+def trixie_image(boot_dir: Path) -> Path:
+    return build_image(boot_dir, "trixie", "trixie")
+
+
+@pytest.fixture()
+def fresh_copy(trixie_image: Path, tmp_path: Path) -> Path:
+    """A writable copy of the trixie image for one test (sparse, so cheap)."""
+    copy = tmp_path / "disk.img"
+    shutil.copyfile(trixie_image, copy)
+    return copy

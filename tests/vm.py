@@ -1,0 +1,97 @@
+"""Drive a VM started with `liveng run` through its serial console, as a person at the terminal would."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import pexpect
+
+# The autologin shell prompt of a liveng development image, e.g. "root@liveng:~# ".
+LOGIN_PROMPT = re.compile(r"root@[\w-]+:[^\r\n]*# ")
+PROMPT = "LIVENG-TEST# "
+_END = re.compile(r"@@END(\d+)@@")
+
+
+class VmError(AssertionError):
+    pass
+
+
+class Vm:
+    def __init__(self, image: Path, log: Path, *, bios: bool = False, snapshot: bool = False,
+                 disks: tuple[Path, ...] = (), memory: int = 1024, qmp: Path | None = None) -> None:
+        args = ["-m", "liveng.host.cli", "run", str(image), "--memory", str(memory)]
+        if bios:
+            args.append("--bios")
+        if snapshot:
+            args.append("--snapshot")
+        for d in disks:
+            args += ["--disk", str(d)]
+        if qmp:
+            args += ["--qmp", str(qmp)]
+        self.log = log
+        self._logfile = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._logfile.write(f"\n===== liveng run {' '.join(args[3:])} =====\n")
+        self.started = time.monotonic()
+        self.proc = pexpect.spawn(sys.executable, args, encoding="utf-8", codec_errors="replace",
+                                  dimensions=(50, 250), timeout=60)
+        self.proc.logfile_read = self._logfile
+
+    def wait_shell(self, timeout: float = 900) -> float:
+        """Wait for the autologin prompt; return the seconds since power-on (or since the reboot)."""
+        start = self.started
+        try:
+            self.proc.expect(LOGIN_PROMPT, timeout=timeout)
+        except (pexpect.TIMEOUT, pexpect.EOF) as exc:
+            raise VmError(f"no shell prompt within {timeout} s; console log: {self.log}") from exc
+        elapsed = time.monotonic() - start
+        # A quiet, predictable shell: no echo, no bracketed paste, a fixed prompt.
+        self.proc.sendline(f"stty -echo; bind 'set enable-bracketed-paste off' 2>/dev/null; "
+                           f"export TERM=dumb PS1='{PROMPT[:6]}''{PROMPT[6:]}'")  # split: the echo must not match
+        self.proc.expect_exact(PROMPT, timeout=60)
+        return elapsed
+
+    def sh(self, command: str, timeout: float = 300, check: bool = True) -> str:
+        """Run a shell command in the guest; return its output (stdout and stderr)."""
+        self.proc.sendline(f"echo @@BEG''IN@@; {{ {command} ; }} 2>&1; echo @@END$?@@")
+        try:
+            self.proc.expect_exact("@@BEGIN@@", timeout=timeout)
+            self.proc.expect(_END, timeout=timeout)
+        except (pexpect.TIMEOUT, pexpect.EOF) as exc:
+            raise VmError(f"command did not finish: {command!r}; console log: {self.log}") from exc
+        out = str(self.proc.before).replace("\r\n", "\n").strip("\n")
+        match = self.proc.match
+        assert isinstance(match, re.Match)
+        rc = int(match.group(1))
+        self.proc.expect_exact(PROMPT, timeout=60)
+        if check and rc != 0:
+            raise VmError(f"{command!r} exited {rc}:\n{out}")
+        return out
+
+    def reboot(self, timeout: float = 900) -> float:
+        self.proc.sendline("sync; systemctl reboot")
+        self.started = time.monotonic()
+        return self.wait_shell(timeout)
+
+    def poweroff(self, timeout: float = 300) -> None:
+        self.proc.sendline("sync; systemctl poweroff")
+        try:
+            self.proc.expect(pexpect.EOF, timeout=timeout)
+        except pexpect.TIMEOUT as exc:
+            raise VmError(f"the VM did not power off within {timeout} s") from exc
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.isalive():
+            self.proc.terminate(force=True)
+        self._logfile.close()
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
