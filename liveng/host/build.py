@@ -166,8 +166,6 @@ def step_kernel_slot(ctx: Context) -> None:
 
 def step_boot_partition(ctx: Context) -> None:
     staging = ctx.workdir / "boot"
-    if ctx.recipe.target != "pc":
-        raise BuildError(f"target {ctx.recipe.target!r} is not supported yet: use target = \"pc\"")
     ctx.core_img = grub.make_pc(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR)
     cfg = staging / layout.GRUB_CFG_PATH
     cfg.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +232,8 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
         raise UsageError(f"{output} is a directory: give the image file name with -o")
     if not output.parent.is_dir():
         raise UsageError(f"{output.parent} does not exist: create it or choose another -o")
+    if recipe.target != "pc":
+        raise UsageError(f"{recipe.path}: target: {recipe.target!r} images cannot be built yet; use \"pc\"")
     if rootfs_tarball is not None and not rootfs_tarball.is_file():
         raise UsageError(f"{rootfs_tarball}: no such rootfs tarball")
     preflight.check_build(recipe.target, output.parent, need_mmdebstrap=rootfs_tarball is None)
