@@ -191,6 +191,12 @@ def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:
         "persistence",
         f"persistence-label={persistence_label(image_id)}",
         "persistence-storage=filesystem",
+        # The persistence is on the disk we boot from: live-boot's wait for late USB disks
+        # (udevadm trigger, settle, up to 5 s of sleep) only costs time.
+        "quickusbmodules",
+        # systemd-networkd configures the network; live-boot's ifupdown preconfiguration would
+        # only re-run udevadm trigger and settle.
+        "nonetworking",
         f"{KERNEL_ARG_ID}={image_id}",
     ]
     args.extend(extra)

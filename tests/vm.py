@@ -14,6 +14,7 @@ import pexpect
 LOGIN_PROMPT = re.compile(r"root@[\w-]+:[^\r\n]*# ")
 PROMPT = "LIVENG-TEST# "
 _END = re.compile(r"@@END(\d+)@@")
+_KMSG = re.compile(r"^\[\s*\d+\.\d+\] ")
 
 
 class VmError(AssertionError):
@@ -49,7 +50,8 @@ class Vm:
             raise VmError(f"no shell prompt within {timeout} s; console log: {self.log}") from exc
         elapsed = time.monotonic() - start
         # A quiet, predictable shell: no echo, no bracketed paste, a fixed prompt.
-        self.proc.sendline(f"stty -echo cols 1000 rows 50; bind 'set enable-bracketed-paste off' 2>/dev/null; "
+        self.proc.sendline("dmesg -n 1; stty -echo cols 1000 rows 50; "
+                           "bind 'set enable-bracketed-paste off' 2>/dev/null; "
                            f"export TERM=dumb PS1='{PROMPT[:6]}''{PROMPT[6:]}'")  # split: the echo must not match
         self.proc.expect_exact(PROMPT, timeout=60)
         return elapsed
@@ -62,7 +64,9 @@ class Vm:
             self.proc.expect(_END, timeout=timeout)
         except (pexpect.TIMEOUT, pexpect.EOF) as exc:
             raise VmError(f"command did not finish: {command!r}; console log: {self.log}") from exc
-        out = str(self.proc.before).replace("\r", "").strip("\n")
+        text = str(self.proc.before).replace("\r", "")
+        # Kernel messages printed before `dmesg -n 1` took effect can land in the middle.
+        out = "\n".join(line for line in text.split("\n") if not _KMSG.match(line)).strip("\n")
         match = self.proc.match
         assert isinstance(match, re.Match)
         rc = int(match.group(1))
