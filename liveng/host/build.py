@@ -94,6 +94,7 @@ def step_customise(ctx: Context) -> None:
     customize.copy_files(tree, recipe)
     customize.first_boot_identity(tree)
     customize.clean(tree)
+    customize.mark_updated(tree)
     ctx.kernel_version = _kernel_version(tree)
 
 

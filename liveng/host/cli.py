@@ -116,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bios", action="store_true", help="boot through the BIOS instead of UEFI")
     p.add_argument("--snapshot", action="store_true", help="leave the image file untouched")
     p.add_argument("--memory", type=int, default=1024, metavar="MiB", help="guest memory (default 1024)")
-    p.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
+    p.add_argument("--cpus", type=int, default=1,
+                   help="guest CPUs (default 1: under TCG a second vCPU makes boots slower, not faster)")
     p.add_argument("--disk", type=Path, action="append", default=[], help="attach another disk image")
     p.add_argument("--qmp", type=Path, help="QMP socket path, for scripts")
     p.add_argument("--forward", action="append", default=[], metavar="HOSTPORT:GUESTPORT",

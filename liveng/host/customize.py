@@ -174,6 +174,17 @@ def first_boot_identity(tree: Path) -> None:
         enable_units(tree, ["liveng-ssh-keygen.service"])
 
 
+def mark_updated(tree: Path) -> None:
+    """Tell systemd that /etc and /var match /usr, so the first boot skips ldconfig and update-done.
+
+    ConditionNeedsUpdate= compares these stamps' mtimes with /usr's; the image is made whole.
+    """
+    usr_mtime = (tree / "usr").stat().st_mtime
+    for stamp in (tree / "etc/.updated", tree / "var/.updated"):
+        stamp.write_text("# liveng build\n")
+        os.utime(stamp, (usr_mtime, usr_mtime))
+
+
 def device_units(tree: Path) -> None:
     src = resources.files("liveng.device").joinpath("data/systemd")
     for unit in src.iterdir():

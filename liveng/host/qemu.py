@@ -26,7 +26,7 @@ class VmConfig:
     bios: bool = False
     snapshot: bool = False
     memory: int = 1024
-    cpus: int = 2
+    cpus: int = 1
     disks: tuple[Path, ...] = ()
     qmp: Path | None = None
     forwards: tuple[str, ...] = ()  # "HOSTPORT:GUESTPORT" for TCP

@@ -77,7 +77,7 @@ def test_boots_its_own_partitions_with_another_liveng_disk_attached(
 
 
 def test_bookworm_image_boots(boot_dir: Path, tmp_path: Path) -> None:
-    image = build_image(boot_dir, "bookworm", "bookworm")
+    image = build_image(boot_dir, "bookworm", "bookworm", compression="zstd")
     image_id = read_table(image).image_id
     with Vm(image, tmp_path / "console.log", snapshot=True) as vm:
         print(f"bookworm UEFI power-on to shell: {vm.wait_shell():.1f} s")
