@@ -65,6 +65,19 @@ PARTITIONS: tuple[Partition, ...] = (
 
 SLOTS: dict[str, Role] = {"a": Role.SLOT_A, "b": Role.SLOT_B}
 
+# Boot entries (GRUB menu entry ids, and the value of liveng.boot= on the kernel command line).
+ENTRY_SLOT = {"a": "slot-a", "b": "slot-b"}
+ENTRY_FACTORY = "factory"
+
+# Boot state in p1's grubenv. GRUB boots the first entry of ENV_ORDER and counts down ENV_TRIES
+# on every attempt; at 0 it drops that entry and moves on. `liveng kernel mark-good` (run once the
+# system is up) resets the count and records ENV_GOOD.
+ENV_ORDER = "liveng_order"
+ENV_TRIES = "liveng_tries"
+ENV_GOOD = "liveng_good"
+TRIES = 3
+INITIAL_ORDER = f"{ENTRY_SLOT['a']} {ENTRY_FACTORY}"
+
 
 def partition(role: Role) -> Partition:
     for p in PARTITIONS:
@@ -194,6 +207,9 @@ def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:
         # The persistence is on the disk we boot from: live-boot's wait for late USB disks
         # (udevadm trigger, settle, up to 5 s of sleep) only costs time.
         "quickusbmodules",
+        # A kernel or initramfs that fails reboots after 10 s instead of waiting at a prompt, so
+        # that GRUB's try counter moves on to the next slot with nobody at the console.
+        "panic=10",
         # systemd-networkd configures the network; live-boot's ifupdown preconfiguration would
         # only re-run udevadm trigger and settle.
         "nonetworking",

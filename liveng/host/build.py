@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from liveng import __version__, layout
+from liveng import __version__, grubenv, layout
 from liveng.host import customize, disk, filesystems, preflight, rootfs
 from liveng.host.bootloader import grub
 from liveng.host.errors import BuildError, UsageError
@@ -87,6 +87,7 @@ def step_customise(ctx: Context) -> None:
     customize.networking(tree)
     customize.device_tool(tree)
     customize.device_units(tree)
+    customize.kernel_hooks(tree)
     customize.lock_root(tree)
     customize.users(tree, recipe.users)
     if recipe.autologin:
@@ -172,6 +173,8 @@ def step_boot_partition(ctx: Context) -> None:
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cmdline = layout.kernel_cmdline(ctx.image_id, ctx.recipe.cmdline)
     cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, PC_CONSOLE))
+    (staging / layout.GRUBENV_PATH).write_bytes(grubenv.serialize(
+        {layout.ENV_ORDER: layout.INITIAL_ORDER, layout.ENV_TRIES: str(layout.TRIES)}))
     info = staging / layout.IMAGE_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
     info.write_text(json.dumps(ctx.image_info(), indent=1) + "\n")

@@ -19,6 +19,8 @@ from liveng.host.runner import run
 DEVICE_PYTHON_DIR = "usr/lib/python3/dist-packages/liveng"
 DEVICE_ENTRY = "usr/sbin/liveng"
 UNIT_DIR = "usr/lib/systemd/system"
+# What the device side shares with the host: the layout contract and the boot-state format.
+SHARED_MODULES = ("__init__.py", "layout.py", "grubenv.py")
 
 _ENTRY_SCRIPT = """#!/usr/bin/python3
 # liveng device tool (installed by liveng build).
@@ -96,7 +98,7 @@ def device_tool(tree: Path) -> None:
         shutil.rmtree(target)
     target.mkdir(parents=True)
     pkg = resources.files("liveng")
-    for name in ("__init__.py", "layout.py"):
+    for name in SHARED_MODULES:
         (target / name).write_bytes(pkg.joinpath(name).read_bytes())
     _copy_traversable(pkg.joinpath("device"), target / "device")
     _write(tree / DEVICE_ENTRY, _ENTRY_SCRIPT, 0o755)
@@ -185,11 +187,26 @@ def mark_updated(tree: Path) -> None:
         os.utime(stamp, (usr_mtime, usr_mtime))
 
 
+# Where Debian's kernel and initramfs-tools look for hooks -> liveng's hook file.
+KERNEL_HOOKS = {
+    "etc/initramfs/post-update.d/liveng": "initramfs-post-update",
+    "etc/kernel/postinst.d/zz-liveng": "kernel-postinst",
+}
+
+
 def device_units(tree: Path) -> None:
     src = resources.files("liveng.device").joinpath("data/systemd")
     for unit in src.iterdir():
         if unit.name.endswith((".service", ".timer", ".target")):
             _write(tree / UNIT_DIR / unit.name, unit.read_text())
+    enable_units(tree, ["liveng-boot-ok.service"])
+
+
+def kernel_hooks(tree: Path) -> None:
+    """Installed after mmdebstrap, so they stay out of the way while the image is made."""
+    src = resources.files("liveng.device").joinpath("data/hooks")
+    for dest, name in KERNEL_HOOKS.items():
+        _write(tree / dest, src.joinpath(name).read_text(), 0o755)
 
 
 def clean(tree: Path) -> None:

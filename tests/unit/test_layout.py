@@ -83,9 +83,17 @@ def test_sfdisk_script() -> None:
 
 def test_grub_config() -> None:
     cfg = grub.grub_cfg("12ab34cd", "boot=live", 3, "console=ttyS0")
-    assert "set default=slot-a" in cfg
+    assert 'set liveng_order="slot-a factory"' in cfg
+    assert "load_env --file $liveng_env liveng_order liveng_tries" in cfg
+    assert "save_env --file $liveng_env liveng_order liveng_tries" in cfg
+    assert "--set=1:default --set=2:fallback" in cfg
+    assert "--id slot-b" in cfg and "set root=($liveng_disk,msdos6)" in cfg
     assert "set root=($liveng_disk,msdos5)" in cfg
     assert "--id factory" in cfg and "set root=($liveng_disk,msdos2)" in cfg
     assert "liveng.boot=slot-a" in cfg and "liveng.boot=factory" in cfg
     early = grub.early_config("12ab34cd")
     assert "search --no-floppy --fs-uuid --set=root 12AB-34CD" in early
+
+
+def test_kernel_cmdline_reboots_on_panic() -> None:
+    assert " panic=10 " in layout.kernel_cmdline("12ab34cd")

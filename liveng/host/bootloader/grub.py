@@ -39,23 +39,44 @@ def early_config(image_id: str) -> str:
 
 
 def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str) -> str:
-    """The menu on p1. ``console`` is the kernel's console arguments."""
-    system = layout.partition(layout.Role.SYSTEM).number
-    slot_a = layout.partition(layout.Role.SLOT_A).number
+    """The menu on p1. ``console`` is the kernel's console arguments.
+
+    Boot counting: the order and the tries left for its first entry live in grubenv. Every run
+    of this menu counts one try down before booting; when none is left, the first entry is
+    dropped (a kernel that never came up, or never marked itself good), so the next slot, and at
+    last the factory kernel on p2, boots without anyone at the console. An entry whose files
+    cannot even be loaded falls through to the rest of the order at once (GRUB's fallback).
+    """
     entries = [
-        ("liveng", "slot-a", slot_a),
-        ("liveng factory kernel (system partition)", "factory", system),
+        ("liveng", layout.ENTRY_SLOT["a"], layout.partition(layout.Role.SLOT_A).number),
+        ("liveng (kernel slot B)", layout.ENTRY_SLOT["b"], layout.partition(layout.Role.SLOT_B).number),
+        ("liveng factory kernel (system partition)", layout.ENTRY_FACTORY,
+         layout.partition(layout.Role.SYSTEM).number),
     ]
+    order, tries = layout.ENV_ORDER, layout.ENV_TRIES
+    countdown = [f"{'if' if n == layout.TRIES else 'elif'} [ \"${tries}\" = {n} ]; then set {tries}={n - 1}"
+                 for n in range(layout.TRIES, 0, -1)]
+    # Anything else but 0 (a damaged value) counts as a fresh start, so it cannot loop for ever.
+    countdown += [f"elif [ \"${tries}\" != 0 ]; then set {tries}={layout.TRIES - 1}", "fi"]
     lines = [
-        "# liveng boot menu. Written by liveng build; kernel updates rewrite only the slots and grubenv.",
+        "# liveng boot menu. Written by liveng build; kernel updates change only the slots and grubenv.",
         f"set liveng_id={image_id}",
         f"set timeout={timeout}",
-        "set default=slot-a",
         "serial --unit=0 --speed=115200",
         "terminal_input console serial",
         "terminal_output console serial",
         # $root is p1 of the disk GRUB was started from, e.g. hd0,msdos1: keep the disk part.
         "regexp --set=1:liveng_disk '^([^,]+),' \"$root\"",
+        f"set liveng_env=($liveng_disk,msdos1)/{layout.GRUBENV_PATH}",
+        f"set {order}=\"{layout.INITIAL_ORDER}\"",
+        f"set {tries}={layout.TRIES}",
+        f"load_env --file $liveng_env {order} {tries}",
+        f"if [ \"${tries}\" = 0 ]; then",
+        f"    if regexp --set=1:{order} '^[^ ]+ (.+)$' \"${order}\"; then set {tries}={layout.TRIES}; fi",
+        "fi",
+        *countdown,
+        f"save_env --file $liveng_env {order} {tries}",
+        f"regexp --set=1:default --set=2:fallback '^([^ ]+) ?(.*)$' \"${order}\"",
         f"set liveng_cmdline=\"{cmdline} {console}\"",
         "export liveng_id liveng_disk liveng_cmdline",
         "",

@@ -1,0 +1,122 @@
+"""The boot state in p1's grubenv, and the device's partitions by this image's id."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from liveng import grubenv, layout
+from liveng.device import system
+
+
+class DeviceError(Exception):
+    """A device command could not do its work; the message says why and what to do."""
+
+
+def run(argv: list[str]) -> str:
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DeviceError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def image_id() -> str:
+    value = system.cmdline_args().get(layout.KERNEL_ARG_ID)
+    if not value or not layout.ID_RE.match(value):
+        raise DeviceError("this system was not booted by a liveng boot loader (no liveng.id= on the kernel "
+                          "command line)")
+    return value
+
+
+def device_path(role: layout.Role, ident: str | None = None) -> Path:
+    return Path(layout.partuuid_path(ident or image_id(), role))
+
+
+@contextlib.contextmanager
+def mounted(role: layout.Role, fstype: str, writable: bool = False) -> Iterator[Path]:
+    """Mount one of this image's partitions on a private directory for the duration."""
+    dev = device_path(role)
+    if not dev.exists():
+        raise DeviceError(f"{dev} ({role.value} partition) is missing")
+    Path("/run/liveng").mkdir(parents=True, exist_ok=True)
+    where = Path(tempfile.mkdtemp(prefix=f"{role.value}.", dir="/run/liveng"))
+    opts = "rw,flush" if writable and fstype == "vfat" else ("rw" if writable else "ro")
+    try:
+        run(["mount", "-t", fstype, "-o", opts, str(dev), str(where)])
+        try:
+            yield where
+        finally:
+            if writable:
+                os.sync()
+            run(["umount", str(where)])
+    finally:
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
+@dataclass(frozen=True)
+class BootState:
+    order: tuple[str, ...]
+    tries: int | None
+    good: str | None
+
+    @property
+    def preferred(self) -> str:
+        return self.order[0] if self.order else layout.ENTRY_SLOT["a"]
+
+
+def _state(env: dict[str, str]) -> BootState:
+    order = tuple(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER).split())
+    tries_text = env.get(layout.ENV_TRIES, "")
+    return BootState(order=order, tries=int(tries_text) if tries_text.isdigit() else None,
+                     good=env.get(layout.ENV_GOOD) or None)
+
+
+def read_env(boot: Path) -> dict[str, str]:
+    path = boot / layout.GRUBENV_PATH
+    try:
+        return grubenv.parse(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except grubenv.GrubEnvError as exc:
+        raise DeviceError(f"{layout.GRUBENV_PATH} on the boot partition is damaged ({exc}); "
+                          "GRUB falls back to slot A until it is rewritten") from None
+
+
+def write_env(boot: Path, env: dict[str, str]) -> None:
+    """Replace grubenv whole: a new file, flushed, renamed over the old one (GRUB reads either)."""
+    path = boot / layout.GRUBENV_PATH
+    tmp = path.with_name("grubenv.new")
+    data = grubenv.serialize(env)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    os.sync()
+
+
+def read_state() -> BootState:
+    with mounted(layout.Role.BOOT, "vfat") as boot:
+        return _state(read_env(boot))
+
+
+def update_state(order: tuple[str, ...] | None = None, tries: int | None = None, good: str | None = None) -> BootState:
+    """Change some of the boot state; what is not given stays as it is."""
+    with mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
+        env = read_env(boot)
+        if order is not None:
+            env[layout.ENV_ORDER] = " ".join(order)
+        if tries is not None:
+            env[layout.ENV_TRIES] = str(tries)
+        if good is not None:
+            env[layout.ENV_GOOD] = good
+        write_env(boot, env)
+        return _state(env)

@@ -1,0 +1,157 @@
+"""liveng kernel: A/B kernel slots with boot counting and automatic fallback.
+
+An update goes to the slot that is not running; only once it is written and read back does the
+boot order point at it, with a fresh try counter. The first boot that reaches multi-user and
+passes the health checks marks itself good (liveng-boot-ok.service), which makes the slot
+permanent. A slot that never gets there is dropped by GRUB after its tries.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from liveng import layout
+from liveng.device import bootstate, slots, system
+from liveng.device.bootstate import BootState, DeviceError
+
+HEALTH_DIR = Path("/etc/liveng/health.d")
+FACTORY = layout.ENTRY_FACTORY
+
+
+def booted_entry() -> str | None:
+    return system.cmdline_args().get(layout.KERNEL_ARG_BOOT)
+
+
+def slot_of(entry: str | None) -> str | None:
+    for name, e in layout.ENTRY_SLOT.items():
+        if e == entry:
+            return name
+    return None
+
+
+def target_slot(state: BootState, booted: str | None) -> str:
+    """The slot an update may overwrite: never the running one."""
+    running = slot_of(booted)
+    if running is not None:
+        return "b" if running == "a" else "a"
+    # Running the factory kernel (or unknown): prefer a slot the order does not use.
+    for name, entry in layout.ENTRY_SLOT.items():
+        if entry not in state.order:
+            return name
+    return "b" if state.preferred == layout.ENTRY_SLOT["a"] else "a"
+
+
+def normalized(order: list[str]) -> tuple[str, ...]:
+    """No duplicates, only known entries, and the factory kernel always last."""
+    known = set(layout.ENTRY_SLOT.values())
+    out: list[str] = []
+    for entry in order:
+        if entry in known and entry not in out:
+            out.append(entry)
+    return (*out, FACTORY)
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    slot: str | None
+    message: str
+
+
+def install(kernel: str, initrd: Path | None = None) -> InstallResult:
+    vmlinuz = Path(f"/boot/vmlinuz-{kernel}")
+    initrd = initrd or Path(f"/boot/initrd.img-{kernel}")
+    for f in (vmlinuz, initrd):
+        if not f.is_file():
+            raise DeviceError(f"{f} does not exist: is the kernel package {kernel} installed and its "
+                              "initramfs made (update-initramfs -c -k VERSION)?")
+    state = bootstate.read_state()
+    booted = booted_entry()
+    wanted = {layout.KERNEL_PATH: slots.sha256_file(vmlinuz), layout.INITRD_PATH: slots.sha256_file(initrd)}
+    preferred = slot_of(state.preferred)
+    if preferred is not None:
+        current = slots.read_slot(preferred)
+        if current.kernel == kernel and all(current.files.get(k) == v for k, v in wanted.items()):
+            return InstallResult(None, f"kernel {kernel} is already in slot {preferred.upper()}: nothing to do")
+    target = target_slot(state, booted)
+    entry = layout.ENTRY_SLOT[target]
+    # First take the slot out of the order, so that a power cut during the write cannot leave
+    # GRUB pointing at half a slot.
+    if entry in state.order:
+        bootstate.update_state(order=normalized([e for e in state.order if e != entry]))
+    slots.write_slot(target, kernel, vmlinuz, initrd)
+    rest = [e for e in state.order if e != entry]
+    if booted and booted != FACTORY and booted not in rest:
+        rest.insert(0, booted)
+    bootstate.update_state(order=normalized([entry, *rest]), tries=layout.TRIES)
+    return InstallResult(target, f"kernel {kernel} written to slot {target.upper()}; it boots next, and "
+                                 f"falls back to {rest[0] if rest else FACTORY} if it does not come up")
+
+
+def health_checks() -> list[str]:
+    """Run the executables in /etc/liveng/health.d; return the names of those that failed."""
+    failed = []
+    if HEALTH_DIR.is_dir():
+        for check in sorted(HEALTH_DIR.iterdir()):
+            if check.is_file() and os.access(check, os.X_OK):
+                proc = subprocess.run([str(check)], stdin=subprocess.DEVNULL, check=False)
+                if proc.returncode != 0:
+                    failed.append(check.name)
+    return failed
+
+
+def mark_good() -> str:
+    booted = booted_entry()
+    if booted is None:
+        raise DeviceError("this boot has no liveng.boot= on the kernel command line: not started by liveng GRUB")
+    failed = health_checks()
+    if failed:
+        raise DeviceError(f"health checks failed: {', '.join(failed)}; this boot is not marked good, so GRUB "
+                          "falls back after the remaining tries")
+    state = bootstate.read_state()
+    order = list(state.order)
+    # Entries in front of the one that booted failed (GRUB skipped them): drop them.
+    order = order[order.index(booted):] if booted in order else [booted, *order]
+    bootstate.update_state(order=normalized(order), tries=layout.TRIES, good=booted)
+    return booted
+
+
+def rollback() -> str:
+    state = bootstate.read_state()
+    booted = booted_entry()
+    current = slot_of(state.preferred) or slot_of(booted)
+    other = "b" if current == "a" else "a"
+    info = slots.read_slot(other)
+    if info.kernel is None:
+        raise DeviceError(f"slot {other.upper()} holds no kernel to roll back to")
+    bootstate.update_state(order=normalized([info.entry, *state.order]), tries=layout.TRIES)
+    return f"slot {other.upper()} (kernel {info.kernel}) boots next"
+
+
+def status_lines() -> list[str]:
+    state = bootstate.read_state()
+    booted = booted_entry()
+    lines = [f"running:   {booted or 'unknown'} (kernel {os.uname().release})",
+             f"boot order: {' '.join(state.order)}   tries left for {state.preferred}: "
+             f"{state.tries if state.tries is not None else '?'}",
+             f"last good: {state.good or 'none yet'}"]
+    for name in layout.ENTRY_SLOT:
+        info = slots.read_slot(name)
+        what = f"kernel {info.kernel}, written {info.written}" if info.kernel else "empty"
+        lines.append(f"slot {name.upper()}:    {what}")
+    return lines
+
+
+def status_dict() -> dict[str, object]:
+    state = bootstate.read_state()
+    return {
+        "running": booted_entry(),
+        "kernel": os.uname().release,
+        "order": list(state.order),
+        "tries": state.tries,
+        "good": state.good,
+        "slots": {name: {"kernel": i.kernel, "written": i.written}
+                  for name in layout.ENTRY_SLOT for i in [slots.read_slot(name)]},
+    }

@@ -1,0 +1,27 @@
+"""Slot choice and boot-order rules of the device's kernel command (no device needed)."""
+
+from __future__ import annotations
+
+from liveng.device.bootstate import BootState
+from liveng.device.kernel import normalized, target_slot
+
+
+def state(order: str) -> BootState:
+    return BootState(order=tuple(order.split()), tries=2, good=None)
+
+
+def test_update_never_overwrites_the_running_slot() -> None:
+    assert target_slot(state("slot-a factory"), "slot-a") == "b"
+    assert target_slot(state("slot-b slot-a factory"), "slot-a") == "b"  # a pending update is replaced
+    assert target_slot(state("slot-b slot-a factory"), "slot-b") == "a"
+
+
+def test_update_from_the_factory_kernel_uses_an_unused_slot() -> None:
+    assert target_slot(state("factory"), "factory") == "a"
+    assert target_slot(state("slot-a factory"), "factory") == "b"
+    assert target_slot(state("slot-b factory"), None) == "a"
+
+
+def test_order_is_normalized() -> None:
+    assert normalized(["slot-b", "slot-a", "slot-b", "junk", "factory"]) == ("slot-b", "slot-a", "factory")
+    assert normalized([]) == ("factory",)
