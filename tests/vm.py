@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -88,10 +91,20 @@ class Vm:
             raise VmError(f"the VM did not power off within {timeout} s") from exc
         self.close()
 
+    def power_cut(self) -> None:
+        """Kill QEMU at once (SIGKILL to the whole process group: liveng run and its QEMU)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+        self.proc.expect(pexpect.EOF, timeout=30)
+        self.close()
+
     def close(self) -> None:
         if self.proc.isalive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
             self.proc.terminate(force=True)
-        self._logfile.close()
+        if not self._logfile.closed:
+            self._logfile.close()
 
     def __enter__(self) -> Vm:
         return self

@@ -36,7 +36,7 @@ def cmd_kernel_status(args: argparse.Namespace) -> int:
 
 def cmd_kernel_install(args: argparse.Namespace) -> int:
     try:
-        result = kernel.install(args.version, args.initrd)
+        result = kernel.install(args.version, args.initrd, force=args.force)
     except DeviceError as exc:
         if args.from_hook:
             # A package operation must not fail because of the slot: say it loudly, exit 0.
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("install", help="write an installed kernel to the inactive slot and boot it next")
     p.add_argument("version", help="kernel version, as in /boot/vmlinuz-VERSION")
     p.add_argument("--initrd", type=Path, help="initramfs to use (default /boot/initrd.img-VERSION)")
+    p.add_argument("--force", action="store_true", help="write a slot even if the next boot has this kernel")
     p.add_argument("--from-hook", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_kernel_install)
     p = ksub.add_parser("mark-good", help="confirm this boot (run by liveng-boot-ok.service)")

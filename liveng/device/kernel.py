@@ -60,7 +60,7 @@ class InstallResult:
     message: str
 
 
-def install(kernel: str, initrd: Path | None = None) -> InstallResult:
+def install(kernel: str, initrd: Path | None = None, force: bool = False) -> InstallResult:
     vmlinuz = Path(f"/boot/vmlinuz-{kernel}")
     initrd = initrd or Path(f"/boot/initrd.img-{kernel}")
     for f in (vmlinuz, initrd):
@@ -71,7 +71,7 @@ def install(kernel: str, initrd: Path | None = None) -> InstallResult:
     booted = booted_entry()
     wanted = {layout.KERNEL_PATH: slots.sha256_file(vmlinuz), layout.INITRD_PATH: slots.sha256_file(initrd)}
     preferred = slot_of(state.preferred)
-    if preferred is not None:
+    if preferred is not None and not force:
         current = slots.read_slot(preferred)
         if current.kernel == kernel and all(current.files.get(k) == v for k, v in wanted.items()):
             return InstallResult(None, f"kernel {kernel} is already in slot {preferred.upper()}: nothing to do")

@@ -1,0 +1,95 @@
+"""A/B kernel slots on a booted PC image: apt installs a kernel, it boots next; broken slots fall
+back with nobody at the console; a kernel that never marks itself good is dropped after its tries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from liveng import layout
+from liveng.host.disk import read_table
+from tests.boot.conftest import partition_hash
+from tests.vm import Vm
+
+pytestmark = pytest.mark.boot
+
+
+def kstatus(vm: Vm) -> dict[str, object]:
+    status: dict[str, object] = json.loads(vm.sh("liveng kernel status --json"))
+    return status
+
+
+def settle(vm: Vm) -> dict[str, object]:
+    """Wait until this boot has been marked good (or refused), then return the kernel status."""
+    vm.sh("systemctl start liveng-boot-ok.service || true")
+    return kstatus(vm)
+
+
+def slot_kernel(status: dict[str, object], name: str) -> object:
+    slots = status["slots"]
+    assert isinstance(slots, dict)
+    return slots[name]["kernel"]
+
+
+def test_update_switch_fallback_and_rollback(fresh_copy: Path, tmp_path: Path) -> None:
+    image_id = read_table(fresh_copy).image_id
+    system_before = partition_hash(fresh_copy, layout.Role.SYSTEM)
+    log = tmp_path / "console.log"
+    with Vm(fresh_copy, log, bios=True) as vm:
+        vm.wait_shell()
+        st = settle(vm)
+        assert st["order"] == ["slot-a", "factory"] and st["good"] == "slot-a" and st["running"] == "slot-a"
+        factory_kernel = vm.sh("uname -r")
+
+        # apt installs another kernel flavour: the hooks write it to slot B, which boots next.
+        vm.sh("apt-get update -q", timeout=1200)
+        out = vm.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-image-cloud-amd64", timeout=2400)
+        assert "written to slot B" in out
+        cloud = vm.sh("ls /boot/vmlinuz-*cloud* | sed 's|/boot/vmlinuz-||'")
+        assert cloud != factory_kernel
+        st = kstatus(vm)
+        assert st["order"] == ["slot-b", "slot-a", "factory"] and slot_kernel(st, "b") == cloud
+
+        vm.reboot()
+        st = settle(vm)
+        assert vm.sh("uname -r") == cloud
+        assert st["running"] == "slot-b" and st["good"] == "slot-b" and st["tries"] == layout.TRIES
+
+        # update-initramfs alone: the running kernel with its new initramfs goes to the other slot.
+        out = vm.sh(f"update-initramfs -u -k {cloud}", timeout=2400)
+        assert "written to slot A" in out
+        st = kstatus(vm)
+        assert st["order"] == ["slot-a", "slot-b", "factory"] and slot_kernel(st, "a") == cloud
+
+        # Random bytes over the slot that boots next: the previous slot boots, unattended.
+        vm.sh(f"dd if=/dev/urandom of=/dev/disk/by-partuuid/{image_id}-05 bs=1M count=256 conv=fsync status=none")
+        vm.reboot()
+        st = settle(vm)
+        assert st["running"] == "slot-b" and st["order"] == ["slot-b", "factory"]
+        assert vm.sh("uname -r") == cloud
+
+        # Both slots broken: the factory kernel on p2 boots.
+        vm.sh(f"dd if=/dev/urandom of=/dev/disk/by-partuuid/{image_id}-06 bs=1M count=256 conv=fsync status=none")
+        vm.reboot()
+        st = settle(vm)
+        assert st["running"] == "factory" and st["order"] == ["factory"]
+        assert vm.sh("uname -r") == factory_kernel
+
+        # A kernel that boots but never marks itself good is dropped after its tries.
+        out = vm.sh(f"liveng kernel install {factory_kernel}")
+        assert "slot A" in out
+        vm.sh("mkdir -p /etc/liveng/health.d && printf '#!/bin/sh\\nexit 1\\n' > /etc/liveng/health.d/fail "
+              "&& chmod +x /etc/liveng/health.d/fail")
+        for tries_left in range(layout.TRIES - 1, -1, -1):
+            vm.reboot()
+            st = settle(vm)
+            assert st["running"] == "slot-a", st
+            assert st["tries"] == tries_left and st["good"] == "factory"
+        vm.reboot()
+        st = settle(vm)
+        assert st["running"] == "factory" and st["order"] == ["factory"]
+        vm.sh("rm /etc/liveng/health.d/fail")
+        vm.poweroff()
+    assert partition_hash(fresh_copy, layout.Role.SYSTEM) == system_before
