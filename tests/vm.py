@@ -91,17 +91,21 @@ class Vm:
             raise VmError(f"the VM did not power off within {timeout} s") from exc
         self.close()
 
+    def _kill_group(self) -> None:
+        # SIGKILL to the whole process group: liveng run and the QEMU it started.
+        if self.proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+
     def power_cut(self) -> None:
-        """Kill QEMU at once (SIGKILL to the whole process group: liveng run and its QEMU)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+        """Kill QEMU at once, as pulling the plug would."""
+        self._kill_group()
         self.proc.expect(pexpect.EOF, timeout=30)
         self.close()
 
     def close(self) -> None:
         if self.proc.isalive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+            self._kill_group()
             self.proc.terminate(force=True)
         if not self._logfile.closed:
             self._logfile.close()
