@@ -7,6 +7,7 @@ LIVENG_POWERCUT_ROUNDS sets the number of cuts (default 20), LIVENG_POWERCUT_SEE
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -44,7 +45,7 @@ def test_power_cuts_during_kernel_updates(fresh_copy: Path, tmp_path: Path) -> N
         factory = vm.sh("uname -r")
         vm.sh("apt-get update -q", timeout=1200)
         vm.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-image-cloud-amd64", timeout=2400)
-        cloud = vm.sh("ls /boot/vmlinuz-*cloud* | sed 's|/boot/vmlinuz-||'")
+        cloud = str(slot_kernel(json.loads(vm.sh("liveng kernel status --json")), "b"))
         # How long one update takes, to spread the cuts over it.
         start = time.monotonic()
         vm.sh(f"liveng kernel install --force {factory}")

@@ -6,12 +6,13 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from liveng import layout
+from liveng import grubenv, layout
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
@@ -164,6 +165,9 @@ def test_boot_partition(built: Built) -> None:
     efi = subprocess.run(["mtype", "-i", spec, "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True, check=True,
                          env=env).stdout
     assert efi[:2] == b"MZ"
+    env_block = subprocess.run(["mtype", "-i", spec, "::/boot/grub/grubenv"], capture_output=True, check=True,
+                               env=env).stdout
+    assert grubenv.parse(env_block) == {"liveng_order": "slot-a factory", "liveng_tries": "3"}
 
 
 def test_bios_boot_code(built: Built) -> None:
@@ -195,6 +199,15 @@ def test_rootfs_customisation(built: Built) -> None:
     assert (tree / "usr/lib/python3/dist-packages/liveng/layout.py").exists()
     assert (tree / "usr/lib/python3/dist-packages/liveng/device/cli.py").exists()
     assert not (tree / "usr/lib/python3/dist-packages/liveng/host").exists()
+    # The device side is complete and needs nothing but the standard library (-S: no site-packages,
+    # so the liveng installed on this host cannot stand in for a missing module).
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import liveng.device.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('liveng')))")
+    modules = sh(sys.executable, "-S", "-c", code, tree / "usr/lib/python3/dist-packages")
+    assert "liveng.device.kernel" in modules and "liveng.grubenv" in modules
+    for hook in ("etc/initramfs/post-update.d/liveng", "etc/kernel/postinst.d/zz-liveng"):
+        assert (tree / hook).stat().st_mode & 0o111, hook
+    assert (tree / "etc/systemd/system/multi-user.target.wants/liveng-boot-ok.service").is_symlink()
     # No password anywhere: root is locked, the user has a key but no password.
     shadow = {line.split(":")[0]: line.split(":")[1] for line in (tree / "etc/shadow").read_text().splitlines()}
     assert shadow["root"] == "*"
