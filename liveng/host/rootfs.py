@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -88,10 +89,20 @@ def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool) -> t
     """Return the cached rootfs tarball for ``spec``, making it first if needed; and whether it was cached."""
     key = spec.key(mmdebstrap_version())
     tarball = cache_dir / f"rootfs-{spec.suite}-{spec.arch}-{key}.tar"
-    if tarball.is_file() and not refresh:
-        log.info("rootfs cache hit: %s", tarball)
-        return tarball, True
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two builds of the same rootfs at once (parallel tests, two terminals): one makes it, the
+    # other waits and reuses it.
+    with open(cache_dir / f".{tarball.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tarball.is_file() and not refresh:
+            log.info("rootfs cache hit: %s", tarball)
+            return tarball, True
+        _make(spec, tarball, workdir)
+    return tarball, False
+
+
+def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
+    cache_dir = tarball.parent
     overlay = workdir / "rootfs-overlay"
     for rel, content in spec.overlay.items():
         dest = overlay / rel
@@ -110,7 +121,6 @@ def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool) -> t
         tmp.unlink(missing_ok=True)
     (cache_dir / f"{tarball.name}.json").write_text(json.dumps(
         {"suite": spec.suite, "arch": spec.arch, "packages": list(spec.packages)}, indent=1) + "\n")
-    return tarball, False
 
 
 def extract(tarball: Path, tree: Path) -> None:
