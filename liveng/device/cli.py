@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from liveng.device import kernel, system
+from liveng.device import kernel, system, verify
 from liveng.device.bootstate import DeviceError
 
 
@@ -59,12 +59,28 @@ def cmd_kernel_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = verify.Report()
+    verify.verify_system(report)
+    verify.verify_slots(report)
+    for problem in report.problems:
+        print(f"liveng: FAILED {problem}")
+    if report.ok:
+        print(f"liveng: verify OK: {report.checked} files match the build's SHA-256 manifests")
+        return 0
+    print(f"liveng: verify FAILED: {len(report.problems)} problem(s) in {report.checked} files checked")
+    return 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liveng", description="liveng device tool")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("status", help="show this system's layout and boot state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("verify", help="check the system partition and kernel slots against their manifests")
+    p.set_defaults(func=cmd_verify)
 
     k = sub.add_parser("kernel", help="kernel slots: status, install, mark-good, rollback")
     ksub = k.add_subparsers(dest="kernel_command", required=True)

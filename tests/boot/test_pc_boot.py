@@ -48,6 +48,7 @@ def test_uefi_then_bios_boot_keep_the_delta(fresh_copy: Path, tmp_path: Path) ->
         check_live_layout(vm, image_id)
         assert vm.sh("cat /proc/cmdline").count("liveng.boot=slot-a") == 1
         assert vm.sh("test -d /sys/firmware/efi && echo efi") == "efi"
+        assert "verify OK" in vm.sh("liveng verify", timeout=900)
         vm.sh(f"echo {token} > /root/liveng-token")
         upper = vm.sh("findmnt -no TARGET --target /run/live/persistence/vda7/rw")
         assert vm.sh(f"cat {upper}/rw/root/liveng-token") == token  # the write landed in the delta on p7

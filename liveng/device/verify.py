@@ -1,0 +1,83 @@
+"""liveng verify: check the system partition and the kernel slots against their SHA-256 manifests."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liveng import layout
+
+CHUNK = 4 * 1024 * 1024
+
+
+@dataclass
+class Report:
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_tree(root: Path, label: str, report: Report) -> None:
+    """Check every file the manifest under ``root`` names, and that no file is missing from it."""
+    manifest = root / layout.MANIFEST_PATH
+    try:
+        lines = manifest.read_text().splitlines()
+    except OSError as exc:
+        report.problems.append(f"{label}: cannot read {layout.MANIFEST_PATH}: {exc}")
+        return
+    listed = set()
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            report.problems.append(f"{label}: {layout.MANIFEST_PATH}: malformed line {line!r}")
+            continue
+        listed.add(name)
+        path = root / name
+        try:
+            actual = _sha256(path)
+        except OSError as exc:
+            report.problems.append(f"{label}: {name}: cannot read ({exc.strerror})")
+            continue
+        report.checked += 1
+        if actual != digest:
+            report.problems.append(f"{label}: {name}: content differs from the build (sha256 {actual[:16]}…, "
+                                   f"expected {digest[:16]}…)")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel != layout.MANIFEST_PATH and rel not in listed:
+            report.problems.append(f"{label}: {rel}: not in the manifest")
+
+
+def verify_system(report: Report) -> None:
+    """p2: live-boot has it mounted at /run/live/medium; otherwise mount it read-only."""
+    from liveng.device import bootstate, system
+
+    own = bootstate.device_path(layout.Role.SYSTEM).resolve()
+    for m in system.mounts():
+        if m.mountpoint == layout.LIVE_MEDIUM_MOUNT and Path(m.device).resolve() == own:
+            verify_tree(Path(m.mountpoint), "system partition", report)
+            return
+    with bootstate.mounted(layout.Role.SYSTEM, "iso9660") as root:
+        verify_tree(root, "system partition", report)
+
+
+def verify_slots(report: Report) -> None:
+    from liveng.device import bootstate, slots
+
+    for name, role in layout.SLOTS.items():
+        if slots.read_slot(name).kernel is None:
+            continue  # an empty slot has nothing to verify
+        with bootstate.mounted(role, "iso9660") as root:
+            verify_tree(root, f"kernel slot {name.upper()}", report)
