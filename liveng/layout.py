@@ -19,6 +19,7 @@ persistence partitions even when another liveng disk is attached.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -194,6 +195,16 @@ def plan(boot: int, system: int, slot: int, persistence: int) -> tuple[list[Exte
     extents.append(Extent(3, Role.EXTENDED, ext_start, pos - ext_start))
     extents.extend(logical)
     return extents, pos
+
+
+def manifest_text(hashes: dict[str, str]) -> str:
+    """MANIFEST_PATH's format: sha256sum's, paths relative to the partition's root."""
+    return "".join(f"{digest}  {rel}\n" for rel, digest in sorted(hashes.items()))
+
+
+def slot_info(slot: str, kernel: str, written: str, hashes: dict[str, str]) -> str:
+    """SLOT_INFO_PATH's content: what a kernel slot holds."""
+    return json.dumps({"slot": slot, "kernel": kernel, "written": written, "files": hashes}, indent=1) + "\n"
 
 
 def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:

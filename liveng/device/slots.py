@@ -71,9 +71,9 @@ def build_iso(name: str, kernel: str, vmlinuz: Path, initrd: Path, extra: dict[s
     hashes = {rel: sha256_file(src) for rel, src in files.items()}
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = workdir / "slot.json"
-    info.write_text(json.dumps({"slot": name, "kernel": kernel, "written": now, "files": hashes}, indent=1) + "\n")
+    info.write_text(layout.slot_info(name, kernel, now, hashes))
     sums = workdir / "SHA256SUMS"
-    sums.write_text("".join(f"{h}  {rel}\n" for rel, h in sorted(hashes.items())))
+    sums.write_text(layout.manifest_text({**hashes, layout.SLOT_INFO_PATH: sha256_file(info)}))
     iso = workdir / "slot.iso"
     grafts = [f"{rel}={src}" for rel, src in files.items()]
     grafts += [f"{layout.SLOT_INFO_PATH}={info}", f"{layout.MANIFEST_PATH}={sums}"]

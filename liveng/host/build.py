@@ -120,18 +120,18 @@ def _kernel_files(ctx: Context, dest: Path) -> None:
         shutil.copyfile(boot / src, dest / name)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _manifest(root: Path) -> str:
-    lines = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel == layout.MANIFEST_PATH:
-            continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        lines.append(f"{h.hexdigest()}  {rel}")
-    return "\n".join(lines) + "\n"
+    files = (p for p in root.rglob("*") if p.is_file())
+    return layout.manifest_text({rel: _sha256(p) for p in files
+                                 if (rel := p.relative_to(root).as_posix()) != layout.MANIFEST_PATH})
 
 
 def step_squashfs(ctx: Context) -> None:
@@ -157,7 +157,8 @@ def step_kernel_slot(ctx: Context) -> None:
     _kernel_files(ctx, staging)
     info = staging / layout.SLOT_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
-    info.write_text(json.dumps({"slot": "a", "kernel": ctx.kernel_version, "written": ctx.built}, indent=1) + "\n")
+    hashes = {rel: _sha256(staging / rel) for rel in (layout.KERNEL_PATH, layout.INITRD_PATH)}
+    info.write_text(layout.slot_info("a", ctx.kernel_version, ctx.built, hashes))
     (staging / layout.MANIFEST_PATH).write_text(_manifest(staging))
     filesystems.iso9660(staging, ctx.part("slot-a"), layout.SLOT_VOLID["a"])
     need = ctx.part("slot-a").stat().st_size
