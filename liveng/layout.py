@@ -19,11 +19,13 @@ persistence partitions even when another liveng disk is attached.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 SECTOR = 512
 MiB = 1024 * 1024
@@ -195,6 +197,15 @@ def plan(boot: int, system: int, slot: int, persistence: int) -> tuple[list[Exte
     extents.append(Extent(3, Role.EXTENDED, ext_start, pos - ext_start))
     extents.extend(logical)
     return extents, pos
+
+
+def sha256_file(path: Path) -> str:
+    """The digest MANIFEST_PATH and SLOT_INFO_PATH record for a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def manifest_text(hashes: dict[str, str]) -> str:

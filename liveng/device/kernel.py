@@ -69,7 +69,7 @@ def install(kernel: str, initrd: Path | None = None, force: bool = False) -> Ins
                               "initramfs made (update-initramfs -c -k VERSION)?")
     state = bootstate.read_state()
     booted = booted_entry()
-    wanted = {layout.KERNEL_PATH: slots.sha256_file(vmlinuz), layout.INITRD_PATH: slots.sha256_file(initrd)}
+    wanted = {layout.KERNEL_PATH: layout.sha256_file(vmlinuz), layout.INITRD_PATH: layout.sha256_file(initrd)}
     preferred = slot_of(state.preferred)
     if preferred is not None and not force:
         current = slots.read_slot(preferred)

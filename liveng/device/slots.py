@@ -34,14 +34,6 @@ class SlotInfo:
         return layout.ENTRY_SLOT[self.name]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_slot(name: str) -> SlotInfo:
     """What a slot holds, or an empty SlotInfo when it holds nothing readable."""
     dev = device_path(layout.SLOTS[name])
@@ -68,12 +60,12 @@ def slot_size(dev: Path) -> int:
 def build_iso(name: str, kernel: str, vmlinuz: Path, initrd: Path, extra: dict[str, Path], workdir: Path) -> Path:
     """Make the slot's ISO in ``workdir`` (RAM), the kernel files grafted in without copies."""
     files = {layout.KERNEL_PATH: vmlinuz, layout.INITRD_PATH: initrd, **extra}
-    hashes = {rel: sha256_file(src) for rel, src in files.items()}
+    hashes = {rel: layout.sha256_file(src) for rel, src in files.items()}
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = workdir / "slot.json"
     info.write_text(layout.slot_info(name, kernel, now, hashes))
     sums = workdir / "SHA256SUMS"
-    sums.write_text(layout.manifest_text({**hashes, layout.SLOT_INFO_PATH: sha256_file(info)}))
+    sums.write_text(layout.manifest_text({**hashes, layout.SLOT_INFO_PATH: layout.sha256_file(info)}))
     iso = workdir / "slot.iso"
     grafts = [f"{rel}={src}" for rel, src in files.items()]
     grafts += [f"{layout.SLOT_INFO_PATH}={info}", f"{layout.MANIFEST_PATH}={sums}"]
@@ -89,7 +81,7 @@ def write_and_verify(iso: Path, dev: Path) -> None:
         raise DeviceError(f"the kernel and initrd need {size // 2**20 + 1} MiB but the slot {dev} has "
                           f"{capacity // 2**20} MiB: make the initrd smaller (MODULES=dep in "
                           "/etc/initramfs-tools/initramfs.conf) or rebuild the image with a bigger sizes.slot")
-    expected = sha256_file(iso)
+    expected = layout.sha256_file(iso)
     fd = os.open(dev, os.O_WRONLY)
     try:
         with open(iso, "rb") as src:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from liveng import layout
-
-CHUNK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -19,14 +16,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_tree(root: Path, label: str, report: Report) -> None:
@@ -46,7 +35,7 @@ def verify_tree(root: Path, label: str, report: Report) -> None:
         listed.add(name)
         path = root / name
         try:
-            actual = _sha256(path)
+            actual = layout.sha256_file(path)
         except OSError as exc:
             report.problems.append(f"{label}: {name}: cannot read ({exc.strerror})")
             continue

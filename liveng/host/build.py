@@ -6,7 +6,6 @@ rootfs → customise → squashfs → system ISO → kernel slot → boot partit
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -120,17 +119,9 @@ def _kernel_files(ctx: Context, dest: Path) -> None:
         shutil.copyfile(boot / src, dest / name)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _manifest(root: Path) -> str:
     files = (p for p in root.rglob("*") if p.is_file())
-    return layout.manifest_text({rel: _sha256(p) for p in files
+    return layout.manifest_text({rel: layout.sha256_file(p) for p in files
                                  if (rel := p.relative_to(root).as_posix()) != layout.MANIFEST_PATH})
 
 
@@ -157,7 +148,7 @@ def step_kernel_slot(ctx: Context) -> None:
     _kernel_files(ctx, staging)
     info = staging / layout.SLOT_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
-    hashes = {rel: _sha256(staging / rel) for rel in (layout.KERNEL_PATH, layout.INITRD_PATH)}
+    hashes = {rel: layout.sha256_file(staging / rel) for rel in (layout.KERNEL_PATH, layout.INITRD_PATH)}
     info.write_text(layout.slot_info("a", ctx.kernel_version, ctx.built, hashes))
     (staging / layout.MANIFEST_PATH).write_text(_manifest(staging))
     filesystems.iso9660(staging, ctx.part("slot-a"), layout.SLOT_VOLID["a"])
