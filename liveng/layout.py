@@ -68,18 +68,31 @@ PARTITIONS: tuple[Partition, ...] = (
 
 SLOTS: dict[str, Role] = {"a": Role.SLOT_A, "b": Role.SLOT_B}
 
-# Boot entries (GRUB menu entry ids, and the value of liveng.boot= on the kernel command line).
+# Boot entries, in GRUB menu order (GRUB's fallback list takes entry numbers only); each name is
+# also the value of liveng.boot= on the kernel command line.
 ENTRY_SLOT = {"a": "slot-a", "b": "slot-b"}
 ENTRY_FACTORY = "factory"
+ENTRIES = (ENTRY_SLOT["a"], ENTRY_SLOT["b"], ENTRY_FACTORY)
 
-# Boot state in p1's grubenv. GRUB boots the first entry of ENV_ORDER and counts down ENV_TRIES
-# on every attempt; at 0 it drops that entry and moves on. `liveng kernel mark-good` (run once the
-# system is up) resets the count and records ENV_GOOD.
+# Boot state in p1's grubenv. ENV_ORDER lists menu entry numbers, preferred first; GRUB boots the
+# first and counts down ENV_TRIES on every attempt; at 0 it drops that entry and moves on.
+# `liveng kernel mark-good` (run once the system is up) resets the count and records ENV_GOOD.
 ENV_ORDER = "liveng_order"
 ENV_TRIES = "liveng_tries"
 ENV_GOOD = "liveng_good"
 TRIES = 3
-INITIAL_ORDER = f"{ENTRY_SLOT['a']} {ENTRY_FACTORY}"
+
+
+def order_to_env(order: tuple[str, ...] | list[str]) -> str:
+    return " ".join(str(ENTRIES.index(e)) for e in order)
+
+
+def order_from_env(value: str) -> tuple[str, ...]:
+    """Entry names from the numbers GRUB keeps; numbers GRUB would not know are left out."""
+    return tuple(ENTRIES[int(w)] for w in value.split() if w.isdigit() and int(w) < len(ENTRIES))
+
+
+INITIAL_ORDER = order_to_env([ENTRY_SLOT["a"], ENTRY_FACTORY])
 
 
 def partition(role: Role) -> Partition:

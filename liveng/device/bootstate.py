@@ -71,7 +71,7 @@ class BootState:
 
 
 def _state(env: dict[str, str]) -> BootState:
-    order = tuple(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER).split())
+    order = layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))
     tries_text = env.get(layout.ENV_TRIES, "")
     return BootState(order=order, tries=int(tries_text) if tries_text.isdigit() else None,
                      good=env.get(layout.ENV_GOOD) or None)
@@ -113,7 +113,7 @@ def update_state(order: tuple[str, ...] | None = None, tries: int | None = None,
     with mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
         env = read_env(boot)
         if order is not None:
-            env[layout.ENV_ORDER] = " ".join(order)
+            env[layout.ENV_ORDER] = layout.order_to_env(order)
         if tries is not None:
             env[layout.ENV_TRIES] = str(tries)
         if good is not None:

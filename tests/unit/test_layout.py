@@ -83,7 +83,7 @@ def test_sfdisk_script() -> None:
 
 def test_grub_config() -> None:
     cfg = grub.grub_cfg("12ab34cd", "boot=live", 3, "console=ttyS0")
-    assert 'set liveng_order="slot-a factory"' in cfg
+    assert 'set liveng_order="0 2"' in cfg
     assert "load_env --file $liveng_env liveng_order liveng_tries" in cfg
     assert "save_env --file $liveng_env liveng_order liveng_tries" in cfg
     assert "--set=1:default --set=2:fallback" in cfg
@@ -97,3 +97,13 @@ def test_grub_config() -> None:
 
 def test_kernel_cmdline_reboots_on_panic() -> None:
     assert " panic=10 " in layout.kernel_cmdline("12ab34cd")
+
+
+def test_boot_order_is_kept_as_menu_entry_numbers() -> None:
+    # GRUB's fallback takes a list of entry numbers only; the menu must be in ENTRIES order.
+    cfg = grub.grub_cfg("12ab34cd", "boot=live", 3, "console=ttyS0")
+    ids = [line.split("--id ")[1].split()[0] for line in cfg.splitlines() if line.startswith("menuentry")]
+    assert tuple(ids) == layout.ENTRIES == ("slot-a", "slot-b", "factory")
+    assert layout.order_to_env(["slot-b", "slot-a", "factory"]) == "1 0 2"
+    assert layout.order_from_env("1 0 2") == ("slot-b", "slot-a", "factory")
+    assert layout.order_from_env("9 x 2") == ("factory",)

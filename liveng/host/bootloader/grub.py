@@ -47,12 +47,11 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str) -> str:
     last the factory kernel on p2, boots without anyone at the console. An entry whose files
     cannot even be loaded falls through to the rest of the order at once (GRUB's fallback).
     """
-    entries = [
-        ("liveng", layout.ENTRY_SLOT["a"], layout.partition(layout.Role.SLOT_A).number),
-        ("liveng (kernel slot B)", layout.ENTRY_SLOT["b"], layout.partition(layout.Role.SLOT_B).number),
-        ("liveng factory kernel (system partition)", layout.ENTRY_FACTORY,
-         layout.partition(layout.Role.SYSTEM).number),
-    ]
+    titles = {layout.ENTRY_SLOT["a"]: ("liveng", layout.Role.SLOT_A),
+              layout.ENTRY_SLOT["b"]: ("liveng (kernel slot B)", layout.Role.SLOT_B),
+              layout.ENTRY_FACTORY: ("liveng factory kernel (system partition)", layout.Role.SYSTEM)}
+    # Menu order is layout.ENTRIES: the numbers in grubenv's order are positions in it.
+    entries = [(titles[e][0], e, layout.partition(titles[e][1]).number) for e in layout.ENTRIES]
     order, tries = layout.ENV_ORDER, layout.ENV_TRIES
     countdown = [f"{'if' if n == layout.TRIES else 'elif'} [ \"${tries}\" = {n} ]; then set {tries}={n - 1}"
                  for n in range(layout.TRIES, 0, -1)]
