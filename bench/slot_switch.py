@@ -10,8 +10,8 @@ switched. Timed by the guest's clock, under TCG emulation (real hardware is fast
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -27,7 +27,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="liveng-bench-", dir="/var/tmp") as tmp:
         source = args.image or build_image(Path(tmp), "trixie", "bench")
         image = Path(tmp) / "scratch.img"
-        shutil.copyfile(source, image)
+        subprocess.run(["cp", "--sparse=always", source, image], check=True)
         with Vm(image, Path(tmp) / "console.log", bios=True) as vm:
             vm.wait_shell()
             vm.sh("systemctl start liveng-boot-ok.service")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,5 +63,5 @@ def trixie_image(boot_dir: Path) -> Path:
 def fresh_copy(trixie_image: Path, tmp_path: Path) -> Path:
     """A writable copy of the trixie image for one test (sparse, so cheap)."""
     copy = tmp_path / "disk.img"
-    shutil.copyfile(trixie_image, copy)
+    subprocess.run(["cp", "--sparse=always", trixie_image, copy], check=True)
     return copy
