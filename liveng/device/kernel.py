@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,11 +112,23 @@ def mark_good() -> str:
         raise DeviceError(f"health checks failed: {', '.join(failed)}; this boot is not marked good, so GRUB "
                           "falls back after the remaining tries")
     state = bootstate.read_state()
-    order = list(state.order)
-    # Entries in front of the one that booted failed (GRUB skipped them): drop them.
-    order = order[order.index(booted):] if booted in order else [booted, *order]
-    bootstate.update_state(order=normalized(order), tries=layout.TRIES, good=booted)
+    order = confirmed_order(state.order, booted, lambda e: (name := slot_of(e)) is None or slots.intact(name))
+    bootstate.update_state(order=order, tries=layout.TRIES, good=booted)
     return booted
+
+
+def confirmed_order(order: tuple[str, ...], booted: str, intact: Callable[[str], bool]) -> tuple[str, ...]:
+    """The boot order after a good boot of ``booted``.
+
+    GRUB boots the first entry unless it cannot load it (then it falls back to the next) or a
+    person chose another entry at the menu. Entries in front of ``booted`` whose slot no longer
+    holds an intact kernel are what GRUB skipped: they are dropped. Intact ones stay, so that
+    booting the factory kernel by hand once does not throw the updated kernels away.
+    """
+    if booted not in order:
+        return normalized(list(order))
+    ahead = order[: order.index(booted)]
+    return normalized([e for e in order if e not in ahead or intact(e)])
 
 
 def rollback() -> str:

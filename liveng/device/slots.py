@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
+from liveng.device import verify
 from liveng.device.bootstate import DeviceError, device_path, mounted, run
 
 BLKFLSBUF = 0x1261  # linux/fs.h: drop the buffer cache of a block device
@@ -120,3 +121,16 @@ def write_slot(name: str, kernel: str, vmlinuz: Path, initrd: Path, extra: dict[
     with tempfile.TemporaryDirectory(prefix="liveng-slot-", dir=base) as tmp:
         iso = build_iso(name, kernel, vmlinuz, initrd, extra or {}, Path(tmp))
         write_and_verify(iso, dev)
+
+
+def intact(name: str) -> bool:
+    """Whether a slot holds a kernel whose files all match the slot's manifest."""
+    if read_slot(name).kernel is None:
+        return False
+    report = verify.Report()
+    try:
+        with mounted(layout.SLOTS[name], "iso9660") as root:
+            verify.verify_tree(root, f"slot {name.upper()}", report)
+    except DeviceError:
+        return False
+    return report.ok

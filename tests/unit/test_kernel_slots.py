@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from liveng.device.bootstate import BootState
-from liveng.device.kernel import normalized, target_slot
+from liveng.device.kernel import confirmed_order, normalized, target_slot
 
 
 def state(order: str) -> BootState:
@@ -25,3 +25,17 @@ def test_update_from_the_factory_kernel_uses_an_unused_slot() -> None:
 def test_order_is_normalized() -> None:
     assert normalized(["slot-b", "slot-a", "slot-b", "junk", "factory"]) == ("slot-b", "slot-a", "factory")
     assert normalized([]) == ("factory",)
+
+
+def test_good_boot_drops_only_broken_entries_in_front() -> None:
+    order = ("slot-a", "slot-b", "factory")
+    # GRUB could not load slot A and fell back to B: A is dropped.
+    assert confirmed_order(order, "slot-b", lambda e: e != "slot-a") == ("slot-b", "factory")
+    # Both slots broken, the factory kernel came up.
+    assert confirmed_order(order, "factory", lambda e: e == "factory") == ("factory",)
+    # A person chose the factory kernel at the menu: the intact slots keep their places.
+    assert confirmed_order(order, "factory", lambda e: True) == order
+    # The preferred entry itself booted: nothing changes.
+    assert confirmed_order(order, "slot-a", lambda e: False) == order
+    # An entry the order does not list (chosen by hand) does not become the preferred one.
+    assert confirmed_order(("slot-a", "factory"), "slot-b", lambda e: True) == ("slot-a", "factory")
