@@ -18,7 +18,8 @@ import pytest
 from tests.boot.test_kernel_slots import settle, slot_kernel
 from tests.vm import Vm
 
-pytestmark = pytest.mark.boot
+# CI runs two workers: the power-cut test on one, the other boot tests together on the other.
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("powercut")]
 
 ROUNDS = int(os.environ.get("LIVENG_POWERCUT_ROUNDS", "20"))
 

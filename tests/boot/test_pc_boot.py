@@ -13,7 +13,8 @@ from liveng.host.disk import read_table
 from tests.boot.conftest import build_image, partition_hash
 from tests.vm import Vm
 
-pytestmark = pytest.mark.boot
+# CI runs two workers: the power-cut test on one, the other boot tests together on the other.
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 
 def check_live_layout(vm: Vm, image_id: str) -> None:
