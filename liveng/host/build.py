@@ -150,7 +150,9 @@ def step_kernel_slot(ctx: Context) -> None:
     info.parent.mkdir(parents=True, exist_ok=True)
     hashes = {rel: layout.sha256_file(staging / rel) for rel in (layout.KERNEL_PATH, layout.INITRD_PATH)}
     info.write_text(layout.slot_info("a", ctx.kernel_version, ctx.built, hashes))
-    (staging / layout.MANIFEST_PATH).write_text(_manifest(staging))
+    # The same manifest the device writes for a slot, without hashing the kernel files twice.
+    manifest = {**hashes, layout.SLOT_INFO_PATH: layout.sha256_file(info)}
+    (staging / layout.MANIFEST_PATH).write_text(layout.manifest_text(manifest))
     filesystems.iso9660(staging, ctx.part("slot-a"), layout.SLOT_VOLID["a"])
     need = ctx.part("slot-a").stat().st_size
     if need > ctx.recipe.sizes.slot * layout.MiB:
