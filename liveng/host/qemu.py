@@ -108,7 +108,7 @@ def virt_argv(cfg: VmConfig, vars_copy: Path) -> list[str]:
 def raspi3b_argv(cfg: VmConfig, card: Path, uboot: Path, dtb: Path) -> list[str]:
     # The SoC's first UART (PL011) carries Bluetooth on a Pi 3; the console is the mini UART,
     # QEMU's second serial port. The firmware stage is QEMU's: it loads U-Boot like start.elf would.
-    argv = ["qemu-system-aarch64", "-machine", "raspi3b", "-accel", "tcg", "-m", str(RASPI3B_MEMORY),
+    argv = ["qemu-system-aarch64", "-machine", "raspi3b", "-accel", "tcg,thread=single", "-m", str(RASPI3B_MEMORY),
             "-kernel", str(uboot), "-dtb", str(dtb),
             "-drive", f"file={card},format=raw,if=sd,cache={'unsafe' if cfg.snapshot else 'writeback'}",
             "-display", "none", "-serial", "null", "-serial", "mon:stdio"]
