@@ -135,7 +135,9 @@ LIVE_PERSISTENCE_MOUNT = "/run/live/persistence"
 ID_RE = re.compile(r"^[0-9a-f]{8}$")
 KERNEL_ARG_ID = "liveng.id"
 KERNEL_ARG_BOOT = "liveng.boot"  # which menu entry booted: slot-a, slot-b or factory
-KERNEL_ARG_DTB = "liveng.dtb"  # arm64: the device tree GRUB loaded from the entry's partition
+# arm64: the device tree GRUB loaded from the entry's partition. Not "liveng.dtb=": the kernel's EFI
+# stub takes any "dtb=" in the command line, even inside another word, as a file to load, and fails.
+KERNEL_ARG_DTB = "liveng.devicetree"
 
 
 class LayoutError(ValueError):

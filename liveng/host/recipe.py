@@ -58,7 +58,7 @@ class User:
 @dataclass(frozen=True)
 class Recipe:
     path: str = DEFAULT_RECIPE_NAME
-    target: str = "pc"
+    target: str = "rpi"
     suite: str = "trixie"
     mirror: str = ""  # empty: the Debian mirror the host's apt uses
     security_mirror: str = ""  # empty: the host's; "none": no security sources on the device

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="liveng build needs ro
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk test@liveng"
 RECIPE = f"""
+target = "pc"
 hostname = "layout-test"
 mirror = "http://mirror.example/debian"
 security_mirror = "none"
@@ -239,7 +240,7 @@ def test_inspect_rejects_non_image(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_autologin_and_slot_too_small(tmp_path: Path, built: Built) -> None:
-    r = recipes.loads('mirror = "http://m.example/debian"\nsecurity_mirror = "none"\nautologin = true\n'
+    r = recipes.loads('target = "pc"\nmirror = "http://m.example/debian"\nsecurity_mirror = "none"\nautologin = true\n'
                       "[sizes]\nboot = 64\nslot = 32\npersistence = 64\n", "t.toml", tmp_path)
     tarball = built.workdir / "rootfs.tar"
     ctx = build(r, tmp_path / "a.img", rootfs_tarball=tarball, keep_workdir=True)

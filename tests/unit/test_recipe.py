@@ -17,7 +17,7 @@ def parse(text: str, base: Path | None = None) -> recipe.Recipe:
 
 def test_default_recipe_is_valid_and_has_no_password() -> None:
     r = recipe.load(None)
-    assert r.target == "pc"
+    assert r.target == "rpi"
     assert r.suite == "trixie"
     assert r.autologin is False
     assert r.users == ()

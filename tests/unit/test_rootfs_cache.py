@@ -8,7 +8,7 @@ from liveng.host import recipe, rootfs
 
 
 def spec(**changes: object) -> rootfs.RootfsSpec:
-    base = rootfs.spec_for(recipe.load(None), "http://m.example/debian")
+    base = rootfs.spec_for(dataclasses.replace(recipe.load(None), target="pc"), "http://m.example/debian")
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -28,7 +28,7 @@ def test_every_input_changes_the_key() -> None:
 
 
 def test_hostname_and_users_do_not_touch_the_rootfs() -> None:
-    r = dataclasses.replace(recipe.load(None), hostname="other", autologin=True)
+    r = dataclasses.replace(recipe.load(None), target="pc", hostname="other", autologin=True)
     assert rootfs.spec_for(r, "http://m.example/debian").key("v") == spec().key("v")
 
 

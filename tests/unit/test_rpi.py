@@ -21,7 +21,7 @@ def test_arm64_menu_loads_the_boards_device_tree_from_each_entrys_partition() ->
     assert "regexp '^Raspberry Pi 3 Model B' \"$liveng_board\"; then set liveng_dtb=dtbs/broadcom/bcm2837-rpi-3-b.dtb" \
         in cfg
     # One devicetree line per entry, after that entry's root is set, so the slot's own DTB is used.
-    assert cfg.count("if devicetree /$liveng_dtb; then set liveng_dtb_arg=liveng.dtb=$liveng_dtb; fi") == \
+    assert cfg.count("if devicetree /$liveng_dtb; then set liveng_dtb_arg=liveng.devicetree=$liveng_dtb; fi") == \
         len(layout.ENTRIES)
     assert cfg.count("liveng.boot=slot-a $liveng_dtb_arg") == 1
     assert "serial --unit=0" not in cfg  # the firmware's console is the serial console on arm64
@@ -132,3 +132,15 @@ def test_a_tarball_without_the_boot_packages_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="lacks the boot packages raspi-firmware, u-boot-rpi, grub-efi-arm64-bin"):
         rootfs.take_assets(tree, tmp_path / "assets", rootfs.BOOT_ASSETS["rpi"])
     assert rootfs.take_assets(tree, tmp_path / "assets", ()) == {}
+
+
+def test_no_kernel_argument_looks_like_an_efi_stub_file_option() -> None:
+    # The EFI stub scans the command line for "dtb=" and "initrd=" anywhere, even inside a word; a
+    # match makes it load a file that is not there, and the boot fails after GRUB (seen on raspi3b).
+    cfg = grub.grub_cfg("12ab34cd", layout.kernel_cmdline("12ab34cd"), 3, "", BOARDS)
+    linux_lines = [line for line in cfg.splitlines() if line.strip().startswith("linux ")]
+    assert linux_lines
+    for line in linux_lines:
+        assert "dtb=" not in line and "initrd=" not in line
+    for arg in (layout.KERNEL_ARG_DTB, layout.KERNEL_ARG_BOOT, layout.KERNEL_ARG_ID):
+        assert "dtb=" not in f"{arg}=" and "initrd=" not in f"{arg}="
