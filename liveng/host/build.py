@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import __version__, grubenv, layout
-from liveng.host import customize, disk, filesystems, preflight, rootfs
+from liveng.host import customize, disk, filesystems, preflight, rootfs, squashcache
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import BuildError, UsageError
 from liveng.host.mirrors import Mirrors, resolve_mirrors
@@ -137,7 +137,7 @@ def _manifest(root: Path) -> str:
 def step_squashfs(ctx: Context) -> None:
     staging = ctx.workdir / "system"
     (staging / layout.LIVE_DIR).mkdir(parents=True, exist_ok=True)
-    filesystems.squashfs(ctx.tree, staging / layout.SQUASHFS_PATH, ctx.recipe.compression)
+    squashcache.squashfs(ctx.tree, staging / layout.SQUASHFS_PATH, ctx.recipe.compression, ctx.cache_dir)
     ctx.sizes["squashfs"] = (staging / layout.SQUASHFS_PATH).stat().st_size
 
 

@@ -144,3 +144,28 @@ def test_no_kernel_argument_looks_like_an_efi_stub_file_option() -> None:
         assert "dtb=" not in line and "initrd=" not in line
     for arg in (layout.KERNEL_ARG_DTB, layout.KERNEL_ARG_BOOT, layout.KERNEL_ARG_ID):
         assert "dtb=" not in f"{arg}=" and "initrd=" not in f"{arg}="
+
+
+def test_tree_digest_sees_content_modes_and_links_but_not_times(tmp_path: Path) -> None:
+    import os
+
+    from liveng.host import squashcache
+
+    tree = tmp_path / "t"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "proc").mkdir()
+    (tree / "etc/hostname").write_text("liveng\n")
+    (tree / "etc/link").symlink_to("hostname")
+    base = squashcache.tree_digest(tree)
+    os.utime(tree / "etc/hostname", (1, 1))
+    (tree / "proc/ignored").write_text("x")  # mksquashfs leaves proc/* out too
+    assert squashcache.tree_digest(tree) == base
+    (tree / "etc/hostname").write_text("other\n")
+    assert squashcache.tree_digest(tree) != base
+    (tree / "etc/hostname").write_text("liveng\n")
+    (tree / "etc/hostname").chmod(0o600)
+    assert squashcache.tree_digest(tree) != base
+    (tree / "etc/hostname").chmod(0o644)
+    (tree / "etc/link").unlink()
+    (tree / "etc/link").symlink_to("elsewhere")
+    assert squashcache.tree_digest(tree) != base
