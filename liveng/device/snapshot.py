@@ -9,11 +9,14 @@ power cut at that moment would have left (the delta is synced first).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,17 +72,53 @@ def _pipeline(first: list[str], second: list[str], stdin: IO[bytes] | None, stdo
         return rc1, err1.read().decode(errors="replace").strip(), rc2, err2.read().decode(errors="replace").strip()
 
 
-def archive(src: Path, out: IO[bytes], threads: int = 0) -> list[str]:
+@dataclass(frozen=True)
+class Archived:
+    tar_bytes: int | None  # the size of the tar stream: about the delta's apparent size
+    warnings: list[str]
+
+
+class _Writeback(threading.Thread):
+    """Pushes the archive to the disk while zstd still writes it, so that the final fsync has
+    little left to do and the archive does not fill the page cache (Linux starts writeback of
+    dirty pages on POSIX_FADV_DONTNEED)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(daemon=True)
+        self.fd = fd
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def archive(src: Path, out: IO[bytes], threads: int = 0) -> Archived:
     """Write ``src``'s tree to ``out`` as tar.zst; returns tar's warnings (files changed while read)."""
-    rc_tar, err_tar, rc_zstd, err_zstd = _pipeline(
-        ["tar", "-C", str(src), *TAR_CREATE, "-cf", "-", "."],
-        ["zstd", "-q", f"-{ZSTD_LEVEL}", f"-T{threads}", "-c"], None, out)
+    writeback = _Writeback(out.fileno())
+    writeback.start()
+    try:
+        rc_tar, err_tar, rc_zstd, err_zstd = _pipeline(
+            ["tar", "-C", str(src), *TAR_CREATE, "--totals", "-cf", "-", "."],
+            ["zstd", "-q", f"-{ZSTD_LEVEL}", f"-T{threads}", "-c"], None, out)
+    finally:
+        writeback.done.set()
+        writeback.join()
     if rc_zstd != 0:
         raise DeviceError(f"zstd failed ({rc_zstd}): {err_zstd or 'no message'}")
     # GNU tar exits 1 when a file changed while it was read: expected on a running system.
     if rc_tar not in (0, 1):
         raise DeviceError(f"tar of {src} failed ({rc_tar}): {err_tar}")
-    return [line for line in err_tar.splitlines() if line]
+    total = None
+    warnings = []
+    for line in err_tar.splitlines():
+        if line.startswith("Total bytes written: "):
+            with contextlib.suppress(ValueError):
+                total = int(line.split(":", 1)[1].split()[0])
+        elif line:
+            warnings.append(line)
+    return Archived(tar_bytes=total, warnings=warnings)
 
 
 def extract(archive_path: Path, dest: Path) -> None:
@@ -154,11 +193,11 @@ def create(root: Path, name: str, to: Path | None = None) -> tuple[Path, list[st
             raise DeviceError(f"{dest.parent} does not exist: give an existing directory or file path with --to")
     if dest.exists():
         raise DeviceError(f"{dest} already exists: delete it or choose another name")
-    os.sync()  # what is in the page cache goes to the delta first: the snapshot is crash-consistent
-    warnings: list[str] = []
+    sync_filesystem(src)  # what is in the page cache goes to the delta first: crash-consistent
+    result: list[Archived] = []
 
     def write(f: IO[bytes]) -> None:
-        warnings.extend(archive(src, f))
+        result.append(archive(src, f))
 
     try:
         _write_file(dest, write)
@@ -172,9 +211,22 @@ def create(root: Path, name: str, to: Path | None = None) -> tuple[Path, list[st
         raise
     if to is None:
         meta = {"name": name, "created": delta.now(), "kernel": os.uname().release,
-                "delta_bytes": delta.used_bytes(src)}
+                "delta_bytes": result[0].tar_bytes}
         delta.write_atomic(dest.with_name(f"{name}.json"), (json.dumps(meta, indent=1) + "\n").encode())
-    return dest, warnings
+    return dest, result[0].warnings
+
+
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2) of the filesystem holding ``path`` (only p7, not every disk); sync(2) if unavailable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def find(root: Path, name_or_path: str) -> Path:
