@@ -129,7 +129,10 @@ def switch_in_progress(root: Path) -> bool:
 
 def drop_pending(root: Path) -> Request | None:
     """Withdraw a pending request; its staged delta goes too."""
-    request = read_pending(root) if (root / layout.PENDING_PATH).exists() else None
+    try:
+        request = read_pending(root)
+    except DeviceError:
+        request = Request(action="damaged request")  # withdrawn all the same
     with contextlib.suppress(FileNotFoundError):
         (root / layout.PENDING_PATH).unlink()
         fsync_dir(root / layout.DELTA_STATE_DIR)

@@ -232,6 +232,8 @@ def sync_filesystem(path: Path) -> None:
 def find(root: Path, name_or_path: str) -> Path:
     """A snapshot on p7 by name, or an archive anywhere by path."""
     if "/" in name_or_path:
+        if "\n" in name_or_path:
+            raise DeviceError("an archive path cannot contain a line break")
         path = Path(name_or_path)
         if not path.is_file():
             raise DeviceError(f"{path}: no such snapshot archive")

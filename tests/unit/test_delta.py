@@ -104,3 +104,31 @@ def test_menu_reset_entry_asks_and_stays_out_of_the_order() -> None:
     assert "liveng_env" in cfg[cfg.index("export "):].splitlines()[0]
     assert "read" in grub.MODULES["x86_64-efi"] and "read" in grub.MODULES["i386-pc"]
     assert layout.ENTRY_FACTORY_RESET not in layout.ENTRIES
+
+
+def test_cancel_removes_even_a_damaged_request(tmp_path: Path) -> None:
+    (tmp_path / layout.DELTA_STATE_DIR).mkdir()
+    (tmp_path / layout.PENDING_PATH).write_text("garbage\n")
+    (tmp_path / layout.STAGED_DIR).mkdir()
+    assert delta.drop_pending(tmp_path) is not None
+    assert not (tmp_path / layout.PENDING_PATH).exists() and not (tmp_path / layout.STAGED_DIR).exists()
+    assert delta.drop_pending(tmp_path) is None
+
+
+def test_stage_commits_only_a_complete_delta(tmp_path: Path) -> None:
+    (tmp_path / layout.DELTA_DIR).mkdir()
+
+    def fail(staged: Path) -> None:
+        (staged / "half").write_text("x")
+        raise DeviceError("disk full")
+
+    with pytest.raises(DeviceError, match="disk full"):
+        delta.stage(tmp_path, delta.Request(action="reset"), fail)
+    assert not (tmp_path / layout.STAGED_DIR).exists() and not (tmp_path / layout.PENDING_PATH).exists()
+    request = delta.stage(tmp_path, delta.Request(action="reset"), lambda staged: None, lambda staged: "1 0 2")
+    assert request.order == "1 0 2"
+    assert delta.read_pending(tmp_path) == request
+    assert (tmp_path / layout.STAGED_DIR).stat().st_mode & 0o777 == 0o755
+    (tmp_path / layout.SWITCH_PATH).write_text("action=reset\n")
+    with pytest.raises(DeviceError, match="reboot first"):
+        delta.stage(tmp_path, delta.Request(action="reset"), lambda staged: None)
