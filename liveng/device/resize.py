@@ -5,7 +5,7 @@ cut at any moment and each skipped when already done, so running again finishes 
 
 1. the extended partition p3 grows to the end of the disk (its entry in the MBR: one sector);
 2. p7 grows to the end of p3 (its entry in the EBR in front of it: one sector), and the kernel is
-   told the new size (BLKPG, via resizepart);
+   told the new size (BLKPG, via partx);
 3. the ext4 on p7 grows, online (ext4's own journaled resize).
 
 liveng-resize.service runs it at every boot (a no-op once done); `liveng resize` by hand.
@@ -108,7 +108,10 @@ def _set_size(disk: Path, number: int, size: int) -> None:
 
 
 def run_input(argv: list[str], text: str) -> None:
-    proc = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise DeviceError(f"{argv[0]} is not installed: this image lacks a package liveng needs") from None
     if proc.returncode != 0:
         raise DeviceError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     os.sync()
@@ -145,7 +148,9 @@ def resize(say: Callable[[str], None] = print) -> bool:
     size = read_geometry(disk).persistence_size
     kernel_size = int((_sys_block(part) / "size").read_text())
     if kernel_size != size:
-        run(["resizepart", str(disk), str(number), str(size)])
+        # partx --update reads p7's new entry and tells the kernel with BLKPG (resizepart is not in
+        # trixie's util-linux).
+        run(["partx", "--update", "--nr", str(number), str(disk)])
         changed = True
     if fs_size(part) + layout.ALIGN <= size * layout.SECTOR:
         mounted = any(m.device.startswith("/dev/") and Path(m.device).resolve() == part.resolve()

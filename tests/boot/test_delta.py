@@ -107,16 +107,21 @@ def test_resize_power_cut_verify_and_menu_reset(fresh_copy: Path, tmp_path: Path
         f.truncate(4 * 2**30)
     log = tmp_path / "console.log"
 
-    # First boot: the resize starts by itself; the power goes while it runs.
+    # First boot: the resize starts by itself; the power goes once the partition table has grown,
+    # as ext4 starts growing.
     vm = Vm(fresh_copy, log)
     try:
         vm.proc.expect_exact("growing the persistence partition", timeout=900)
+        vm.proc.expect_exact("growing the ext4", timeout=300)
         vm.power_cut()
     finally:
         vm.close()
     after_cut = read_table(fresh_copy)
-    print(f"after the cut: p3 {after_cut.entry(3).size // layout.MiB} MiB, "
-          f"p7 {after_cut.entry(7).size // layout.MiB} MiB")
+    fs_blocks = subprocess.run(["dumpe2fs", "-h", f"{fresh_copy}?offset={p7.start}"], capture_output=True,
+                               text=True, check=True).stdout.split("Block count:")[1].split()[0]
+    print(f"after the cut: p3 {after_cut.entry(3).size // layout.MiB} MiB, p7 {after_cut.entry(7).size // layout.MiB} "
+          f"MiB, ext4 {int(fs_blocks) * 4096 // layout.MiB} MiB")
+    assert after_cut.entry(7).start + after_cut.entry(7).size == 4 * 2**30
 
     with Vm(fresh_copy, log) as vm:
         vm.wait_shell()
