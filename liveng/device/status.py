@@ -46,6 +46,7 @@ def _persistence(report: dict[str, Any]) -> None:
 def collect() -> dict[str, Any]:
     st = system.status()
     report: dict[str, Any] = dataclasses.asdict(st)
+    report["firmware"] = "UEFI" if Path("/sys/firmware/efi").is_dir() else "BIOS"
     report["errors"] = []
     if st.image_id is None:
         return report
@@ -65,7 +66,7 @@ def _mib(value: object) -> str:
 
 def lines(r: dict[str, Any]) -> list[str]:
     out = [f"image id:     {r['image_id'] or 'unknown (not booted by liveng GRUB)'}",
-           f"booted from:  {r['boot_entry'] or 'unknown'}",
+           f"booted from:  {r['boot_entry'] or 'unknown'} ({r['firmware']})",
            f"kernel:       {r['kernel']}",
            f"root:         {r['root_fstype']}",
            f"system layer: {', '.join(r['lower']) or '-'}",

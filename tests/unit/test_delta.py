@@ -132,3 +132,29 @@ def test_stage_commits_only_a_complete_delta(tmp_path: Path) -> None:
     (tmp_path / layout.SWITCH_PATH).write_text("action=reset\n")
     with pytest.raises(DeviceError, match="reboot first"):
         delta.stage(tmp_path, delta.Request(action="reset"), lambda staged: None)
+
+
+def test_status_lines() -> None:
+    from liveng.device import status
+
+    report = {
+        "image_id": "12ab34cd", "boot_entry": "slot-a", "firmware": "UEFI", "kernel": "6.12.0",
+        "root_fstype": "overlay",
+        "lower": ["/run/live/rootfs/filesystem.squashfs/"], "upper": "/run/live/persistence/vda7/rw",
+        "persistence_device": "/dev/vda7", "errors": [],
+        "partitions": [{"number": 7, "role": "persistence", "device": "/dev/vda7", "size": 2 * layout.MiB}],
+        "persistence": {"size": 4 * layout.MiB, "free": 3 * layout.MiB, "delta_bytes": layout.MiB},
+        "snapshots": {"count": 1, "bytes": layout.MiB, "last": {"name": "s1", "created": "2026-01-01T00:00:00Z",
+                                                                 "size": layout.MiB}},
+        "pending": {"text": "factory reset, requested now, applied at the next boot"},
+        "switch_in_progress": False,
+        "kernel_slots": {"order": ["slot-a", "factory"], "tries": 3, "good": "slot-a",
+                         "slots": {"a": {"kernel": "6.12.0", "written": "x"}, "b": {"kernel": None}}},
+    }
+    text = "\n".join(status.lines(report))
+    assert "booted from:  slot-a (UEFI)" in text
+    assert "p7  persistence  /dev/vda7      2.0 MiB" in text
+    assert "delta:        1.0 MiB used; persistence 4.0 MiB, 3.0 MiB free" in text
+    assert "snapshots:    1 (1.0 MiB), last: s1 2026-01-01T00:00:00Z" in text
+    assert "pending:      factory reset" in text and "liveng cancel" in text
+    assert "slot B:       empty" in text
