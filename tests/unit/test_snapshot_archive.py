@@ -138,3 +138,32 @@ def test_damaged_archive_is_refused(tmp_path: Path) -> None:
     (tmp_path / "dest").mkdir()
     with pytest.raises(DeviceError, match="cannot be decompressed"):
         snapshot.extract(bad, tmp_path / "dest")
+
+
+def test_create_list_find_delete(tmp_path: Path) -> None:
+    """The p7 side of snapshots on a directory standing in for p7."""
+    p7 = tmp_path / "p7"
+    (p7 / "rw/etc").mkdir(parents=True)
+    (p7 / "rw/etc/motd").write_text("hello\n")
+    path, warnings = snapshot.create(p7, "first")
+    assert warnings == [] and path == p7 / "liveng/snapshots/first.tar.zst"
+    with pytest.raises(DeviceError, match="already exists"):
+        snapshot.create(p7, "first")
+    snaps = snapshot.list_snapshots(p7)
+    assert [s.name for s in snaps] == ["first"] and snaps[0].delta_bytes and snaps[0].size == path.stat().st_size
+    # --to a directory elsewhere: not listed on p7, found by path.
+    elsewhere = tmp_path / "usb"
+    elsewhere.mkdir()
+    external, _ = snapshot.create(p7, "second", to=elsewhere)
+    assert external == elsewhere / "second.tar.zst" and [s.name for s in snapshot.list_snapshots(p7)] == ["first"]
+    assert snapshot.find(p7, str(external)) == external
+    with pytest.raises(DeviceError, match=r"no snapshot named second \(snapshots: first\)"):
+        snapshot.find(p7, "second")
+    out = tmp_path / "x"
+    out.mkdir()
+    snapshot.extract(external, out)
+    assert (out / "etc/motd").read_text() == "hello\n"
+    snapshot.delete(p7, "first")
+    assert snapshot.list_snapshots(p7) == [] and not list((p7 / "liveng/snapshots").iterdir())
+    with pytest.raises(DeviceError, match="no delta"):
+        snapshot.create(tmp_path / "empty", "x")
