@@ -123,6 +123,11 @@ GRUB_DIR = "boot/grub"
 GRUB_CFG_PATH = "boot/grub/grub.cfg"
 GRUBENV_PATH = "boot/grub/grubenv"
 EFI_BOOT_DIR = "EFI/BOOT"
+# arm64: the kernel's device trees beside it (in each slot and on p2), as dtbs/<vendor>/<board>.dtb,
+# so that a kernel update also updates the device tree. Only the boards liveng boots by itself
+# (the Raspberry Pi family); other arm64 machines bring their own device tree or ACPI.
+DTB_DIR = "dtbs"
+DTB_GLOBS = ("broadcom/bcm27*-rpi-*.dtb", "broadcom/bcm2837-rpi-*.dtb")
 PERSISTENCE_CONF = "persistence.conf"
 PERSISTENCE_CONF_CONTENT = "/ union\n"
 
@@ -156,6 +161,7 @@ KERNEL_ARG_BOOT = "liveng.boot"  # which menu entry booted: slot-a, slot-b or fa
 # The GRUB entry "Factory reset" asks for confirmation and then boots the factory kernel with
 # liveng.reset=yes; the initramfs resets the delta before live-boot mounts it.
 KERNEL_ARG_RESET = "liveng.reset"
+KERNEL_ARG_DTB = "liveng.dtb"  # arm64: the device tree GRUB loaded from the entry's partition
 
 
 class LayoutError(ValueError):
@@ -245,6 +251,13 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(4 * MiB):
             h.update(chunk)
     return h.hexdigest()
+
+
+def kernel_dtbs(root: Path, kernel: str) -> dict[str, Path]:
+    """Path in a slot -> file, for the device trees the installed kernel package ships for liveng's boards."""
+    base = root / "usr/lib" / f"linux-image-{kernel}"
+    found = {f"{DTB_DIR}/{p.relative_to(base).as_posix()}": p for g in DTB_GLOBS for p in base.glob(g)}
+    return dict(sorted(found.items()))
 
 
 def manifest_text(hashes: dict[str, str]) -> str:

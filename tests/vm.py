@@ -26,8 +26,11 @@ class VmError(AssertionError):
 
 class Vm:
     def __init__(self, image: Path, log: Path, *, bios: bool = False, snapshot: bool = False,
-                 disks: tuple[Path, ...] = (), memory: int = 1024, qmp: Path | None = None) -> None:
+                 disks: tuple[Path, ...] = (), memory: int = 1024, qmp: Path | None = None,
+                 machine: str | None = None) -> None:
         args = ["-m", "liveng.host.cli", "run", str(image), "--memory", str(memory)]
+        if machine:
+            args += ["--machine", machine]
         if bios:
             args.append("--bios")
         if snapshot:

@@ -19,14 +19,16 @@ from pathlib import Path
 
 from liveng import __version__, grubenv, layout
 from liveng.host import customize, disk, filesystems, preflight, rootfs
-from liveng.host.bootloader import grub
+from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import BuildError, UsageError
 from liveng.host.mirrors import Mirrors, resolve_mirrors
 from liveng.host.recipe import Recipe
 
 log = logging.getLogger("liveng.build")
 
-PC_CONSOLE = "console=tty0 console=ttyS0,115200n8"
+# The PC's kernel consoles. On arm64 there are none on the command line: the kernel takes the
+# firmware's serial console (the device tree's stdout-path on the Pi, ACPI SPCR on UEFI servers).
+CONSOLE = {"pc": "console=tty0 console=ttyS0,115200n8", "rpi": ""}
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Context:
     rootfs_tarball: Path | None = None  # given: used instead of mmdebstrap
     # Filled in by the steps.
     tarball: Path | None = None
+    assets: dict[str, Path] = field(default_factory=dict)  # boot package -> where it is unpacked
     kernel_version: str = ""
     built: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     core_img: Path | None = None
@@ -77,6 +80,9 @@ def step_rootfs(ctx: Context) -> None:
         ctx.tarball, cached = rootfs.obtain(spec, ctx.cache_dir, ctx.workdir, ctx.refresh)
         log.info("rootfs %s: %s", "reused from cache" if cached else "made", ctx.tarball.name)
     rootfs.extract(ctx.tarball, ctx.tree)
+    ctx.assets = rootfs.take_assets(ctx.tree, ctx.workdir / "assets", rootfs.BOOT_ASSETS[ctx.recipe.target])
+    if ctx.recipe.target == "rpi":
+        rpi.check_assets(ctx.assets)
 
 
 def step_customise(ctx: Context) -> None:
@@ -108,15 +114,18 @@ def _kernel_version(tree: Path) -> str:
     return kernels[0]
 
 
-def _kernel_files(ctx: Context, dest: Path) -> None:
-    live = dest / layout.LIVE_DIR
-    live.mkdir(parents=True, exist_ok=True)
+def _kernel_files(ctx: Context, dest: Path) -> dict[str, Path]:
+    """The kernel, its initrd and (arm64) its device trees into ``dest``; returns them by path in ``dest``."""
     boot = ctx.tree / "boot"
-    for src, name in ((f"vmlinuz-{ctx.kernel_version}", layout.KERNEL_PATH),
-                      (f"initrd.img-{ctx.kernel_version}", layout.INITRD_PATH)):
-        if not (boot / src).exists():
-            raise BuildError(f"/boot/{src} is missing from the rootfs")
-        shutil.copyfile(boot / src, dest / name)
+    files = {layout.KERNEL_PATH: boot / f"vmlinuz-{ctx.kernel_version}",
+             layout.INITRD_PATH: boot / f"initrd.img-{ctx.kernel_version}",
+             **layout.kernel_dtbs(ctx.tree, ctx.kernel_version)}
+    for rel, src in files.items():
+        if not src.exists():
+            raise BuildError(f"/{src.relative_to(ctx.tree)} is missing from the rootfs")
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / rel)
+    return {rel: dest / rel for rel in files}
 
 
 def _manifest(root: Path) -> str:
@@ -145,10 +154,10 @@ def step_system_iso(ctx: Context) -> None:
 
 def step_kernel_slot(ctx: Context) -> None:
     staging = ctx.workdir / "slot-a"
-    _kernel_files(ctx, staging)
+    files = _kernel_files(ctx, staging)
     info = staging / layout.SLOT_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
-    hashes = {rel: layout.sha256_file(staging / rel) for rel in (layout.KERNEL_PATH, layout.INITRD_PATH)}
+    hashes = {rel: layout.sha256_file(path) for rel, path in files.items()}
     info.write_text(layout.slot_info("a", ctx.kernel_version, ctx.built, hashes))
     # The same manifest the device writes for a slot, without hashing the kernel files twice.
     manifest = {**hashes, layout.SLOT_INFO_PATH: layout.sha256_file(info)}
@@ -162,11 +171,18 @@ def step_kernel_slot(ctx: Context) -> None:
 
 def step_boot_partition(ctx: Context) -> None:
     staging = ctx.workdir / "boot"
-    ctx.core_img = grub.make_pc(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR)
+    target = ctx.recipe.target
+    board_dtbs: tuple[tuple[str, str], ...] = ()
+    if target == "pc":
+        ctx.core_img = grub.make_pc(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR)
+    else:
+        grub.make_arm64(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR, rpi.grub_modules(ctx.assets))
+        rpi.populate(staging, ctx.assets, layout.kernel_dtbs(ctx.tree, ctx.kernel_version))
+        board_dtbs = tuple((pattern, f"{layout.DTB_DIR}/{dtb}") for pattern, dtb in rpi.BOARD_DTBS)
     cfg = staging / layout.GRUB_CFG_PATH
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cmdline = layout.kernel_cmdline(ctx.image_id, ctx.recipe.cmdline)
-    cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, PC_CONSOLE))
+    cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs))
     (staging / layout.GRUBENV_PATH).write_bytes(grubenv.serialize(
         {layout.ENV_ORDER: layout.INITIAL_ORDER, layout.ENV_TRIES: str(layout.TRIES)}))
     info = staging / layout.IMAGE_INFO_PATH
@@ -199,8 +215,8 @@ def step_disk_image(ctx: Context) -> None:
             for ext in extents:
                 if ext.role in files:
                     filesystems.copy_sparse(files[ext.role], fd, ext.start)
-            assert ctx.core_img is not None
-            grub.install_bios(fd, ctx.core_img, extents[0].start)
+            if ctx.core_img is not None:  # PC: BIOS boot code in the MBR
+                grub.install_bios(fd, ctx.core_img, extents[0].start)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -230,11 +246,10 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
         raise UsageError(f"{output} is a directory: give the image file name with -o")
     if not output.parent.is_dir():
         raise UsageError(f"{output.parent} does not exist: create it or choose another -o")
-    if recipe.target != "pc":
-        raise UsageError(f"{recipe.path}: target: {recipe.target!r} images cannot be built yet; use \"pc\"")
     if rootfs_tarball is not None and not rootfs_tarball.is_file():
         raise UsageError(f"{rootfs_tarball}: no such rootfs tarball")
-    preflight.check_build(recipe.target, output.parent, need_mmdebstrap=rootfs_tarball is None)
+    preflight.check_build(recipe.target, output.parent, need_mmdebstrap=rootfs_tarball is None,
+                          arch=recipe.arch, host_arch=rootfs.host_arch())
     mirrors = resolve_mirrors(recipe.mirror, recipe.security_mirror)
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix=".liveng-build-", dir=output.parent))

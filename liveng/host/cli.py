@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from liveng.host.qemu import VmConfig, run_vm
 
     cfg = VmConfig(image=args.image, bios=args.bios, snapshot=args.snapshot, memory=args.memory,
-                   cpus=args.cpus, disks=tuple(args.disk), qmp=args.qmp, forwards=tuple(args.forward))
+                   cpus=args.cpus, disks=tuple(args.disk), qmp=args.qmp, forwards=tuple(args.forward),
+                   machine=args.machine)
     return run_vm(cfg)
 
 
@@ -116,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="boot an image in QEMU with the console on this terminal")
     p.add_argument("image", type=Path)
-    p.add_argument("--bios", action="store_true", help="boot through the BIOS instead of UEFI")
+    p.add_argument("--machine", choices=["q35", "virt", "raspi3b"],
+                   help="QEMU machine (default: q35 for PC images, virt for arm64 ones; raspi3b boots an "
+                   "arm64 image the Raspberry Pi 3 way, through U-Boot from the SD card)")
+    p.add_argument("--bios", action="store_true", help="boot through the BIOS instead of UEFI (PC images)")
     p.add_argument("--snapshot", action="store_true", help="leave the image file untouched")
     p.add_argument("--memory", type=int, default=1024, metavar="MiB", help="guest memory (default 1024)")
     p.add_argument("--cpus", type=int, default=1,

@@ -34,7 +34,7 @@ sys.exit(main())
 _AUTOLOGIN = """# Development image: root logs in on the serial console without a password (recipe: autologin).
 [Service]
 ExecStart=
-ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,38400,9600 - $TERM
+ExecStart=-/sbin/agetty --autologin root --noclear --local-line --keep-baud 115200,57600,38400,9600 - $TERM
 """
 
 _NETWORK = """# liveng: DHCP on every wired interface.

@@ -22,8 +22,15 @@ BUILD_TOOLS = {
     "systemctl": "systemd",
     "useradd": "passwd",
     "tar": "tar",
+    "dpkg-deb": "dpkg",
 }
-RUN_TOOLS = {"qemu-system-x86_64": "qemu-system-x86"}
+# What an arm64 (rpi) build needs on top, when the host is not arm64: qemu-user runs the arm64
+# maintainer scripts through binfmt_misc; mmdebstrap asks arch-test, its eatmydata hook dpkg-architecture.
+FOREIGN_TOOLS = {"arch-test": "arch-test", "dpkg-architecture": "dpkg-dev"}
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+QEMU_BINFMT = {"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}
+RUN_TOOLS = {"amd64": {"qemu-system-x86_64": "qemu-system-x86"},
+             "arm64": {"qemu-system-aarch64": "qemu-system-arm"}}
 MIN_FREE_BYTES = 4 * 1024**3
 
 
@@ -43,7 +50,28 @@ def _fail(problems: list[str]) -> None:
         raise PreflightError("the host is not ready:\n  - " + "\n  - ".join(problems) + hint)
 
 
-def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True) -> None:
+def binfmt_problems(arch: str, host_arch: str) -> list[str]:
+    """Why the host cannot run programs of ``arch`` in a chroot, if it cannot."""
+    if arch == host_arch:
+        return []
+    name = QEMU_BINFMT.get(arch, f"qemu-{arch}")
+    entry = BINFMT_DIR / name
+    try:
+        state = entry.read_text().splitlines()
+    except OSError:
+        return [f"{entry} is missing: {arch} programs cannot run on this {host_arch} host "
+                f"(package qemu-user-static, then: update-binfmts --enable {name})"]
+    problems = []
+    if not state or state[0] != "enabled":
+        problems.append(f"binfmt entry {name} is disabled: run update-binfmts --enable {name}")
+    if not any(line.startswith("flags:") and "F" in line for line in state):
+        problems.append(f"binfmt entry {name} lacks the F flag, so it cannot work inside a chroot "
+                        "(use qemu-user-static's entry, package qemu-user-static)")
+    return problems
+
+
+def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True,
+                arch: str = "amd64", host_arch: str = "amd64") -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("liveng build must run as root: the image tree holds files of other owners and "
@@ -51,6 +79,9 @@ def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True)
     tools = dict(BUILD_TOOLS)
     if not need_mmdebstrap:
         del tools["mmdebstrap"]
+    if arch != host_arch and need_mmdebstrap:
+        tools.update(FOREIGN_TOOLS)
+        problems += binfmt_problems(arch, host_arch)
     problems += missing_tools(tools)
     if target == "pc":
         problems += grub.check_host()
@@ -65,8 +96,8 @@ def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True)
     _fail(problems)
 
 
-def check_run(firmware_files: list[Path]) -> None:
-    problems = missing_tools(RUN_TOOLS)
+def check_run(arch: str, firmware_files: list[Path]) -> None:
+    problems = missing_tools(RUN_TOOLS[arch])
     for f in firmware_files:
         if not f.exists():
             pkg = "ovmf" if "OVMF" in str(f) else "qemu-efi-aarch64" if "AAVMF" in str(f) else "seabios"

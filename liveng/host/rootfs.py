@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from liveng.host.errors import BuildError
 from liveng.host.recipe import Recipe
 from liveng.host.runner import output, run
 
 log = logging.getLogger("liveng.rootfs")
 
+EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
+
 # Bump when the way the rootfs is made changes in a way the other inputs do not show.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 BASE_PACKAGES = (
     "live-boot", "systemd-sysv", "systemd-resolved", "udev", "python3", "xorriso", "e2fsprogs",
@@ -28,6 +31,14 @@ BASE_PACKAGES = (
 )
 KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
 COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
+# Packages the boot partition is made from. They are downloaded with the rootfs (same suite, same
+# mirror, same cache) but not installed: raspi-firmware's kernel hooks would fight liveng's slots.
+# The tarball carries the .debs in ASSETS_DIR; the build unpacks them on the host and drops the
+# directory from the tree.
+BOOT_ASSETS = {"pc": (), "rpi": ("raspi-firmware", "u-boot-rpi", "grub-efi-arm64-bin")}
+ASSETS_DIR = "liveng-boot-assets"
+# qemu-user emulates a Cortex-A53 faster than its default "max" CPU (no pointer authentication).
+QEMU_USER_CPU = "cortex-a53"
 
 
 def packages(recipe: Recipe) -> tuple[str, ...]:
@@ -56,6 +67,7 @@ class RootfsSpec:
     components: tuple[str, ...]
     packages: tuple[str, ...]
     overlay: dict[str, bytes]
+    assets: tuple[str, ...] = ()
 
     def key(self, mmdebstrap_version: str) -> str:
         doc = {
@@ -66,6 +78,7 @@ class RootfsSpec:
             "arch": self.arch,
             "components": list(self.components),
             "packages": list(self.packages),
+            "assets": list(self.assets),
             "overlay": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(self.overlay.items())},
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
@@ -74,7 +87,7 @@ class RootfsSpec:
 def spec_for(recipe: Recipe, mirror: str) -> RootfsSpec:
     return RootfsSpec(suite=recipe.suite, mirror=mirror, arch=recipe.arch,
                       components=COMPONENTS[recipe.target], packages=packages(recipe),
-                      overlay=initramfs_overlay())
+                      overlay=initramfs_overlay(), assets=BOOT_ASSETS[recipe.target])
 
 
 def mmdebstrap_version() -> str:
@@ -111,18 +124,36 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(content)
         dest.chmod(0o755)
+    hooks = [
+        # Before the kernel is installed, so that its initramfs already has liveng's scripts.
+        f"--essential-hook=sync-in {overlay} /",
+        # One initramfs, made once every package is in: INITRD=No (below) keeps the kernel's
+        # postinst from making one per trigger, which under qemu-user costs minutes each.
+        '--customize-hook=chroot "$1" update-initramfs -c -k all',
+    ]
+    if spec.assets:
+        names = " ".join(spec.assets)
+        hooks.append(f'--customize-hook=mkdir "$1/{ASSETS_DIR}" && chroot "$1" sh -c '
+                     f'"cd /{ASSETS_DIR} && apt-get download {names}"')
+    env = {"INITRD": "No"}
+    if spec.arch != host_arch():
+        env["QEMU_CPU"] = QEMU_USER_CPU
     tmp = tarball.with_name(f".{tarball.name}.{os.getpid()}.tmp")
     try:
         run(["mmdebstrap", "--mode=root", "--format=tar", "--variant=minbase", f"--architectures={spec.arch}",
              f"--components={','.join(spec.components)}", f"--include={','.join(spec.packages)}",
-             # Before the kernel is installed, so that its one initramfs run already has liveng's scripts.
-             f"--essential-hook=sync-in {overlay} /",
-             spec.suite, tmp, spec.mirror])
+             # dpkg without fsync: the tree is thrown away if the build fails anyway.
+             f"--hook-dir={EATMYDATA_HOOKS}", *hooks, spec.suite, tmp, spec.mirror], env=env)
         os.replace(tmp, tarball)
     finally:
         tmp.unlink(missing_ok=True)
     (cache_dir / f"{tarball.name}.json").write_text(json.dumps(
-        {"suite": spec.suite, "arch": spec.arch, "packages": list(spec.packages)}, indent=1) + "\n")
+        {"suite": spec.suite, "arch": spec.arch, "packages": list(spec.packages), "assets": list(spec.assets)},
+        indent=1) + "\n")
+
+
+def host_arch() -> str:
+    return output(["dpkg", "--print-architecture"]).strip()
 
 
 def extract(tarball: Path, tree: Path) -> None:
@@ -130,3 +161,22 @@ def extract(tarball: Path, tree: Path) -> None:
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
     run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", tarball, "-C", tree])
+
+
+def take_assets(tree: Path, dest: Path, wanted: tuple[str, ...]) -> dict[str, Path]:
+    """Unpack the boot packages the tarball carries into ``dest``/<package>; remove them from the tree."""
+    src = tree / ASSETS_DIR
+    found: dict[str, Path] = {}
+    if src.is_dir():
+        for deb in sorted(src.glob("*.deb")):
+            name = deb.name.split("_", 1)[0]
+            if name in wanted:
+                found[name] = dest / name
+                found[name].mkdir(parents=True, exist_ok=True)
+                run(["dpkg-deb", "-x", deb, found[name]])
+        shutil.rmtree(src)
+    missing = [p for p in wanted if p not in found]
+    if missing:
+        raise BuildError(f"the rootfs tarball lacks the boot packages {', '.join(missing)} (in /{ASSETS_DIR}): "
+                         "make it again with liveng build --refresh")
+    return found

@@ -140,9 +140,3 @@ def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytes
     assert f"{bad}: sizes.boot: 1 MiB is impossible" in err
     assert list(out.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "out"]
-
-
-def test_cli_unsupported_target_fails_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["build", "--target", "rpi", "-o", str(tmp_path / "x.img")]) == 2
-    assert "'rpi' images cannot be built yet" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,6 @@
-"""GRUB for the PC: x86_64-efi (EFI/BOOT/BOOTX64.EFI on p1) and i386-pc (MBR + core.img) from one image.
+"""GRUB: x86_64-efi and i386-pc (MBR + core.img) for the PC, arm64-efi for the Raspberry Pi and arm64 UEFI.
 
-Both GRUBs carry the same small embedded config: find p1 by its FAT serial (the image id, so a
+Every GRUB carries the same small embedded config: find p1 by its FAT serial (the image id, so a
 second liveng disk cannot capture the boot), then read p1's grub.cfg. The menu reaches the other
 partitions of the same disk by partition number.
 """
@@ -24,6 +24,8 @@ _COMMON_MODULES = [
 MODULES = {
     "x86_64-efi": [*_COMMON_MODULES, "efi_gop", "all_video"],
     "i386-pc": [*_COMMON_MODULES, "biosdisk", "all_video"],
+    # smbios names the board (U-Boot fills SMBIOS from the device tree); fdt has devicetree.
+    "arm64-efi": [*_COMMON_MODULES, "efi_gop", "smbios", "fdt"],
 }
 # GRUB's boot.img reads core.img from sector 1 (its default), which is where we put it.
 BOOT_CODE_SIZE = 440
@@ -38,7 +40,8 @@ def early_config(image_id: str) -> str:
     )
 
 
-def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str) -> str:
+def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
+             board_dtbs: tuple[tuple[str, str], ...] = ()) -> str:
     """The menu on p1. ``console`` is the kernel's console arguments.
 
     Boot counting: the order and the tries left for its first entry live in grubenv. Every run
@@ -46,6 +49,10 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str) -> str:
     dropped (a kernel that never came up, or never marked itself good), so the next slot, and at
     last the factory kernel on p2, boots without anyone at the console. An entry whose files
     cannot even be loaded falls through to the rest of the order at once (GRUB's fallback).
+
+    ``board_dtbs`` (arm64): pairs of a regular expression on the SMBIOS product name and a device
+    tree path; on a board that matches, every entry loads that device tree from its own partition,
+    so a kernel in a slot boots with the device trees of its own version.
     """
     titles = {layout.ENTRY_SLOT["a"]: ("liveng", layout.Role.SLOT_A),
               layout.ENTRY_SLOT["b"]: ("liveng (kernel slot B)", layout.Role.SLOT_B),
@@ -57,13 +64,14 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str) -> str:
                  for n in range(layout.TRIES, 0, -1)]
     # Anything else but 0 (a damaged value) counts as a fresh start, so it cannot loop for ever.
     countdown += [f"elif [ \"${tries}\" != 0 ]; then set {tries}={layout.TRIES - 1}", "fi"]
+    # The PC's serial port is GRUB's own; on arm64 the firmware's console already is the serial one.
+    terminal = ["serial --unit=0 --speed=115200", "terminal_input console serial",
+                "terminal_output console serial"] if "ttyS0" in console else []
     lines = [
         "# liveng boot menu. Written by liveng build; kernel updates change only the slots and grubenv.",
         f"set liveng_id={image_id}",
         f"set timeout={timeout}",
-        "serial --unit=0 --speed=115200",
-        "terminal_input console serial",
-        "terminal_output console serial",
+        *terminal,
         # $root is p1 of the disk GRUB was started from, e.g. hd0,msdos1: keep the disk part.
         "regexp --set=1:liveng_disk '^([^,]+),' \"$root\"",
         f"set liveng_env=($liveng_disk,msdos1)/{layout.GRUBENV_PATH}",
@@ -76,22 +84,25 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str) -> str:
         *countdown,
         f"save_env --file $liveng_env {order} {tries}",
         f"regexp --set=1:default --set=2:fallback '^([^ ]+) ?(.*)$' \"${order}\"",
-        f"set liveng_cmdline=\"{cmdline} {console}\"",
-        "export liveng_id liveng_disk liveng_cmdline liveng_env",
+        f"set liveng_cmdline=\"{' '.join(a for a in (cmdline, console) if a)}\"",
+        *_board_detection(board_dtbs),
+        "export liveng_id liveng_disk liveng_cmdline liveng_dtb liveng_env",
         "",
     ]
     for title, entry_id, number in entries:
         lines += [
             f"menuentry '{title}' --id {entry_id} {{",
             f"    set root=($liveng_disk,msdos{number})",
-            f"    linux /{layout.KERNEL_PATH} $liveng_cmdline {layout.KERNEL_ARG_BOOT}={entry_id}",
+            *(_load_dtb() if board_dtbs else []),
+            f"    linux /{layout.KERNEL_PATH} $liveng_cmdline {layout.KERNEL_ARG_BOOT}={entry_id}"
+            + (" $liveng_dtb_arg" if board_dtbs else ""),
             f"    initrd /{layout.INITRD_PATH}",
             "}",
         ]
-    return "\n".join(lines + factory_reset_entry()) + "\n"
+    return "\n".join(lines + factory_reset_entry(bool(board_dtbs))) + "\n"
 
 
-def factory_reset_entry() -> list[str]:
+def factory_reset_entry(load_dtb: bool = False) -> list[str]:
     """A menu entry after the numbered ones (so it never shifts them, nor is in the boot order).
 
     GRUB asks, on the screen and the serial console alike; only "yes" resets. The reset boots the
@@ -116,11 +127,33 @@ def factory_reset_entry() -> list[str]:
         "        echo 'No reset.'",
         "    fi",
         f"    set root=($liveng_disk,msdos{system})",
+        *(_load_dtb() if load_dtb else []),
         f"    linux /{layout.KERNEL_PATH} $liveng_cmdline {layout.KERNEL_ARG_BOOT}={layout.ENTRY_FACTORY} "
-        f"{layout.KERNEL_ARG_RESET}=$liveng_reset",
+        f"{layout.KERNEL_ARG_RESET}=$liveng_reset" + (" $liveng_dtb_arg" if load_dtb else ""),
         f"    initrd /{layout.INITRD_PATH}",
         "}",
     ]
+
+
+def _load_dtb() -> list[str]:
+    # The kernel is told which device tree GRUB loaded (none: the firmware's), for liveng status and tests.
+    return ["    set liveng_dtb_arg=",
+            "    if [ -n \"$liveng_dtb\" ]; then",
+            f"        if devicetree /$liveng_dtb; then set liveng_dtb_arg={layout.KERNEL_ARG_DTB}=$liveng_dtb; fi",
+            "    fi"]
+
+
+def _board_detection(board_dtbs: tuple[tuple[str, str], ...]) -> list[str]:
+    if not board_dtbs:
+        return ["set liveng_dtb="]
+    lines = ["set liveng_dtb=", "set liveng_board=",
+             "smbios --type 1 --get-string 5 --set liveng_board"]
+    for i, (pattern, dtb) in enumerate(board_dtbs):
+        lines.append(f"{'if' if i == 0 else 'elif'} regexp '{pattern}' \"$liveng_board\"; then "
+                     f"set liveng_dtb={dtb}")
+    # Any other board keeps the device tree its firmware passed (or ACPI on a UEFI server).
+    lines.append("fi")
+    return lines
 
 
 def check_host() -> list[str]:
@@ -132,8 +165,8 @@ def check_host() -> list[str]:
     return missing
 
 
-def mkimage(platform: str, out: Path, early_cfg: Path) -> None:
-    moddir = GRUB_LIB / platform
+def mkimage(platform: str, out: Path, early_cfg: Path, moddir: Path | None = None) -> None:
+    moddir = moddir or GRUB_LIB / platform
     if not moddir.is_dir():
         raise PreflightError(f"{moddir} is missing: install the GRUB package for {platform}")
     run(["grub-mkimage", "-d", moddir, "-O", platform, "-o", out, "-c", early_cfg, "-p", f"/{layout.GRUB_DIR}",
@@ -149,6 +182,14 @@ def make_pc(workdir: Path, image_id: str, efi_dir: Path) -> Path:
     core = workdir / "core.img"
     mkimage("i386-pc", core, early)
     return core
+
+
+def make_arm64(workdir: Path, image_id: str, efi_dir: Path, moddir: Path) -> None:
+    """BOOTAA64.EFI into ``efi_dir``, from the arm64-efi modules in ``moddir`` (grub-mkimage runs natively)."""
+    early = workdir / "grub-early.cfg"
+    early.write_text(early_config(image_id))
+    efi_dir.mkdir(parents=True, exist_ok=True)
+    mkimage("arm64-efi", efi_dir / "BOOTAA64.EFI", early, moddir)
 
 
 def install_bios(image_fd: int, core: Path, first_partition_start: int) -> None:

@@ -1,0 +1,131 @@
+"""The arm64 (rpi) image: its boot partition and slot, then real boots on QEMU's virt (AAVMF UEFI) and
+raspi3b (U-Boot from the SD card) machines onto the overlay of p2's squashfs and p7."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from liveng import layout
+from liveng.host.bootloader import rpi
+from liveng.host.disk import read_table
+from tests.boot.conftest import build_image, partition_hash
+from tests.boot.test_pc_boot import check_live_layout
+from tests.vm import Vm
+
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("rpi")]
+
+PI3_DTB = "dtbs/broadcom/bcm2837-rpi-3-b.dtb"
+
+
+@pytest.fixture(scope="session")
+def rpi_image(boot_dir: Path) -> Path:
+    return build_image(boot_dir, "trixie", "rpi", target="rpi")
+
+
+def copy_of(image: Path, dest: Path, size: int | None = None) -> Path:
+    subprocess.run(["cp", "--sparse=always", image, dest], check=True)
+    if size:
+        with open(dest, "r+b") as f:
+            f.truncate(size)
+    return dest
+
+
+def p1_spec(image: Path) -> str:
+    boot = read_table(image).entry(1)
+    return f"{image}@@{boot.start}"
+
+
+def p1_read(image: Path, path: str) -> bytes:
+    return subprocess.run(["mtype", "-i", p1_spec(image), f"::/{path}"], check=True, capture_output=True,
+                          env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
+
+
+def iso_listing(image: Path, number: int, tmp: Path) -> set[str]:
+    entry = read_table(image).entry(number)
+    part = tmp / f"p{number}.iso"
+    with open(image, "rb") as src, open(part, "wb") as dst:
+        src.seek(entry.start)
+        dst.write(src.read(entry.size))
+    out = subprocess.run(["xorriso", "-indev", str(part), "-find", "/", "-type", "f"], check=True,
+                         capture_output=True, text=True).stdout
+    return {line.strip().strip("'").lstrip("/") for line in out.splitlines() if line.startswith("'/")}
+
+
+def test_boot_partition_holds_the_pi_boot_chain(rpi_image: Path) -> None:
+    listing = subprocess.run(["mdir", "-/", "-b", "-i", p1_spec(rpi_image), "::/"], check=True, capture_output=True,
+                             text=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
+    names = {line.strip().lstrip(":/").lower() for line in listing.splitlines()}
+    for wanted in ("bootcode.bin", "start.elf", "start4.elf", "fixup.dat", "fixup4.dat", "config.txt",
+                   "u-boot.bin", "efi/boot/bootaa64.efi", "boot/grub/grub.cfg", "boot/grub/grubenv",
+                   "bcm2837-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb", "liveng/image.json"):
+        assert wanted in names, f"{wanted} missing from p1: {sorted(names)}"
+    config = p1_read(rpi_image, "config.txt").decode()
+    assert "kernel=u-boot.bin" in config and "arm_64bit=1" in config and "enable_uart=1" in config
+    assert "[pi3]" in config and "[pi4]" in config
+    efi = p1_read(rpi_image, "EFI/BOOT/BOOTAA64.EFI")
+    assert efi[:2] == b"MZ" and b"\x64\xaa" in efi[:512]  # PE32+ for machine 0xaa64 (arm64)
+    cfg = p1_read(rpi_image, "boot/grub/grub.cfg").decode()
+    assert f"set liveng_dtb={PI3_DTB}" in cfg and "smbios --type 1" in cfg
+    info = json.loads(p1_read(rpi_image, layout.IMAGE_INFO_PATH))
+    assert info["target"] == "rpi" and info["arch"] == "arm64"
+    assert p1_read(rpi_image, rpi.UBOOT_NAME)[:4] != b""  # U-Boot is there and readable
+
+
+def test_kernel_slot_and_system_carry_the_kernels_device_trees(rpi_image: Path, tmp_path: Path) -> None:
+    for number in (2, 5):
+        files = iso_listing(rpi_image, number, tmp_path)
+        for wanted in (layout.KERNEL_PATH, layout.INITRD_PATH, PI3_DTB, "dtbs/broadcom/bcm2711-rpi-4-b.dtb",
+                       layout.MANIFEST_PATH):
+            assert wanted in files, f"{wanted} missing from p{number}: {sorted(files)}"
+        assert not any(f.startswith("dtbs/broadcom/bcm4908") for f in files)  # routers are no Pi
+    # The device tree on p1 (what the firmware reads) is the factory kernel's own (p2.iso: see above).
+    out = tmp_path / "pi3.dtb"
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(tmp_path / "p2.iso"), "-extract", f"/{PI3_DTB}",
+                    str(out)], check=True, capture_output=True)
+    assert out.read_bytes() == p1_read(rpi_image, "bcm2837-rpi-3-b.dtb")
+
+
+def boot_and_keep_a_file(disk: Path, log: Path, machine: str, image_id: str) -> dict[str, str]:
+    """Boot, check the live layout, write a file, reboot, find it again; returns facts for the caller."""
+    before = partition_hash(disk, layout.Role.SYSTEM)
+    token = secrets.token_hex(8)
+    facts: dict[str, str] = {}
+    with Vm(disk, log, machine=machine) as vm:
+        facts["first boot s"] = f"{vm.wait_shell(timeout=1500):.0f}"
+        check_live_layout(vm, image_id)
+        facts["cmdline"] = vm.sh("cat /proc/cmdline")
+        facts["model"] = vm.sh("tr -d '\\0' < /proc/device-tree/model 2>/dev/null || true")
+        assert vm.sh("uname -m") == "aarch64"
+        vm.sh(f"echo {token} > /root/keep.txt; sync")
+        facts["reboot s"] = f"{vm.reboot(timeout=1500):.0f}"
+        assert vm.sh("cat /root/keep.txt") == token
+        vm.poweroff()
+    assert partition_hash(disk, layout.Role.SYSTEM) == before
+    return facts
+
+
+def test_virt_uefi_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None:
+    disk = copy_of(rpi_image, tmp_path / "disk.img")
+    image_id = read_table(disk).image_id
+    facts = boot_and_keep_a_file(disk, tmp_path / "console.log", "virt", image_id)
+    # No Raspberry Pi here: GRUB loads no device tree (the machine has ACPI from AAVMF).
+    assert layout.KERNEL_ARG_DTB not in facts["cmdline"]
+    print(f"\narm64 virt (AAVMF): shell after {facts['first boot s']} s, after reboot {facts['reboot s']} s")
+
+
+def test_raspi3b_uboot_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None:
+    # QEMU's SD card must be a power of two: grow the copy (p7 can fill the rest later).
+    size = 1 << (rpi_image.stat().st_size - 1).bit_length()
+    disk = copy_of(rpi_image, tmp_path / "sdcard.img", size)
+    image_id = read_table(disk).image_id
+    facts = boot_and_keep_a_file(disk, tmp_path / "console.log", "raspi3b", image_id)
+    # U-Boot named the board; GRUB loaded that board's device tree from the booted slot.
+    assert f"{layout.KERNEL_ARG_DTB}={PI3_DTB}" in facts["cmdline"].split()
+    assert f"{layout.KERNEL_ARG_BOOT}=slot-a" in facts["cmdline"].split()
+    assert facts["model"].startswith("Raspberry Pi 3 Model B")
+    print(f"\nraspi3b (U-Boot): shell after {facts['first boot s']} s, after reboot {facts['reboot s']} s")
