@@ -73,6 +73,9 @@ SLOTS: dict[str, Role] = {"a": Role.SLOT_A, "b": Role.SLOT_B}
 ENTRY_SLOT = {"a": "slot-a", "b": "slot-b"}
 ENTRY_FACTORY = "factory"
 ENTRIES = (ENTRY_SLOT["a"], ENTRY_SLOT["b"], ENTRY_FACTORY)
+# After the numbered entries and never in the boot order: boots the factory kernel with
+# KERNEL_ARG_RESET once GRUB has asked for confirmation.
+ENTRY_FACTORY_RESET = "factory-reset"
 
 # Boot state in p1's grubenv. ENV_ORDER lists menu entry numbers, preferred first; GRUB boots the
 # first and counts down ENV_TRIES on every attempt; at 0 it drops that entry and moves on.
@@ -128,6 +131,26 @@ DTB_GLOBS = ("broadcom/bcm27*-rpi-*.dtb", "broadcom/bcm2837-rpi-*.dtb")
 PERSISTENCE_CONF = "persistence.conf"
 PERSISTENCE_CONF_CONTENT = "/ union\n"
 
+# On p7, next to persistence.conf. live-boot (with "/ union") mounts the overlay with
+# upperdir=rw, workdir=work. liveng's own data lives in DELTA_STATE_DIR, outside the overlay.
+DELTA_DIR = "rw"
+DELTA_WORK_DIR = "work"
+DELTA_STATE_DIR = "liveng"
+SNAPSHOT_DIR = "liveng/snapshots"  # NAME.tar.zst (GNU tar | zstd) and NAME.json beside it
+SNAPSHOT_SUFFIX = ".tar.zst"
+# A restore or reset is staged by the running system and switched in by the initramfs at the
+# next boot (liveng/device/data/initramfs/live-premount/liveng-delta), before the overlay exists:
+#   STAGED_DIR   the complete new delta, made and synced before PENDING_PATH is written
+#   PENDING_PATH the request (key=value lines: action=restore|reset, snapshot=, delete_snapshots=0|1)
+#   SWITCH_PATH  the journal: once it exists the switch is rolled forward at every boot until done
+#   OLD_DELTA_DIR the delta being replaced, deleted last
+STAGED_DIR = "liveng/rw.new"
+OLD_DELTA_DIR = "liveng/rw.old"
+PENDING_PATH = "liveng/pending"
+SWITCH_PATH = "liveng/switch"
+ACTION_RESTORE = "restore"
+ACTION_RESET = "reset"
+
 # Where live-boot mounts things on the running system.
 LIVE_MEDIUM_MOUNT = "/run/live/medium"
 LIVE_PERSISTENCE_MOUNT = "/run/live/persistence"
@@ -135,6 +158,9 @@ LIVE_PERSISTENCE_MOUNT = "/run/live/persistence"
 ID_RE = re.compile(r"^[0-9a-f]{8}$")
 KERNEL_ARG_ID = "liveng.id"
 KERNEL_ARG_BOOT = "liveng.boot"  # which menu entry booted: slot-a, slot-b or factory
+# The GRUB entry "Factory reset" asks for confirmation and then boots the factory kernel with
+# liveng.reset=yes; the initramfs resets the delta before live-boot mounts it.
+KERNEL_ARG_RESET = "liveng.reset"
 # arm64: the device tree GRUB loaded from the entry's partition. Not "liveng.dtb=": the kernel's EFI
 # stub takes any "dtb=" in the command line, even inside another word, as a file to load, and fails.
 KERNEL_ARG_DTB = "liveng.devicetree"

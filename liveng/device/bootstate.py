@@ -19,7 +19,10 @@ class DeviceError(Exception):
 
 
 def run(argv: list[str]) -> str:
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise DeviceError(f"{argv[0]} is not installed: this image lacks a package liveng needs") from None
     if proc.returncode != 0:
         raise DeviceError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout

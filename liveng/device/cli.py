@@ -5,24 +5,96 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from liveng.device import kernel, system, verify
+from liveng.device import delta, kernel, kernelfit, resize, snapshot, status, verify
 from liveng.device.bootstate import DeviceError
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = system.status()
+    report = status.collect()
     if args.json:
-        print(json.dumps(asdict(st), indent=1))
+        print(json.dumps(report, indent=1))
+    else:
+        print("\n".join(status.lines(report)))
+    return 0
+
+
+def cmd_snapshot_create(args: argparse.Namespace) -> int:
+    name = args.name or snapshot.default_name()
+    with delta.persistence_root() as root:
+        path, warnings = snapshot.create(root, name, args.to)
+    for w in warnings:
+        print(f"liveng: tar: {w}", file=sys.stderr)
+    print(f"liveng: snapshot {name} written to {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+def cmd_snapshot_list(args: argparse.Namespace) -> int:
+    with delta.persistence_root() as root:
+        snaps = snapshot.list_snapshots(root)
+    if args.json:
+        print(json.dumps([{"name": s.name, "created": s.created, "size": s.size, "delta_bytes": s.delta_bytes}
+                          for s in snaps], indent=1))
+    elif not snaps:
+        print("no snapshots ('liveng snapshot create' makes one)")
+    else:
+        for s in snaps:
+            print(f"{s.name:<24} {s.created}  {s.size / 2**20:9.1f} MiB")
+    return 0
+
+
+def cmd_snapshot_delete(args: argparse.Namespace) -> int:
+    with delta.persistence_root() as root:
+        snapshot.delete(root, args.name)
+    print(f"liveng: snapshot {args.name} deleted")
+    return 0
+
+
+def cmd_snapshot_restore(args: argparse.Namespace) -> int:
+    with delta.persistence_root() as root:
+        request = snapshot.request_restore(root, args.name, kernelfit.adjust_order)
+    print(f"liveng: {request.describe()}")
+    print("liveng: changes made from now until the reboot are discarded; 'liveng cancel' withdraws it")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise DeviceError("liveng reset needs a confirmation: run it on a terminal or give --yes")
+    print(question, end=" ", flush=True)
+    return sys.stdin.readline().strip() == "yes"
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    what = "and every snapshot " if args.delete_snapshots else ""
+    if not args.yes and not _confirm(f"Discard every change made to this system {what}at the next boot? "
+                                      "Type yes to confirm:"):
+        print("liveng: no reset")
+        return 1
+    with delta.persistence_root() as root:
+        request = snapshot.request_reset(root, args.delete_snapshots, kernelfit.adjust_order)
+    print(f"liveng: {request.describe()}; 'liveng cancel' withdraws it")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with delta.persistence_root() as root:
+        if delta.switch_in_progress(root):
+            raise DeviceError("the switch has begun (the boot was interrupted); it completes at the next boot")
+        request = delta.drop_pending(root)
+    if request is None:
+        print("liveng: nothing pending")
         return 0
-    print(f"image id:     {st.image_id or 'unknown (not booted by liveng GRUB)'}")
-    print(f"booted from:  {st.boot_entry or 'unknown'}")
-    print(f"kernel:       {st.kernel}")
-    print(f"root:         {st.root_fstype}")
-    print(f"system layer: {', '.join(st.lower) or '-'}")
-    print(f"delta layer:  {st.upper or '-'} on {st.persistence_device or 'RAM'}")
+    kernelfit.restore_order(request.order)
+    print(f"liveng: cancelled the {request.action} requested {request.created}")
+    return 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    changed = resize.resize(say=lambda msg: print(f"liveng: {msg}", flush=True))
+    if not changed and not args.auto:
+        print("liveng: the persistence partition already fills the disk")
     return 0
 
 
@@ -82,6 +154,32 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the system partition and kernel slots against their manifests")
     p.set_defaults(func=cmd_verify)
 
+    snap = sub.add_parser("snapshot", help="archives of the delta: create, list, restore, delete")
+    ssub = snap.add_subparsers(dest="snapshot_command", required=True)
+    p = ssub.add_parser("create", help="archive the delta (on the persistence partition, or --to elsewhere)")
+    p.add_argument("name", nargs="?", help="snapshot name (default: the date and time, UTC)")
+    p.add_argument("--to", type=Path, metavar="PATH", help="write the archive to this file or directory instead")
+    p.set_defaults(func=cmd_snapshot_create)
+    p = ssub.add_parser("list", help="snapshots on the persistence partition")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_snapshot_list)
+    p = ssub.add_parser("restore", help="replace the delta with a snapshot at the next boot")
+    p.add_argument("name", help="snapshot name, or the path of an archive made with --to")
+    p.set_defaults(func=cmd_snapshot_restore)
+    p = ssub.add_parser("delete", help="delete a snapshot")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_snapshot_delete)
+
+    p = sub.add_parser("reset", help="factory reset: discard the delta at the next boot (asks first)")
+    p.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    p.add_argument("--delete-snapshots", action="store_true", help="delete the snapshots too")
+    p.set_defaults(func=cmd_reset)
+    p = sub.add_parser("cancel", help="withdraw a pending restore or reset")
+    p.set_defaults(func=cmd_cancel)
+    p = sub.add_parser("resize", help="grow the persistence partition to the end of the disk")
+    p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_resize)
+
     k = sub.add_parser("kernel", help="kernel slots: status, install, mark-good, rollback")
     ksub = k.add_subparsers(dest="kernel_command", required=True)
     p = ksub.add_parser("status", help="slots, versions, boot order, tries, last good boot")
@@ -107,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return result
     except DeviceError as exc:
         print(f"liveng: error: {exc}", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        print(f"liveng: error: {exc}: run liveng as root", file=sys.stderr)
         return 1
 
 

@@ -70,13 +70,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from liveng.host import offline
     from liveng.host.imagefile import open_image
 
     image = open_image(args.image)
+    status = offline.status(image)
     if args.json:
         print(json.dumps({"info": image.info, "partitions": [
             {"number": e.number, "start": e.start, "size": e.size, "type": f"0x{e.mbr_type:02x}",
-             "bootable": e.bootable} for e in image.table.entries]}, indent=1))
+             "bootable": e.bootable} for e in image.table.entries], "status": status}, indent=1))
         return 0
     info = image.info
     print(f"image:   {image.path}")
@@ -89,6 +91,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         flag = " boot" if e.bootable else ""
         print(f"  p{e.number}  {roles.get(e.number, '?'):<12} {e.start // layout.MiB:>7} MiB "
               f"+{e.size // layout.MiB:>7} MiB  type 0x{e.mbr_type:02x}{flag}")
+    print("\n".join(offline.lines(status)))
     return 0
 
 
@@ -128,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="forward a TCP port of 127.0.0.1 to the guest")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", help="show an image's layout and build information")
+    p = sub.add_parser("inspect", help="show an image's (or a card's) layout, build information and device status")
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)

@@ -26,6 +26,8 @@ CACHE_FORMAT = 2
 BASE_PACKAGES = (
     "live-boot", "systemd-sysv", "systemd-resolved", "udev", "python3", "xorriso", "e2fsprogs",
     "kmod", "iproute2", "procps", "zstd", "ca-certificates",
+    # liveng resize (sfdisk) and snapshots (GNU tar with xattrs and ACLs).
+    "fdisk", "tar",
 )
 KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
 COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
@@ -52,7 +54,7 @@ def initramfs_overlay() -> dict[str, bytes]:
     """Files that must be in the tree before the kernel's initramfs is first generated."""
     data = resources.files("liveng.device").joinpath("data/initramfs")
     files = {}
-    for name in ("live-premount/liveng",):
+    for name in ("live-premount/liveng", "live-premount/liveng-delta"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
     return files
 

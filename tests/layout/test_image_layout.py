@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from liveng import grubenv, layout
+from liveng.device.delta import Request
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
@@ -230,6 +231,37 @@ def test_inspect(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["info"]["id"] == built.image_id
     assert [p["number"] for p in data["partitions"]] == [1, 2, 3, 5, 6, 7]
+
+
+def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "copy.img"
+    subprocess.run(["cp", "--sparse=always", built.image, image], check=True)
+    assert main(["inspect", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "boot:    order slot-a factory, tries 3" in out
+    assert f"slot A:  kernel {fixture.KERNEL}" in out and "slot B:  empty" in out
+    assert "delta:   none yet (never booted)" in out and "pending: nothing" in out
+    # What a used device holds on p7: a delta, a snapshot, a pending restore (written with debugfs).
+    p7 = partitions(image)[7]
+    target = f"{image}?offset={int(str(p7['start'])) * 512}"
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "data").write_bytes(b"x" * 5000)
+    (files / "snap").write_bytes(b"y" * 3000)
+    (files / "pending").write_text(Request(action="restore", snapshot="s1", created="2026-01-02T03:04:05Z").text())
+    commands = ["mkdir rw", "mkdir rw/etc", f"write {files / 'data'} rw/etc/data", "mkdir liveng",
+                "mkdir liveng/snapshots", f"write {files / 'snap'} liveng/snapshots/s1.tar.zst",
+                f"write {files / 'pending'} liveng/pending"]
+    script = tmp_path / "cmds"
+    script.write_text("\n".join(commands) + "\n")
+    sh("debugfs", "-w", "-f", script, target)
+    assert main(["inspect", "--json", str(image)]) == 0
+    st = json.loads(capsys.readouterr().out)["status"]
+    assert st["persistence"]["delta_bytes"] == 5000 and st["persistence"]["booted"]
+    assert st["persistence"]["snapshots"] == [{"name": "s1", "size": 3000}]
+    assert st["persistence"]["pending"].startswith("restore of snapshot s1")
+    assert st["errors"] == []
 
 
 def test_inspect_rejects_non_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

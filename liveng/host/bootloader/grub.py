@@ -19,7 +19,7 @@ GRUB_LIB = Path("/usr/lib/grub")
 _COMMON_MODULES = [
     "part_msdos", "fat", "iso9660", "search", "search_fs_uuid", "normal", "configfile", "linux",
     "echo", "test", "regexp", "loadenv", "serial", "terminal", "terminfo", "sleep", "halt", "reboot",
-    "cat", "ls",
+    "cat", "ls", "read",
 ]
 MODULES = {
     "x86_64-efi": [*_COMMON_MODULES, "efi_gop", "all_video"],
@@ -86,7 +86,7 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
         f"regexp --set=1:default --set=2:fallback '^([^ ]+) ?(.*)$' \"${order}\"",
         f"set liveng_cmdline=\"{' '.join(a for a in (cmdline, console) if a)}\"",
         *_board_detection(board_dtbs),
-        "export liveng_id liveng_disk liveng_cmdline liveng_dtb",
+        "export liveng_id liveng_disk liveng_cmdline liveng_dtb liveng_env",
         "",
     ]
     for title, entry_id, number in entries:
@@ -99,7 +99,40 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
             f"    initrd /{layout.INITRD_PATH}",
             "}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + factory_reset_entry(bool(board_dtbs))) + "\n"
+
+
+def factory_reset_entry(load_dtb: bool = False) -> list[str]:
+    """A menu entry after the numbered ones (so it never shifts them, nor is in the boot order).
+
+    GRUB asks, on the screen and the serial console alike; only "yes" resets. The reset boots the
+    factory kernel, whose modules are the only ones left in a pristine system, and the boot order
+    then points at it until the next kernel update; anything else boots the factory kernel as it is.
+    """
+    order, tries = layout.ENV_ORDER, layout.ENV_TRIES
+    factory = layout.ENTRIES.index(layout.ENTRY_FACTORY)
+    system = layout.partition(layout.Role.SYSTEM).number
+    return [
+        f"menuentry 'Factory reset (asks for confirmation)' --id {layout.ENTRY_FACTORY_RESET} {{",
+        "    echo 'Factory reset: every change made to this system is discarded at this boot.'",
+        "    echo 'Snapshots are kept. Type yes and Enter to reset; anything else boots without a reset.'",
+        "    read liveng_answer",
+        "    if [ \"$liveng_answer\" = yes ]; then",
+        "        set liveng_reset=yes",
+        f"        set {order}={factory}",
+        f"        set {tries}={layout.TRIES}",
+        f"        save_env --file $liveng_env {order} {tries}",
+        "    else",
+        "        set liveng_reset=no",
+        "        echo 'No reset.'",
+        "    fi",
+        f"    set root=($liveng_disk,msdos{system})",
+        *(_load_dtb() if load_dtb else []),
+        f"    linux /{layout.KERNEL_PATH} $liveng_cmdline {layout.KERNEL_ARG_BOOT}={layout.ENTRY_FACTORY} "
+        f"{layout.KERNEL_ARG_RESET}=$liveng_reset" + (" $liveng_dtb_arg" if load_dtb else ""),
+        f"    initrd /{layout.INITRD_PATH}",
+        "}",
+    ]
 
 
 def _load_dtb() -> list[str]:

@@ -1,0 +1,165 @@
+"""liveng resize: the persistence partition (p7) grows to the end of the disk.
+
+The image is made small; the card it is written to is usually bigger. Three steps, each safe to
+cut at any moment and each skipped when already done, so running again finishes the job:
+
+1. the extended partition p3 grows to the end of the disk (its entry in the MBR: one sector);
+2. p7 grows to the end of p3 (its entry in the EBR in front of it: one sector), and the kernel is
+   told the new size (BLKPG, via partx);
+3. the ext4 on p7 grows, online (ext4's own journaled resize).
+
+liveng-resize.service runs it at every boot (a no-op once done); `liveng resize` by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from liveng import layout
+from liveng.device import bootstate, system
+from liveng.device.bootstate import DeviceError, run
+
+ALIGN_SECTORS = layout.ALIGN // layout.SECTOR
+# Less than this to gain is not worth a partition-table write.
+MIN_GAIN_SECTORS = ALIGN_SECTORS
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """In 512-byte sectors, as in the partition table."""
+
+    disk: int
+    extended_start: int
+    extended_size: int
+    persistence_start: int
+    persistence_size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    end: int  # where p3 and p7 should end (exclusive), aligned down to ALIGN
+    extended_size: int | None  # new size, or None when nothing to do
+    persistence_size: int | None
+
+    @property
+    def needed(self) -> bool:
+        return self.extended_size is not None or self.persistence_size is not None
+
+
+def plan(g: Geometry) -> Plan:
+    end = g.disk // ALIGN_SECTORS * ALIGN_SECTORS
+    if g.extended_start + g.extended_size > g.disk or g.persistence_start + g.persistence_size > g.disk:
+        raise DeviceError(f"the partition table reaches past the end of the disk ({g.disk} sectors): the image "
+                          "was written to a smaller disk than it was made for")
+    if not g.extended_start < g.persistence_start < g.extended_start + g.extended_size:
+        raise DeviceError("p7 does not lie inside the extended partition p3: not a liveng layout")
+    ext_end = g.extended_start + g.extended_size
+    p7_end = g.persistence_start + g.persistence_size
+    new_ext = end - g.extended_start if end - ext_end >= MIN_GAIN_SECTORS else None
+    target_ext_end = end if new_ext is not None else ext_end
+    new_p7 = target_ext_end - g.persistence_start if target_ext_end - p7_end >= MIN_GAIN_SECTORS else None
+    return Plan(end=end, extended_size=new_ext, persistence_size=new_p7)
+
+
+def _sys_block(dev: Path) -> Path:
+    return Path("/sys/class/block") / dev.resolve().name
+
+
+def disk_of(part: Path) -> Path:
+    """/dev/vda for /dev/vda7 (the partition's parent in sysfs)."""
+    return Path("/dev") / _sys_block(part).resolve().parent.name
+
+
+def read_geometry(disk: Path) -> Geometry:
+    if int((Path("/sys/block") / disk.name / "queue/logical_block_size").read_text()) != layout.SECTOR:
+        raise DeviceError(f"{disk} does not have 512-byte sectors: liveng resize cannot handle it")
+    table = json.loads(run(["sfdisk", "-J", str(disk)]))["partitiontable"]
+    parts: dict[int, tuple[int, int]] = {}
+    for p in table.get("partitions", []):
+        number = int(_sys_block_number(p["node"]))
+        parts[number] = (int(p["start"]), int(p["size"]))
+    ext, p7 = layout.partition(layout.Role.EXTENDED).number, layout.partition(layout.Role.PERSISTENCE).number
+    if ext not in parts or p7 not in parts:
+        raise DeviceError(f"{disk} has no partitions {ext} and {p7}: not a liveng layout")
+    return Geometry(disk=int((Path("/sys/block") / disk.name / "size").read_text()),
+                    extended_start=parts[ext][0], extended_size=parts[ext][1],
+                    persistence_start=parts[p7][0], persistence_size=parts[p7][1])
+
+
+def _sys_block_number(node: str) -> str:
+    digits = ""
+    for ch in reversed(node):
+        if not ch.isdigit():
+            break
+        digits = ch + digits
+    return digits
+
+
+def _set_size(disk: Path, number: int, size: int) -> None:
+    # -N: only this partition's entry changes (one sector: the MBR for p3, p7's EBR for p7).
+    # --no-reread: the disk is in use; the kernel is told below, for p7 only.
+    run_input(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
+               "-N", str(number), str(disk)], f",{size}\n")
+
+
+def run_input(argv: list[str], text: str) -> None:
+    try:
+        proc = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise DeviceError(f"{argv[0]} is not installed: this image lacks a package liveng needs") from None
+    if proc.returncode != 0:
+        raise DeviceError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    os.sync()
+
+
+def fs_size(part: Path) -> int:
+    """Bytes the ext4 on ``part`` spans."""
+    fields = {}
+    for line in run(["dumpe2fs", "-h", str(part)]).splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def resize(say: Callable[[str], None] = print) -> bool:
+    """Grow p3, p7 and its ext4 as far as the disk allows; returns whether anything changed."""
+    part = bootstate.device_path(layout.Role.PERSISTENCE)
+    if not part.exists():
+        raise DeviceError(f"{part} (the persistence partition) is missing")
+    disk = disk_of(part)
+    g = read_geometry(disk)
+    p = plan(g)
+    changed = False
+    if p.needed:
+        say(f"growing the persistence partition to the end of {disk} ({p.end * layout.SECTOR // layout.MiB} MiB)")
+    if p.extended_size is not None:
+        _set_size(disk, layout.partition(layout.Role.EXTENDED).number, p.extended_size)
+        changed = True
+    number = layout.partition(layout.Role.PERSISTENCE).number
+    if p.persistence_size is not None:
+        _set_size(disk, number, p.persistence_size)
+        changed = True
+    size = read_geometry(disk).persistence_size
+    kernel_size = int((_sys_block(part) / "size").read_text())
+    if kernel_size != size:
+        # partx --update reads p7's new entry and tells the kernel with BLKPG (resizepart is not in
+        # trixie's util-linux).
+        run(["partx", "--update", "--nr", str(number), str(disk)])
+        changed = True
+    if fs_size(part) + layout.ALIGN <= size * layout.SECTOR:
+        mounted = any(m.device.startswith("/dev/") and Path(m.device).resolve() == part.resolve()
+                      for m in system.mounts())
+        if not mounted:
+            run(["e2fsck", "-f", "-p", str(part)])
+        say(f"growing the ext4 on {part.resolve()} {'online' if mounted else 'offline'}")
+        run(["resize2fs", str(part)])
+        changed = True
+    if changed:
+        say(f"persistence partition: {fs_size(part) // layout.MiB} MiB")
+    return changed

@@ -1,0 +1,169 @@
+"""The device status of an image or a card, read from the host without mounting anything.
+
+p1 with mtools, the ISO9660 kernel slots with xorriso (at the partition's offset), p7 with
+debugfs/dumpe2fs (e2fsprogs open a file at an offset with ``FILE?offset=N``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from liveng import grubenv, layout
+from liveng.device.bootstate import DeviceError
+from liveng.device.delta import parse_request
+from liveng.host.errors import CommandError, ImageError
+from liveng.host.imagefile import ImageFile, fat_file
+from liveng.host.runner import output
+
+ISO_BLOCK = 2048
+
+
+def _is_iso(image: Path, offset: int) -> bool:
+    with open(image, "rb") as f:
+        f.seek(offset + 16 * ISO_BLOCK + 1)
+        return f.read(5) == b"CD001"
+
+
+def iso_file(image: Path, offset: int, path: str) -> bytes | None:
+    """One file of the ISO9660 at ``offset``, or None if there is no ISO or no such file."""
+    if offset % ISO_BLOCK or not _is_iso(image, offset):
+        return None
+    block = str(offset // ISO_BLOCK)
+    with tempfile.TemporaryDirectory(prefix="liveng-inspect-") as tmp:
+        dest = Path(tmp) / "file"
+        try:
+            output(["xorriso", "-abort_on", "FAILURE", "-displacement", block, "-load", "sbsector", block,
+                    "-indev", image, "-osirrox", "on", "-extract", f"/{path}", dest])
+        except CommandError:
+            return None
+        return dest.read_bytes() if dest.is_file() else None
+
+
+def _e2(image: Path, offset: int) -> str:
+    return f"{image}?offset={offset}"
+
+
+def _debugfs(image: Path, offset: int, commands: list[str]) -> str:
+    with tempfile.NamedTemporaryFile("w", prefix="liveng-debugfs-", suffix=".cmd") as f:
+        f.write("\n".join(commands) + "\n")
+        f.flush()
+        return output(["debugfs", "-f", f.name, _e2(image, offset)])
+
+
+def _listing(image: Path, offset: int, dirs: list[str]) -> dict[str, list[tuple[int, int, str, int]]]:
+    """``ls -p`` of each directory in one debugfs run: (inode, mode, name, size) per entry."""
+    text = _debugfs(image, offset, [f'ls -p "{d}"' for d in dirs])
+    out: dict[str, list[tuple[int, int, str, int]]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("debugfs: ls -p "):
+            current = line[len("debugfs: ls -p "):].strip('"')
+            out[current] = []
+        elif current is not None and line.startswith("/"):
+            fields = line.split("/")
+            # /inode/mode/uid/gid/name/size/ ; a name cannot hold "/" but the split keeps it whole
+            if len(fields) >= 8 and fields[1].isdigit():
+                name = "/".join(fields[5:-2])
+                size = int(fields[-2]) if fields[-2].isdigit() else 0
+                out[current].append((int(fields[1]), int(fields[2], 8), name, size))
+    return out
+
+
+def delta_bytes(image: Path, offset: int) -> int:
+    """Apparent size of the files in p7's rw/ (each inode once), walking it a level per debugfs run."""
+    seen: set[int] = set()
+    total = 0
+    level = [f"/{layout.DELTA_DIR}"]
+    while level:
+        nxt = []
+        for d, entries in _listing(image, offset, level).items():
+            for inode, mode, name, size in entries:
+                if name in (".", "..") or inode in seen:
+                    continue
+                seen.add(inode)
+                if mode & 0o170000 == 0o040000:
+                    nxt.append(f"{d}/{name}")
+                else:
+                    total += size
+        level = nxt
+    return total
+
+
+def persistence_status(image: Path, offset: int) -> dict[str, Any]:
+    fields = {}
+    for line in output(["dumpe2fs", "-h", _e2(image, offset)]).splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    block = int(fields["Block size"])
+    size, free = int(fields["Block count"]) * block, int(fields["Free blocks"]) * block
+    top = _listing(image, offset, ["/", f"/{layout.DELTA_STATE_DIR}", f"/{layout.SNAPSHOT_DIR}"])
+    snaps = sorted((name.removesuffix(layout.SNAPSHOT_SUFFIX), sz) for _, _, name, sz in top.get(
+        f"/{layout.SNAPSHOT_DIR}", []) if name.endswith(layout.SNAPSHOT_SUFFIX) and not name.startswith("."))
+    state = {name for _, _, name, _ in top.get(f"/{layout.DELTA_STATE_DIR}", [])}
+    pending = None
+    if "pending" in state:
+        text = _debugfs(image, offset, [f"cat /{layout.PENDING_PATH}"])
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("debugfs"))
+        try:
+            pending = parse_request(body).describe().replace(", applied at the next boot", "")
+        except DeviceError as exc:
+            pending = str(exc)
+    root_names = {name for _, _, name, _ in top.get("/", [])}
+    return {"size": size, "free": free,
+            "delta_bytes": delta_bytes(image, offset) if layout.DELTA_DIR in root_names else 0,
+            "booted": layout.DELTA_DIR in root_names,
+            "snapshots": [{"name": n, "size": s} for n, s in snaps],
+            "pending": pending, "switch_in_progress": "switch" in state}
+
+
+def status(image: ImageFile) -> dict[str, Any]:
+    table = image.table
+    report: dict[str, Any] = {"image_id": table.image_id, "errors": []}
+    boot = table.entry(layout.partition(layout.Role.BOOT).number)
+    try:
+        env = grubenv.parse(fat_file(image.path, boot.start, layout.GRUBENV_PATH))
+        report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),
+                          "tries": env.get(layout.ENV_TRIES), "good": env.get(layout.ENV_GOOD)}
+    except (ImageError, grubenv.GrubEnvError) as exc:
+        report["errors"].append(f"boot state: {exc}")
+    slots = {}
+    for name, role in layout.SLOTS.items():
+        raw = iso_file(image.path, table.entry(layout.partition(role).number).start, layout.SLOT_INFO_PATH)
+        info = json.loads(raw) if raw else {}
+        slots[name] = {"kernel": info.get("kernel"), "written": info.get("written")}
+    report["slots"] = slots
+    try:
+        report["persistence"] = persistence_status(image.path, table.entry(
+            layout.partition(layout.Role.PERSISTENCE).number).start)
+    except (CommandError, KeyError, ValueError) as exc:
+        report["errors"].append(f"persistence partition: {exc}")
+    return report
+
+
+def lines(report: dict[str, Any]) -> list[str]:
+    def mib(v: int) -> str:
+        return f"{v / layout.MiB:.1f} MiB"
+
+    out = []
+    if "boot" in report:
+        b = report["boot"]
+        out.append(f"boot:    order {' '.join(b['order'])}, tries {b['tries']}, last good {b['good'] or 'none'}")
+    for name, s in report["slots"].items():
+        out.append(f"slot {name.upper()}:  " + (f"kernel {s['kernel']}, written {s['written']}" if s["kernel"]
+                                               else "empty"))
+    p = report.get("persistence")
+    if p:
+        delta = mib(p["delta_bytes"]) if p["booted"] else "none yet (never booted)"
+        out.append(f"delta:   {delta}; persistence {mib(p['size'])}, {mib(p['free'])} free")
+        snaps = p["snapshots"]
+        out.append(f"snapshots: {len(snaps)}" + "".join(f"\n  {s['name']:<24} {mib(s['size'])}" for s in snaps))
+        if p["switch_in_progress"]:
+            out.append("pending: a restore or reset was interrupted during boot: it completes at the next boot")
+        else:
+            out.append(f"pending: {p['pending'] or 'nothing'}")
+    out.extend(f"error:   {e}" for e in report["errors"])
+    return out

@@ -1,0 +1,151 @@
+"""The initramfs switch (live-premount/liveng-delta) on a directory standing in for p7, with a power
+cut simulated before every file operation it makes: the next run must end with the old delta or
+the new one, whole, and with nothing left over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from liveng import layout
+from liveng.device.delta import Request
+
+SCRIPT = Path(str(resources.files("liveng.device").joinpath("data/initramfs/live-premount/liveng-delta")))
+WRAPPED = ("mv", "rm", "mkdir", "sync")
+# Each wrapped command counts itself; at CRASH_AT it kills the script (the power goes) instead of running.
+WRAPPER = """#!/bin/sh
+n=$(cat "$COUNTER"); n=$((n + 1)); echo "$n" >"$COUNTER"
+if [ "$n" -ge "$CRASH_AT" ]; then kill -9 "$PPID"; exit 1; fi
+exec /bin/{name} "$@"
+"""
+
+
+@pytest.fixture()
+def bin_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "bin"
+    d.mkdir()
+    for name in WRAPPED:
+        (d / name).write_text(WRAPPER.format(name=name))
+        (d / name).chmod(0o755)
+    return d
+
+
+def make_p7(root: Path, *, pending: Request | None, staged: bool, cmdline: str = "") -> Path:
+    p7 = root / "p7"
+    (p7 / "rw/etc").mkdir(parents=True)
+    (p7 / "rw/etc/marker").write_text("old\n")
+    (p7 / "rw/etc/only-old").write_text("x\n")
+    (p7 / "work/work").mkdir(parents=True)
+    (p7 / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
+    (p7 / layout.SNAPSHOT_DIR).mkdir(parents=True)
+    (p7 / layout.SNAPSHOT_DIR / "s1.tar.zst").write_bytes(b"snap")
+    if staged:
+        (p7 / layout.STAGED_DIR / "etc").mkdir(parents=True)
+        (p7 / layout.STAGED_DIR / "etc/marker").write_text("new\n")
+    if pending:
+        (p7 / layout.PENDING_PATH).write_text(pending.text())
+    (root / "cmdline").write_text(f"boot=live liveng.id=12ab34cd {cmdline}\n")
+    return p7
+
+
+def run(root: Path, bin_dir: Path, crash_at: int) -> bool:
+    """Run the script; True if it ran to the end (no simulated power cut)."""
+    counter = root / "counter"
+    counter.write_text("0")
+    env = {**os.environ, "LIVENG_DELTA_TEST_ROOT": str(root), "COUNTER": str(counter), "CRASH_AT": str(crash_at),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        return True
+    assert proc.returncode == -9, proc.stderr
+    return False
+
+
+def delta_state(p7: Path) -> str:
+    """old, new or empty; fails on a mix or on leftovers."""
+    assert not (p7 / layout.SWITCH_PATH).exists()
+    assert not (p7 / layout.PENDING_PATH).exists()
+    assert not (p7 / layout.STAGED_DIR).exists()
+    assert not (p7 / layout.OLD_DELTA_DIR).exists()
+    files = sorted(str(p.relative_to(p7 / "rw")) for p in (p7 / "rw").rglob("*"))
+    if files == ["etc", "etc/marker", "etc/only-old"] and (p7 / "rw/etc/marker").read_text() == "old\n":
+        assert (p7 / "work/work").is_dir()  # untouched
+        return "old"
+    assert not (p7 / "work").exists()  # the new delta gets a fresh work dir from live-boot
+    if files == []:
+        return "empty"
+    assert files == ["etc", "etc/marker"] and (p7 / "rw/etc/marker").read_text() == "new\n", files
+    return "new"
+
+
+RESTORE = Request(action=layout.ACTION_RESTORE, snapshot="s1", created="2026-01-01T00:00:00Z")
+
+
+@pytest.mark.parametrize(("request_", "staged", "cmdline", "expected"), [
+    (RESTORE, True, "", "new"),
+    (Request(action=layout.ACTION_RESET), True, "", "new"),
+    (RESTORE, True, "liveng.reset=yes", "empty"),  # the boot menu's reset wins over a pending restore
+    (None, False, "liveng.reset=yes", "empty"),
+])
+def test_power_cut_before_every_step(tmp_path: Path, bin_dir: Path, request_: Request | None, staged: bool,
+                                     cmdline: str, expected: str) -> None:
+    if request_ and request_.action == layout.ACTION_RESET:
+        staged = True
+        expected = "new"
+    cuts = 0
+    for crash_at in range(1, 100):
+        root = tmp_path / f"run{crash_at}"
+        root.mkdir()
+        p7 = make_p7(root, pending=request_, staged=staged, cmdline=cmdline)
+        if request_ and request_.action == layout.ACTION_RESET:
+            for p in (p7 / layout.STAGED_DIR).iterdir():  # a reset stages an empty delta
+                subprocess.run(["rm", "-rf", str(p)], check=True)
+            expected = "empty"
+        if run(root, bin_dir, crash_at):
+            assert delta_state(p7) == expected
+            break
+        cuts += 1
+        journal = (p7 / layout.SWITCH_PATH).exists()
+        # The next boot: the menu entry is not chosen again, so no liveng.reset= on its command line.
+        (root / "cmdline").write_text("boot=live liveng.id=12ab34cd\n")
+        assert run(root, bin_dir, 10**6)
+        state = delta_state(p7)
+        if journal or (request_ is not None and not cmdline):
+            assert state == expected, f"cut before operation {crash_at}"
+        else:
+            # Without a journal the reset has not begun (old delta, or the pending restore applied by
+            # the next boot) or it has ended.
+            assert state in ("old", expected, "new" if request_ else "old"), f"cut before operation {crash_at}"
+        assert (p7 / layout.SNAPSHOT_DIR / "s1.tar.zst").exists()
+    assert cuts >= 5  # the cuts did land inside the switch
+
+
+def test_delete_snapshots(tmp_path: Path, bin_dir: Path) -> None:
+    p7 = make_p7(tmp_path, pending=Request(action=layout.ACTION_RESET, delete_snapshots=True), staged=True)
+    subprocess.run(["rm", "-rf", str(p7 / layout.STAGED_DIR / "etc")], check=True)
+    assert run(tmp_path, bin_dir, 10**6)
+    assert delta_state(p7) == "empty"
+    assert not (p7 / layout.SNAPSHOT_DIR).exists()
+
+
+def test_interrupted_staging_is_dropped(tmp_path: Path, bin_dir: Path) -> None:
+    """rw.new without a request: the running system lost power while preparing it."""
+    p7 = make_p7(tmp_path, pending=None, staged=True)
+    assert run(tmp_path, bin_dir, 10**6)
+    assert delta_state(p7) == "old"
+
+
+def test_request_without_staged_delta_is_ignored(tmp_path: Path, bin_dir: Path) -> None:
+    p7 = make_p7(tmp_path, pending=RESTORE, staged=False)
+    assert run(tmp_path, bin_dir, 10**6)
+    assert delta_state(p7) == "old"
+
+
+def test_other_boots_change_nothing(tmp_path: Path, bin_dir: Path) -> None:
+    p7 = make_p7(tmp_path, pending=None, staged=False, cmdline="liveng.reset=no")
+    assert run(tmp_path, bin_dir, 10**6)
+    assert delta_state(p7) == "old"
