@@ -16,7 +16,7 @@ from liveng.host.disk import read_table
 from tests.boot.iso import file_extent
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("delta")]
 
 PACKAGE = "hello"  # small, not in the image
 DELETED = "/etc/issue.net"  # comes with base-files
