@@ -91,11 +91,17 @@ def read_env(boot: Path) -> dict[str, str]:
                           "GRUB falls back to slot A until it is rewritten") from None
 
 
-def write_env(boot: Path, env: dict[str, str]) -> None:
-    """Replace grubenv whole: a new file, flushed, renamed over the old one (GRUB reads either)."""
-    path = boot / layout.GRUBENV_PATH
-    tmp = path.with_name("grubenv.new")
-    data = grubenv.serialize(env)
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` whole: a power cut leaves the old content or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
@@ -103,6 +109,12 @@ def write_env(boot: Path, env: dict[str, str]) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_env(boot: Path, env: dict[str, str]) -> None:
+    """Replace grubenv whole (GRUB reads either the old file or the new one)."""
+    write_atomic(boot / layout.GRUBENV_PATH, grubenv.serialize(env))
     os.sync()
 
 

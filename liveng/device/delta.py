@@ -72,27 +72,6 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` whole: a power cut leaves the old content or the new, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def remove_tree(path: Path) -> None:
     # rm knows every file type a delta holds (whiteouts are device nodes) and is what the initramfs uses.
     if path.exists() or path.is_symlink():
@@ -135,7 +114,7 @@ def drop_pending(root: Path) -> Request | None:
         request = Request(action="damaged request")  # withdrawn all the same
     with contextlib.suppress(FileNotFoundError):
         (root / layout.PENDING_PATH).unlink()
-        fsync_dir(root / layout.DELTA_STATE_DIR)
+        bootstate.fsync_dir(root / layout.DELTA_STATE_DIR)
     remove_tree(root / layout.STAGED_DIR)
     return request
 
@@ -165,7 +144,7 @@ def stage(root: Path, request: Request, fill: Callable[[Path], None],
         raise
     if adjust_order is not None:
         request = dataclasses.replace(request, order=adjust_order(staged))
-    write_atomic(root / layout.PENDING_PATH, request.text().encode())
+    bootstate.write_atomic(root / layout.PENDING_PATH, request.text().encode())
     os.sync()
     return request
 

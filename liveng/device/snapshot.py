@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from liveng import layout
-from liveng.device import delta
+from liveng.device import bootstate, delta
 from liveng.device.bootstate import DeviceError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -170,7 +170,7 @@ def _write_file(dest: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
-        delta.fsync_dir(dest.parent)
+        bootstate.fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -212,7 +212,7 @@ def create(root: Path, name: str, to: Path | None = None) -> tuple[Path, list[st
     if to is None:
         meta = {"name": name, "created": delta.now(), "kernel": os.uname().release,
                 "delta_bytes": result[0].tar_bytes}
-        delta.write_atomic(dest.with_name(f"{name}.json"), (json.dumps(meta, indent=1) + "\n").encode())
+        bootstate.write_atomic(dest.with_name(f"{name}.json"), (json.dumps(meta, indent=1) + "\n").encode())
     return dest, result[0].warnings
 
 
@@ -250,7 +250,7 @@ def delete(root: Path, name: str) -> None:
     path = find(root, check_name(name))
     path.unlink()
     path.with_name(f"{path.name.removesuffix(layout.SNAPSHOT_SUFFIX)}.json").unlink(missing_ok=True)
-    delta.fsync_dir(path.parent)
+    bootstate.fsync_dir(path.parent)
 
 
 def request_restore(root: Path, name_or_path: str,

@@ -74,7 +74,7 @@ def test_boot_partition_holds_the_pi_boot_chain(rpi_image: Path) -> None:
     assert f"set liveng_dtb={PI3_DTB}" in cfg and "smbios --type 1" in cfg
     info = json.loads(p1_read(rpi_image, layout.IMAGE_INFO_PATH))
     assert info["target"] == "rpi" and info["arch"] == "arm64"
-    assert p1_read(rpi_image, rpi.UBOOT_NAME)[:4] != b""  # U-Boot is there and readable
+    assert len(p1_read(rpi_image, rpi.UBOOT_NAME)) > 100_000  # the whole U-Boot, not an empty file
 
 
 def test_kernel_slot_and_system_carry_the_kernels_device_trees(rpi_image: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
-from liveng.device import delta, kernelfit, resize, snapshot
+from liveng.device import bootstate, delta, kernelfit, resize, snapshot
 from liveng.device.bootstate import DeviceError
 from liveng.host.bootloader import grub
 
@@ -36,7 +36,7 @@ def test_bad_requests_are_named(text: str, message: str) -> None:
 def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
     target = tmp_path / "pending"
     target.write_text("old")
-    delta.write_atomic(target, b"new")
+    bootstate.write_atomic(target, b"new")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["pending"]
 
 
