@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -119,33 +118,14 @@ def test_virt_uefi_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None
     print(f"\narm64 virt (AAVMF): shell after {facts['first boot s']} s, after reboot {facts['reboot s']} s")
 
 
-def test_raspi3b_boots_through_uboot_and_grub_with_the_slots_device_tree(rpi_image: Path, tmp_path: Path) -> None:
-    """The Pi 3 way: U-Boot from p1 → GRUB → slot A's kernel with the board's DTB from slot A → live-boot → systemd.
-
-    Checked on the console only: QEMU 7.2's raspi3b (Debian 12's) stalls under this load a few
-    minutes into userspace before the serial login comes up, so no shell commands run here (the
-    same image gets a shell, the overlay and reboot checks on the virt machine above).
-    """
+def test_raspi3b_uboot_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None:
+    """The Pi 3 way: U-Boot from p1 → GRUB → slot A's kernel with the board's DTB from slot A → live-boot."""
     size = 1 << (rpi_image.stat().st_size - 1).bit_length()  # QEMU's SD card: a power of two
     disk = copy_of(rpi_image, tmp_path / "sdcard.img", size)
     image_id = read_table(disk).image_id
-    log = tmp_path / "console.log"
-    milestones = [
-        r"MMC: +mmc@7e202000",  # U-Boot is up (its banner comes before its UART is set up)
-        r"Booting `liveng'",
-        r"EFI stub: Using DTB from configuration table",
-        r"Machine model: Raspberry Pi 3 Model B",
-        rf"Kernel command line: .*liveng\.boot=slot-a {layout.KERNEL_ARG_DTB}={PI3_DTB}",
-        r"mmcblk0: p1 p2 p3 < p5 p6 p7 >",
-        r'Mounting "/run/live/medium/live/filesystem.squashfs"',
-        r"Welcome to .*Debian GNU/Linux",
-    ]
-    with Vm(disk, log, machine="raspi3b") as vm:
-        for pattern in milestones:
-            try:
-                vm.proc.expect(pattern, timeout=900)
-            except Exception as exc:  # pexpect.TIMEOUT or EOF: say which milestone was missed
-                raise AssertionError(f"raspi3b never printed {pattern!r}; console log: {log}") from exc
-        print(f"\nraspi3b (U-Boot → GRUB → kernel): systemd after {time.monotonic() - vm.started:.0f} s")
-    text = log.read_text(errors="replace")
-    assert f"live-media=/dev/disk/by-partuuid/{image_id}-02" in text
+    facts = boot_and_keep_a_file(disk, tmp_path / "console.log", "raspi3b", image_id)
+    # U-Boot named the board (SMBIOS); GRUB loaded that board's device tree from the booted slot.
+    assert f"{layout.KERNEL_ARG_DTB}={PI3_DTB}" in facts["cmdline"].split()
+    assert f"{layout.KERNEL_ARG_BOOT}=slot-a" in facts["cmdline"].split()
+    assert facts["model"].startswith("Raspberry Pi 3 Model B")
+    print(f"\nraspi3b (U-Boot): shell after {facts['first boot s']} s, after reboot {facts['reboot s']} s")
