@@ -76,7 +76,7 @@ def step_rootfs(ctx: Context) -> None:
         ctx.tarball = ctx.rootfs_tarball
         log.info("rootfs given: %s", ctx.tarball)
     else:
-        spec = rootfs.spec_for(ctx.recipe, ctx.mirrors.archive)
+        spec = rootfs.spec_for(ctx.recipe, ctx.mirrors)
         ctx.tarball, cached = rootfs.obtain(spec, ctx.cache_dir, ctx.workdir, ctx.refresh)
         log.info("rootfs %s: %s", "reused from cache" if cached else "made", ctx.tarball.name)
     rootfs.extract(ctx.tarball, ctx.tree)

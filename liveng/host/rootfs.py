@@ -8,11 +8,15 @@ import json
 import logging
 import os
 import shutil
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from liveng.host.errors import BuildError
+from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe
 from liveng.host.runner import output, run
 
@@ -21,7 +25,9 @@ log = logging.getLogger("liveng.rootfs")
 EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
 
 # Bump when the way the rootfs is made changes in a way the other inputs do not show.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+# Cached rootfs tarballs kept (the most recently used); each is 0.4-1 GB.
+CACHE_KEEP = 6
 
 BASE_PACKAGES = (
     "live-boot", "systemd-sysv", "systemd-resolved", "udev", "python3", "xorriso", "e2fsprogs",
@@ -60,9 +66,35 @@ def initramfs_overlay() -> dict[str, bytes]:
 
 
 @dataclass(frozen=True)
+class Pocket:
+    """One apt source of the rootfs: the suite itself, its -updates, its -security."""
+
+    uri: str
+    suite: str
+
+    def sources_line(self, components: tuple[str, ...]) -> str:
+        return f"deb {self.uri} {self.suite} {' '.join(components)}"
+
+    @property
+    def release_url(self) -> str:
+        return f"{self.uri}/dists/{self.suite}/InRelease"
+
+
+def pockets(suite: str, mirrors: Mirrors) -> tuple[Pocket, ...]:
+    """Where the rootfs comes from: the image must carry the suite's updates and security fixes of
+    the day it is built, not only the last point release. sid has neither pocket."""
+    found = [Pocket(mirrors.archive, suite)]
+    if suite != "sid":
+        found.append(Pocket(mirrors.archive, f"{suite}-updates"))
+        if mirrors.security:
+            found.append(Pocket(mirrors.security, f"{suite}-security"))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
 class RootfsSpec:
     suite: str
-    mirror: str
+    pockets: tuple[Pocket, ...]
     arch: str
     components: tuple[str, ...]
     packages: tuple[str, ...]
@@ -74,7 +106,7 @@ class RootfsSpec:
             "format": CACHE_FORMAT,
             "mmdebstrap": mmdebstrap_version,
             "suite": self.suite,
-            "mirror": self.mirror,
+            "pockets": [[p.uri, p.suite] for p in self.pockets],
             "arch": self.arch,
             "components": list(self.components),
             "packages": list(self.packages),
@@ -84,8 +116,8 @@ class RootfsSpec:
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def spec_for(recipe: Recipe, mirror: str) -> RootfsSpec:
-    return RootfsSpec(suite=recipe.suite, mirror=mirror, arch=recipe.arch,
+def spec_for(recipe: Recipe, mirrors: Mirrors) -> RootfsSpec:
+    return RootfsSpec(suite=recipe.suite, pockets=pockets(recipe.suite, mirrors), arch=recipe.arch,
                       components=COMPONENTS[recipe.target], packages=packages(recipe),
                       overlay=initramfs_overlay(), assets=BOOT_ASSETS[recipe.target])
 
@@ -100,24 +132,79 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liveng"
 
 
+def release_stamps(spec: RootfsSpec, timeout: float = 20) -> dict[str, str] | None:
+    """sha256 of each pocket's InRelease now; None when a mirror cannot be read (offline builds)."""
+    stamps = {}
+    for pocket in spec.pockets:
+        try:
+            with urllib.request.urlopen(pocket.release_url, timeout=timeout) as response:
+                stamps[pocket.suite] = hashlib.sha256(response.read()).hexdigest()
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            log.warning("cannot read %s (%s): the mirror's freshness is not checked", pocket.release_url, exc)
+            return None
+    return stamps
+
+
+def _stale(meta_file: Path, now: dict[str, str] | None) -> str:
+    """Why a cached rootfs is out of date ("" if it is not): the mirror published since it was made."""
+    if now is None:
+        return ""
+    try:
+        made = json.loads(meta_file.read_text()).get("releases")
+    except (OSError, ValueError):
+        made = None
+    if made != now:
+        changed = sorted(k for k in now if not isinstance(made, dict) or made.get(k) != now[k])
+        return f"the mirror has published {', '.join(changed) or 'new releases'} since it was made"
+    return ""
+
+
 def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool) -> tuple[Path, bool]:
-    """Return the cached rootfs tarball for ``spec``, making it first if needed; and whether it was cached."""
+    """Return the cached rootfs tarball for ``spec``, making it first if needed; and whether it was cached.
+
+    A cached rootfs is used only while the mirror's InRelease files are those it was made from, so
+    that a rebuild carries the security updates published since (offline: the cache is used as is).
+    """
     key = spec.key(mmdebstrap_version())
     tarball = cache_dir / f"rootfs-{spec.suite}-{spec.arch}-{key}.tar"
+    meta = cache_dir / f"{tarball.name}.json"
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Two builds of the same rootfs at once (parallel tests, two terminals): one makes it, the
     # other waits and reuses it.
     with open(cache_dir / f".{tarball.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        stamps = release_stamps(spec)
         if tarball.is_file() and not refresh:
-            log.info("rootfs cache hit: %s", tarball)
-            return tarball, True
+            why = _stale(meta, stamps)
+            if not why:
+                log.info("rootfs cache hit: %s", tarball)
+                os.utime(tarball)
+                return tarball, True
+            log.info("cached rootfs %s is out of date: %s; making it again", tarball.name, why)
         _make(spec, tarball, workdir)
+        _write_meta(meta, spec, stamps)
+    prune(cache_dir)
     return tarball, False
 
 
+def _write_meta(meta: Path, spec: RootfsSpec, stamps: dict[str, str] | None) -> None:
+    doc = {"suite": spec.suite, "arch": spec.arch, "packages": list(spec.packages), "assets": list(spec.assets),
+           "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "releases": stamps}
+    tmp = meta.with_name(f".{meta.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, meta)
+
+
+def prune(cache_dir: Path, keep: int = CACHE_KEEP) -> None:
+    """Drop all but the ``keep`` most recently used rootfs tarballs (a hit touches its tarball)."""
+    tarballs = sorted(cache_dir.glob("rootfs-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in tarballs[keep:]:
+        log.info("rootfs cache: dropping %s (least recently used)", old.name)
+        old.unlink(missing_ok=True)
+        old.with_name(f"{old.name}.json").unlink(missing_ok=True)
+
+
 def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
-    cache_dir = tarball.parent
     overlay = workdir / "rootfs-overlay"
     for rel, content in spec.overlay.items():
         dest = overlay / rel
@@ -143,13 +230,11 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
         run(["mmdebstrap", "--mode=root", "--format=tar", "--variant=minbase", f"--architectures={spec.arch}",
              f"--components={','.join(spec.components)}", f"--include={','.join(spec.packages)}",
              # dpkg without fsync: the tree is thrown away if the build fails anyway.
-             f"--hook-dir={EATMYDATA_HOOKS}", *hooks, spec.suite, tmp, spec.mirror], env=env)
+             f"--hook-dir={EATMYDATA_HOOKS}", *hooks, spec.suite, tmp,
+             *(p.sources_line(spec.components) for p in spec.pockets)], env=env)
         os.replace(tmp, tarball)
     finally:
         tmp.unlink(missing_ok=True)
-    (cache_dir / f"{tarball.name}.json").write_text(json.dumps(
-        {"suite": spec.suite, "arch": spec.arch, "packages": list(spec.packages), "assets": list(spec.assets)},
-        indent=1) + "\n")
 
 
 def host_arch() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from liveng import layout
 from liveng.host.bootloader import rpi
 from liveng.host.disk import read_table
 from tests.boot.conftest import build_image, partition_hash
+from tests.boot.test_kernel_slots import kstatus, settle, slot_kernel
 from tests.boot.test_pc_boot import check_live_layout
 from tests.vm import Vm
 
@@ -109,13 +111,63 @@ def boot_and_keep_a_file(disk: Path, log: Path, machine: str, image_id: str) -> 
     return facts
 
 
-def test_virt_uefi_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None:
+def slot_files(vm: Vm, image_id: str, slot: str) -> set[str]:
+    """The files in a kernel slot, read in the guest straight from its partition."""
+    out = vm.sh(f"xorriso -indev {layout.partuuid_path(image_id, layout.SLOTS[slot])} -find / -type f 2>/dev/null")
+    return {line.strip().strip("'").lstrip("/") for line in out.splitlines() if line.startswith("'/")}
+
+
+def test_virt_uefi_kernel_update_and_fallback(rpi_image: Path, tmp_path: Path) -> None:
+    """arm64 on AAVMF: the delta survives a reboot; apt installs another kernel, which goes to slot B with
+    its device trees and boots next; random bytes over slot B → slot A boots, nobody at the console."""
     disk = copy_of(rpi_image, tmp_path / "disk.img")
     image_id = read_table(disk).image_id
-    facts = boot_and_keep_a_file(disk, tmp_path / "console.log", "virt", image_id)
-    # No Raspberry Pi here: GRUB loads no device tree (the machine has ACPI from AAVMF).
-    assert layout.KERNEL_ARG_DTB not in facts["cmdline"]
-    print(f"\narm64 virt (AAVMF): shell after {facts['first boot s']} s, after reboot {facts['reboot s']} s")
+    before = partition_hash(disk, layout.Role.SYSTEM)
+    token = secrets.token_hex(8)
+    with Vm(disk, tmp_path / "console.log", machine="virt") as vm:
+        first = vm.wait_shell(timeout=1500)
+        check_live_layout(vm, image_id)
+        assert vm.sh("uname -m") == "aarch64"
+        # No Raspberry Pi here: GRUB loads no device tree (the machine has ACPI from AAVMF).
+        assert layout.KERNEL_ARG_DTB not in vm.sh("cat /proc/cmdline")
+        st = settle(vm)
+        assert st["running"] == "slot-a" and st["good"] == "slot-a"
+        factory = vm.sh("uname -r")
+        vm.sh(f"echo {token} > /root/keep.txt; sync")
+
+        vm.sh("apt-get update -q", timeout=1500)
+        start = time.monotonic()
+        out = vm.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-image-cloud-arm64", timeout=3600)
+        install_s = time.monotonic() - start
+        assert "written to slot B" in out
+        st = kstatus(vm)
+        cloud = slot_kernel(st, "b")
+        assert isinstance(cloud, str) and cloud != factory
+        assert st["order"] == ["slot-b", "slot-a", "factory"]
+        # The slot holds the new kernel's own device trees for liveng's boards, whatever it ships.
+        shipped = {rel for rel in json.loads(vm.sh(
+            "python3 -c 'import json, sys; from pathlib import Path; from liveng import layout; "
+            "print(json.dumps(sorted(layout.kernel_dtbs(Path(\"/\"), sys.argv[1]))))' " + cloud))}
+        in_slot = slot_files(vm, image_id, "b")
+        assert {layout.KERNEL_PATH, layout.INITRD_PATH, layout.MANIFEST_PATH} <= in_slot
+        assert {f for f in in_slot if f.startswith(layout.DTB_DIR + "/")} == shipped
+
+        rebooted = vm.reboot(timeout=1500)
+        assert vm.sh("uname -r") == cloud and vm.sh("cat /root/keep.txt") == token
+        st = settle(vm)
+        assert st["running"] == "slot-b" and st["good"] == "slot-b"
+
+        vm.sh(f"dd if=/dev/urandom of={layout.partuuid_path(image_id, layout.Role.SLOT_B)} bs=1M count=32 "
+              "conv=fsync status=none")
+        fallback = vm.reboot(timeout=1500)
+        st = settle(vm)
+        assert st["running"] == "slot-a" and vm.sh("uname -r") == factory
+        assert st["order"] == ["slot-a", "factory"]
+        vm.poweroff()
+    assert partition_hash(disk, layout.Role.SYSTEM) == before
+    print(f"\narm64 virt (AAVMF): shell after {first:.0f} s; apt install of {cloud} {install_s:.0f} s; "
+          f"reboot into it {rebooted:.0f} s; reboot after slot B was overwritten {fallback:.0f} s"
+          f"; device trees in slot B: {len(shipped)}")
 
 
 def test_raspi3b_uboot_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None:

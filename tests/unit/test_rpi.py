@@ -11,8 +11,11 @@ from liveng import layout
 from liveng.host import preflight, qemu, recipe, rootfs
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import UsageError
+from liveng.host.mirrors import Mirrors
 
 BOARDS = tuple((p, f"dtbs/{d}") for p, d in rpi.BOARD_DTBS)
+
+MIRRORS = Mirrors("http://m.example/debian", "http://m.example/debian-security")
 
 
 def test_arm64_menu_loads_the_boards_device_tree_from_each_entrys_partition() -> None:
@@ -118,7 +121,7 @@ def test_binfmt_preflight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_rpi_rootfs_downloads_the_boot_packages_and_keys_them() -> None:
     r = dataclasses.replace(recipe.load(None), target="rpi")
-    spec = rootfs.spec_for(r, "http://m.example/debian")
+    spec = rootfs.spec_for(r, MIRRORS)
     assert spec.arch == "arm64" and "linux-image-arm64" in spec.packages
     assert set(spec.assets) == {"raspi-firmware", "u-boot-rpi", "grub-efi-arm64-bin"}
     assert "raspi-firmware" not in spec.packages  # its kernel hooks would rewrite p1
