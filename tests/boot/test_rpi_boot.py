@@ -113,13 +113,22 @@ def boot_and_keep_a_file(disk: Path, log: Path, machine: str, image_id: str) -> 
 
 def slot_files(vm: Vm, image_id: str, slot: str) -> set[str]:
     """The files in a kernel slot, read in the guest straight from its partition."""
-    out = vm.sh(f"xorriso -indev {layout.partuuid_path(image_id, layout.SLOTS[slot])} -find / -type f 2>/dev/null")
-    return {line.strip().strip("'").lstrip("/") for line in out.splitlines() if line.startswith("'/")}
+    out = vm.sh(f"d=$(mktemp -d) && mount -o ro {layout.partuuid_path(image_id, layout.SLOTS[slot])} $d "
+                "&& (cd $d && find . -type f) && umount $d && rmdir $d")
+    return {line.strip().removeprefix("./") for line in out.splitlines() if line.startswith("./")}
+
+
+def shipped_dtbs(vm: Vm, kernel: str) -> set[str]:
+    """The device trees for liveng's boards that the installed kernel package ships, as slot paths."""
+    return set(json.loads(vm.sh(
+        "python3 -c 'import json, sys; from pathlib import Path; from liveng import layout; "
+        "print(json.dumps(sorted(layout.kernel_dtbs(Path(\"/\"), sys.argv[1]))))' " + kernel)))
 
 
 def test_virt_uefi_kernel_update_and_fallback(rpi_image: Path, tmp_path: Path) -> None:
-    """arm64 on AAVMF: the delta survives a reboot; apt installs another kernel, which goes to slot B with
-    its device trees and boots next; random bytes over slot B → slot A boots, nobody at the console."""
+    """arm64 on AAVMF: the delta survives reboots; apt installs another kernel, which goes to slot B and
+    boots next; the factory kernel rewritten to slot A carries its device trees; random bytes over
+    slot A → slot B boots, nobody at the console."""
     disk = copy_of(rpi_image, tmp_path / "disk.img")
     image_id = read_table(disk).image_id
     before = partition_hash(disk, layout.Role.SYSTEM)
@@ -144,30 +153,34 @@ def test_virt_uefi_kernel_update_and_fallback(rpi_image: Path, tmp_path: Path) -
         cloud = slot_kernel(st, "b")
         assert isinstance(cloud, str) and cloud != factory
         assert st["order"] == ["slot-b", "slot-a", "factory"]
-        # The slot holds the new kernel's own device trees for liveng's boards, whatever it ships.
-        shipped = {rel for rel in json.loads(vm.sh(
-            "python3 -c 'import json, sys; from pathlib import Path; from liveng import layout; "
-            "print(json.dumps(sorted(layout.kernel_dtbs(Path(\"/\"), sys.argv[1]))))' " + cloud))}
         in_slot = slot_files(vm, image_id, "b")
         assert {layout.KERNEL_PATH, layout.INITRD_PATH, layout.MANIFEST_PATH} <= in_slot
-        assert {f for f in in_slot if f.startswith(layout.DTB_DIR + "/")} == shipped
+        assert {f for f in in_slot if f.startswith(layout.DTB_DIR + "/")} == shipped_dtbs(vm, cloud)
 
         rebooted = vm.reboot(timeout=1500)
         assert vm.sh("uname -r") == cloud and vm.sh("cat /root/keep.txt") == token
         st = settle(vm)
         assert st["running"] == "slot-b" and st["good"] == "slot-b"
 
-        vm.sh(f"dd if=/dev/urandom of={layout.partuuid_path(image_id, layout.Role.SLOT_B)} bs=1M count=32 "
+        # The factory kernel (the generic flavour, with the Pi device trees) into the other slot.
+        assert "slot A" in vm.sh(f"liveng kernel install {factory}")
+        dtbs = shipped_dtbs(vm, factory)
+        assert "dtbs/broadcom/bcm2837-rpi-3-b.dtb" in dtbs
+        assert {f for f in slot_files(vm, image_id, "a") if f.startswith(layout.DTB_DIR + "/")} == dtbs
+        assert kstatus(vm)["order"] == ["slot-a", "slot-b", "factory"]
+
+        vm.sh(f"dd if=/dev/urandom of={layout.partuuid_path(image_id, layout.Role.SLOT_A)} bs=1M count=32 "
               "conv=fsync status=none")
         fallback = vm.reboot(timeout=1500)
         st = settle(vm)
-        assert st["running"] == "slot-a" and vm.sh("uname -r") == factory
-        assert st["order"] == ["slot-a", "factory"]
+        assert st["running"] == "slot-b" and vm.sh("uname -r") == cloud
+        assert st["order"] == ["slot-b", "factory"]
+        assert vm.sh("cat /root/keep.txt") == token
         vm.poweroff()
     assert partition_hash(disk, layout.Role.SYSTEM) == before
     print(f"\narm64 virt (AAVMF): shell after {first:.0f} s; apt install of {cloud} {install_s:.0f} s; "
-          f"reboot into it {rebooted:.0f} s; reboot after slot B was overwritten {fallback:.0f} s"
-          f"; device trees in slot B: {len(shipped)}")
+          f"reboot into it {rebooted:.0f} s; reboot after slot A was overwritten {fallback:.0f} s; "
+          f"device trees in the factory kernel's slot: {len(dtbs)}")
 
 
 def test_raspi3b_uboot_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None:
