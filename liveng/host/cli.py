@@ -1,4 +1,4 @@
-"""The liveng command on the host: build, run, inspect."""
+"""The liveng command on the host: build, run, flash, inspect."""
 
 from __future__ import annotations
 
@@ -95,6 +95,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flash(args: argparse.Namespace) -> int:
+    from liveng.host.flash import flash
+
+    print(f"liveng: {flash(args.image, args.device, force=args.force)}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liveng", description="Indestructible Debian installations "
                                      "for the Raspberry Pi and the PC.")
@@ -130,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--forward", action="append", default=[], metavar="HOSTPORT:GUESTPORT",
                    help="forward a TCP port of 127.0.0.1 to the guest")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("flash", help="write an image to a card or disk (or a file) and verify it by reading it back")
+    p.add_argument("image", type=Path)
+    p.add_argument("device", type=Path, help="the whole disk, e.g. /dev/sdb or /dev/mmcblk0 (see lsblk), or a file")
+    p.add_argument("--force", action="store_true",
+                   help="write even a disk that is in use or holds the running system")
+    p.set_defaults(func=cmd_flash)
 
     p = sub.add_parser("inspect", help="show an image's (or a card's) layout, build information and device status")
     p.add_argument("image", type=Path)
