@@ -20,6 +20,7 @@ from liveng.host.runner import run
 DEVICE_PYTHON_DIR = "usr/lib/python3/dist-packages/liveng"
 DEVICE_ENTRY = "usr/sbin/liveng"
 UNIT_DIR = "usr/lib/systemd/system"
+SSH_GENERATOR = "usr/lib/systemd/system-generators/systemd-ssh-generator"
 # What the device side shares with the host: the layout contract, the boot-state format, the settings schema.
 SHARED_MODULES = ("__init__.py", "layout.py", "grubenv.py", "settings.py")
 
@@ -267,6 +268,14 @@ def ssh(tree: Path, s: settings.Settings) -> None:
         return
     action = "enable" if settings.ssh_wanted(s) else "disable"
     run(["systemctl", f"--root={tree}", action, settings.SSH_UNIT])
+    if (tree / SSH_GENERATOR).exists():
+        # systemd's ssh generator (trixie on) binds sshd to AF_VSOCK and local AF_UNIX sockets, which
+        # liveng does not use; where the kernel has vsock but no transport it fails at every boot and
+        # daemon-reload. Masked the documented way: a link to /dev/null in /etc.
+        masked = tree / "etc/systemd/system-generators" / Path(SSH_GENERATOR).name
+        masked.parent.mkdir(parents=True, exist_ok=True)
+        masked.unlink(missing_ok=True)
+        masked.symlink_to("/dev/null")
 
 
 def device_settings(tree: Path, recipe: Recipe) -> None:

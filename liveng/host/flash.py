@@ -24,6 +24,7 @@ from liveng.host.imagefile import open_image
 from liveng.host.runner import run
 
 CHUNK = 4 * layout.MiB
+HOLE = 64 * 1024  # a file target skips runs of zeros this long
 # Where the running system lives: a disk backing any of these is refused without --force.
 SYSTEM_PATHS = ("/", "/boot", "/boot/efi", "/usr", "/var", "/home", "/var/cache/liveng", "/run/live/medium",
                 "/run/live/persistence")
@@ -260,8 +261,8 @@ class Progress:
         self._write(("\r" if self.tty else "") + self.line(done) + "\n")
 
 
-def _is_zero(chunk: bytes) -> bool:
-    return not chunk.strip(b"\0")
+def _is_zero(piece: memoryview) -> bool:
+    return not bytes(piece).strip(b"\0")
 
 
 def write_image(image: Path, fd: int, size: int, sparse: bool, progress: Progress) -> None:
@@ -272,11 +273,15 @@ def write_image(image: Path, fd: int, size: int, sparse: bool, progress: Progres
             chunk = src.read(min(CHUNK, size - done))
             if not chunk:
                 raise FlashError(f"{image}: ended after {done} of {size} bytes while being read")
-            if not (sparse and _is_zero(chunk)):
-                view = memoryview(chunk)
+            view = memoryview(chunk)
+            step = HOLE if sparse else len(chunk)
+            for start in range(0, len(chunk), step):
+                piece = view[start:start + step]
+                if sparse and _is_zero(piece):
+                    continue  # a file target: zeros stay a hole
                 pos = 0
-                while pos < len(chunk):
-                    pos += os.pwrite(fd, view[pos:], done + pos)
+                while pos < len(piece):
+                    pos += os.pwrite(fd, piece[pos:], done + start + pos)
             done += len(chunk)
             progress.update(done)
     if sparse:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import grubenv, layout
+from liveng import grubenv, layout, settings
 from liveng.device.delta import Request
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
@@ -30,6 +30,12 @@ mirror = "http://mirror.example/debian"
 security_mirror = "none"
 compression = "lz4"
 cmdline = ["quiet"]
+timezone = "Europe/Berlin"
+keyboard = "de"
+[wifi]
+country = "DE"
+ssid = "layout"
+passphrase = "layout-passphrase"
 [sizes]
 boot = 64
 slot = 32
@@ -164,6 +170,9 @@ def test_boot_partition(built: Built) -> None:
     assert f"liveng.id={built.image_id}" in cfg
     assert f"persistence-label=liveng-{built.image_id}" in cfg
     assert " quiet " in cfg  # the recipe's cmdline addition
+    example = subprocess.run(["mtype", "-i", spec, f"::/{layout.SETTINGS_PATH}"], capture_output=True, text=True,
+                             check=True, env=env).stdout
+    assert settings.loads(example, "p1").empty  # the commented example: applies nothing as it is
     efi = subprocess.run(["mtype", "-i", spec, "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True, check=True,
                          env=env).stdout
     assert efi[:2] == b"MZ"
@@ -224,6 +233,18 @@ def test_rootfs_customisation(built: Built) -> None:
     assert not (tree / "etc/apt/sources.list").exists()
     assert not list((tree / "var/lib/apt/lists").glob("*InRelease"))
     assert (tree / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_symlink()
+    # Settings: SSH on (a user has a key) with the keys made at the first boot, root never with a password.
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    assert (wants / "ssh.service").is_symlink() and (wants / "liveng-settings.service").is_symlink()
+    assert (wants / "liveng-ssh-keygen.service").is_symlink()
+    assert os.readlink(tree / "etc/systemd/system-generators/systemd-ssh-generator") == "/dev/null"
+    sshd = (tree / settings.SSHD_DROPIN_PATH).read_text()
+    assert "PermitRootLogin prohibit-password" in sshd and "PasswordAuthentication no" in sshd
+    assert os.readlink(tree / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
+    assert 'XKBLAYOUT="de"' in (tree / settings.KEYBOARD_PATH).read_text()
+    wifi = tree / settings.WIFI_CONF_PATH
+    assert wifi.stat().st_mode & 0o777 == 0o600 and "layout-passphrase" not in wifi.read_text()
+    assert f"psk={settings.wifi_psk('layout', 'layout-passphrase')}" in wifi.read_text()
 
 
 def test_inspect(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
