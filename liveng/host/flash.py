@@ -103,6 +103,8 @@ def disk_info(sysdir: Path) -> Disk:
     model = " ".join(w for w in (_read(sysdir / "device/vendor"), _read(sysdir / "device/model")) if w)
     if not model:
         model = _read(sysdir / "device/name")  # SD cards (mmcblk) name themselves here
+    if not model and (sysdir / "loop").is_dir():
+        model = f"loop device on {_read(sysdir / 'loop/backing_file')}"
     return Disk(name=sysdir.name, sysdir=sysdir, size=int(sectors) * layout.SECTOR if sectors.isdigit() else 0,
                 model=model, removable=_read(sysdir / "removable") == "1", readonly=_read(sysdir / "ro") == "1")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,48 @@ def test_refuses_the_disk_holding_this_host(tmp_path: Path, capsys: pytest.Captu
     assert main(["flash", str(image), f"/dev/{whole}"]) == 2
     err = capsys.readouterr().err
     assert f"/dev/{whole}" in err and "holds the running system (/ is on it)" in err
+
+
+@pytest.fixture()
+def loop_device(tmp_path: Path) -> Iterator[Path]:
+    """A real block device over a file (root only): the write, verify and O_EXCL paths on a disk."""
+    if os.geteuid() != 0:
+        pytest.skip("a loop device needs root")
+    backing = tmp_path / "disk.bin"
+    with open(backing, "wb") as f:
+        f.truncate(16 * layout.MiB)
+    proc = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
+    dev = Path(proc.stdout.strip())
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "--detach", str(dev)], check=False)
+
+
+def test_writes_and_verifies_a_block_device(tmp_path: Path, loop_device: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    image = small_image(tmp_path / "liveng.img")
+    with open(loop_device, "r+b") as f:
+        f.write(b"\xaa" * (16 * layout.MiB))  # old content everywhere, holes of the image included
+    assert main(["flash", str(image), str(loop_device)]) == 0
+    err = capsys.readouterr().err
+    assert f"loop device on {tmp_path / 'disk.bin'}" in err and "16.0 MiB" in err
+    size = image.stat().st_size
+    with open(loop_device, "rb") as f:
+        assert f.read(size) == image.read_bytes()
+    # Someone else holds it open exclusively (as a mount would): refused, nothing written.
+    held = os.open(loop_device, os.O_RDONLY | os.O_EXCL)
+    try:
+        with pytest.raises(FlashError, match="cannot open it for writing"):
+            flash.flash(image, loop_device)
+    finally:
+        os.close(held)
+    # Too small for a bigger image.
+    big = tmp_path / "big.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(big)], check=True)
+    with open(big, "r+b") as f:
+        f.truncate(32 * layout.MiB)
+    with pytest.raises(UsageError, match="is too small"):
+        flash.flash(big, loop_device)
