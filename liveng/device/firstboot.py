@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ def check(s: Settings, system: System, source: str) -> None:
         account = known.get(user.name)
         if account is not None and account.uid != 0 and account.uid < FIRST_UID:
             raise fail(f"users[{i}].name", f"{user.name!r} is a system account: choose another name")
+        if account is None and user.name in groups(system):
+            raise fail(f"users[{i}].name", f"{user.name!r} is the name of a group on this system: choose another "
+                       "name")
         if user.sudo and SUDO_GROUP not in groups(system):
             raise fail(f"users[{i}].sudo", "this image has no sudo: build it with sudo in the recipe's packages")
 
@@ -322,7 +326,10 @@ def _wait_for_boot_partition() -> None:
 def apply_boot_partition(force: bool = False, system: System | None = None) -> Outcome:
     """The whole flow (see the module's description); raises SettingsError when nothing was applied."""
     system = system or System()
-    ensure_locale(system)
+    try:
+        ensure_locale(system)
+    except bootstate.DeviceError as exc:  # the settings still get their turn
+        print(f"liveng: warning: the configured locale could not be generated: {exc}", file=sys.stderr)
     _wait_for_boot_partition()
     source = f"{layout.SETTINGS_PATH} on the boot partition"
     with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:

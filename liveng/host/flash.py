@@ -10,6 +10,7 @@ and /proc, so the checks are testable on a directory that stands in for /sys and
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -334,7 +335,10 @@ def flash(image: Path, target: Path, force: bool = False, host: Host | None = No
         try:
             fd = os.open(target, flags)
         except OSError as exc:
-            raise FlashError(f"{target}: cannot open it for writing: {exc.strerror} (in use?)") from None
+            hint = {errno.EBUSY: "something holds it (mounted, or open by another program)",
+                    errno.EACCES: "run liveng flash as root"}.get(exc.errno or 0, "")
+            raise FlashError(f"{target}: cannot open it for writing: {exc.strerror}" + (f": {hint}" if hint else "")) \
+                from None
         try:
             write_image(image, fd, size, sparse=False, progress=Progress("written ", size))
         except OSError as exc:

@@ -109,6 +109,7 @@ def test_checks_against_the_system(tmp_path: Path) -> None:
         'locale = "de_DE.UTF-8"': "locale: 'de_DE.UTF-8' needs the locales package",
         '[wifi]\ncountry = "DE"\nssid = "x"\npassphrase = "12345678"': "wifi: this image has no Wi-Fi support",
         '[[users]]\nname = "daemon"': "users[0].name: 'daemon' is a system account",
+        '[[users]]\nname = "sudo"': "users[0].name: 'sudo' is the name of a group on this system",
     }
     for text, needle in cases.items():
         with pytest.raises(SettingsError, match=r"^f: ") as info:
