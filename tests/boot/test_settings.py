@@ -112,6 +112,7 @@ password_authentication = true
         assert vm.sh("hostname") == "settings-test"
         assert vm.sh("readlink /etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
         assert vm.sh("systemctl show -P Result liveng-settings.service") == "success"
+        print("liveng-settings.service, applying:", vm.sh("systemd-analyze blame | grep liveng-settings || true"))
         vm.sh("timeout 120 sh -c 'until systemctl is-active -q ssh.service; do sleep 1; done'")
         sshd = vm.sh("sshd -T")
         assert "permitrootlogin without-password" in sshd or "permitrootlogin prohibit-password" in sshd
