@@ -228,7 +228,7 @@ After=liveng-settings.service
 
 [Service]
 ExecStart=
-ExecStart=/sbin/wpa_supplicant -c/{settings.WIFI_CONF_PATH} -Dnl80211,wext -i%I
+ExecStart=/usr/sbin/wpa_supplicant -c/{settings.WIFI_CONF_PATH} -Dnl80211,wext -i%I
 """
 _WIFI_UDEV = ("# liveng: wpa_supplicant for every Wi-Fi interface, whatever its name.\n"
               'ACTION=="add", SUBSYSTEM=="net", ENV{DEVTYPE}=="wlan", TAG+="systemd", '
