@@ -103,6 +103,21 @@ def cmd_flash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings_check(args: argparse.Namespace) -> int:
+    from liveng import settings
+    from liveng.host.errors import UsageError
+
+    try:
+        parsed = settings.loads(args.file.read_text(encoding="utf-8"), str(args.file))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.file}: cannot read it: {exc}") from None
+    except settings.SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"liveng: {args.file}: valid" + (" (sets nothing)" if parsed.empty else "") +
+          "; the device also checks what only it can tell (time zone, locale, Wi-Fi support) before applying")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liveng", description="Indestructible Debian installations "
                                      "for the Raspberry Pi and the PC.")
@@ -147,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="write even a disk that is in use or holds the running system")
     p.set_defaults(func=cmd_flash)
+
+    st = sub.add_parser("settings", help="first-boot settings files (liveng-settings.toml on p1)")
+    stsub = st.add_subparsers(dest="settings_command", required=True)
+    p = stsub.add_parser("check", help="check a settings file before copying it to a card's boot partition")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_settings_check)
 
     p = sub.add_parser("inspect", help="show an image's (or a card's) layout, build information and device status")
     p.add_argument("image", type=Path)

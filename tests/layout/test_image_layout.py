@@ -245,6 +245,11 @@ def test_rootfs_customisation(built: Built) -> None:
     wifi = tree / settings.WIFI_CONF_PATH
     assert wifi.stat().st_mode & 0o777 == 0o600 and "layout-passphrase" not in wifi.read_text()
     assert f"psk={settings.wifi_psk('layout', 'layout-passphrase')}" in wifi.read_text()
+    # Every Wi-Fi interface gets Debian's wpa_supplicant@ on that configuration, and DHCP.
+    dropin = (tree / "etc/systemd/system/wpa_supplicant@.service.d/liveng.conf").read_text()
+    assert f"-c/{settings.WIFI_CONF_PATH}" in dropin and "After=liveng-settings.service" in dropin
+    assert "wpa_supplicant@$name.service" in (tree / "etc/udev/rules.d/90-liveng-wifi.rules").read_text()
+    assert "Type=wlan" in (tree / "etc/systemd/network/81-liveng-wifi.network").read_text()
 
 
 def test_inspect(built: Built, capsys: pytest.CaptureFixture[str]) -> None:

@@ -168,3 +168,16 @@ def test_readme_example_is_valid() -> None:
     example = readme[start:readme.index("```", start)]
     s = settings.loads(example, "README")
     assert s.users and s.wifi is not None and s.ssh is not None
+
+
+def test_host_checks_a_settings_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from liveng.host.cli import main
+
+    good = tmp_path / "liveng-settings.toml"
+    good.write_text(FULL)
+    assert main(["settings", "check", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[wifi]\ncountry = "de"\nssid = "x"\n')
+    assert main(["settings", "check", str(bad)]) == 2
+    assert f"{bad}: wifi.country: 'de' is not" in capsys.readouterr().err
