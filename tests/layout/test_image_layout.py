@@ -268,6 +268,7 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert "boot:    order slot-a factory, tries 3" in out
     assert f"slot A:  kernel {fixture.KERNEL}" in out and "slot B:  empty" in out
     assert "delta:   none yet (never booted)" in out and "pending: nothing" in out
+    assert "settings: liveng-settings.toml sets nothing (the commented example)" in out
     # What a used device holds on p7: a delta, a snapshot, a pending restore (written with debugfs).
     p7 = partitions(image)[7]
     target = f"{image}?offset={int(str(p7['start'])) * 512}"
@@ -288,6 +289,18 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert st["persistence"]["snapshots"] == [{"name": "s1", "size": 3000}]
     assert st["persistence"]["pending"].startswith("restore of snapshot s1")
     assert st["errors"] == []
+    # The owner's settings on p1, as inspect sees them: what they set, secrets not yet applied, invalid.
+    p1 = f"{image}@@{int(str(partitions(image)[1]['start'])) * 512}"
+    (files / "settings").write_text('hostname = "x"\n[[users]]\nname = "pi"\npassword_hash = "$6$a$b"\n')
+    sh("mcopy", "-o", "-i", p1, files / "settings", f"::/{layout.SETTINGS_PATH}")
+    assert main(["inspect", str(image)]) == 0
+    assert "settings: liveng-settings.toml sets hostname, users; holds secrets: not applied yet" in \
+        capsys.readouterr().out
+    (files / "settings").write_text('hostname = "X"\n')
+    sh("mcopy", "-o", "-i", p1, files / "settings", f"::/{layout.SETTINGS_PATH}")
+    assert main(["inspect", str(image)]) == 0
+    assert "settings: INVALID, the device will apply none of it: liveng-settings.toml: hostname: 'X'" in \
+        capsys.readouterr().out
 
 
 def test_inspect_rejects_non_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
