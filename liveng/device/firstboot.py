@@ -351,12 +351,14 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
     changes = apply(s, system)
     os.sync()  # the applied settings are on p7 before the secrets leave p1
     data = settings.decode(text, source)
-    with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
-        if settings.has_secrets(data):
-            redacted = settings.redact(text, f"applied {now()} and removed from this file")
-            bootstate.write_atomic(boot / layout.SETTINGS_PATH, redacted.encode())
-            digest = settings.digest(redacted.encode())
-        (boot / layout.SETTINGS_ERROR_PATH).unlink(missing_ok=True)
+    secrets = settings.has_secrets(data)
+    if secrets or error_note:  # p1 is mounted writable only when there is something to write
+        with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
+            if secrets:
+                redacted = settings.redact(text, f"applied {now()} and removed from this file")
+                bootstate.write_atomic(boot / layout.SETTINGS_PATH, redacted.encode())
+                digest = settings.digest(redacted.encode())
+            (boot / layout.SETTINGS_ERROR_PATH).unlink(missing_ok=True)
     write_state(system, {"digest": digest, "applied": now(), "changes": changes})
     os.sync()
     what = ", ".join(changes) if changes else "nothing needed changing"

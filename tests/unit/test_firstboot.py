@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -124,67 +125,81 @@ def test_checks_against_the_system(tmp_path: Path) -> None:
     assert rec.calls == []
 
 
+@dataclass
+class BootPartition:
+    """A directory standing in for the mounted boot partition; how it was mounted, in order."""
+
+    path: Path
+    writable: list[bool] = field(default_factory=list)
+
+
 @pytest.fixture()
-def p1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A directory standing in for the mounted boot partition."""
-    boot = tmp_path / "p1"
-    boot.mkdir()
+def p1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BootPartition:
+    boot = BootPartition(tmp_path / "p1")
+    boot.path.mkdir()
 
     @contextlib.contextmanager
     def mounted(role: layout.Role, fstype: str, writable: bool = False) -> Iterator[Path]:
         assert role is layout.Role.BOOT and fstype == "vfat"
-        yield boot
+        boot.writable.append(writable)
+        yield boot.path
 
     monkeypatch.setattr(bootstate, "mounted", mounted)
     monkeypatch.setattr(firstboot, "_wait_for_boot_partition", lambda: None)
     return boot
 
 
-def test_boot_flow_once_secrets_removed_and_edits_applied_again(tmp_path: Path, p1: Path) -> None:
+def test_boot_flow_once_secrets_removed_and_edits_applied_again(tmp_path: Path, p1: BootPartition) -> None:
     root = make_root(tmp_path)
     sys_, _ = system(root)
     assert not firstboot.apply_boot_partition(system=sys_).applied  # no file: nothing
-    (p1 / layout.SETTINGS_PATH).write_text(GOOD)
+    (p1.path / layout.SETTINGS_PATH).write_text(GOOD)
+    p1.writable.clear()
     outcome = firstboot.apply_boot_partition(system=sys_)
     assert outcome.applied and "user pi added" in outcome.message
-    left = (p1 / layout.SETTINGS_PATH).read_text()
+    assert p1.writable == [False, True]  # read, then written without its secrets
+    left = (p1.path / layout.SETTINGS_PATH).read_text()
     assert "$6$salt$hash" not in left and "very secret" not in left
     assert "# my settings" in left and 'hostname = "kiosk"' in left and KEY in left
     state = firstboot.read_state(sys_)
     assert state["digest"] == settings.digest(left.encode())
-    # The next boot: unchanged, nothing run.
+    # The next boot: unchanged, nothing run, p1 not mounted writable.
+    p1.writable.clear()
     sys2, rec2 = system(root)
     outcome = firstboot.apply_boot_partition(system=sys2)
     assert not outcome.applied and "unchanged" in outcome.message and rec2.calls == []
+    assert p1.writable == [False]
     # The owner edits the file (the secrets are gone from it): applied again, the Wi-Fi keeps its key.
     psk_before = (root / settings.WIFI_CONF_PATH).read_text()
-    (p1 / layout.SETTINGS_PATH).write_text(left.replace('"kiosk"', '"kiosk-2"'))
+    (p1.path / layout.SETTINGS_PATH).write_text(left.replace('"kiosk"', '"kiosk-2"'))
     sys3, rec3 = system(root)
+    p1.writable.clear()
     assert firstboot.apply_boot_partition(system=sys3).applied
+    assert p1.writable == [False]  # no secrets left to remove, no error note: p1 stays read-only
     assert (root / "etc/hostname").read_text() == "kiosk-2\n"
     assert (root / settings.WIFI_CONF_PATH).read_text() == psk_before
     assert not any(argv[0] in ("useradd", "chpasswd") for argv, _ in rec3.calls)
 
 
-def test_malformed_file_applies_nothing_and_says_why(tmp_path: Path, p1: Path) -> None:
+def test_malformed_file_applies_nothing_and_says_why(tmp_path: Path, p1: BootPartition) -> None:
     root = make_root(tmp_path)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     # Valid TOML, valid keys up to the last one: the hostname must not be applied either.
     bad = GOOD + '\n[ssh]\nenabled = "yes"\n'
-    (p1 / layout.SETTINGS_PATH).write_text(bad)
+    (p1.path / layout.SETTINGS_PATH).write_text(bad)
     sys_, rec = system(root)
     with pytest.raises(SettingsError, match=r"ssh\.enabled: must be true or false"):
         firstboot.apply_boot_partition(system=sys_)
     assert rec.calls == []
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
-    assert (p1 / layout.SETTINGS_PATH).read_text() == bad  # left for the owner to fix
-    note = (p1 / layout.SETTINGS_ERROR_PATH).read_text()
+    assert (p1.path / layout.SETTINGS_PATH).read_text() == bad  # left for the owner to fix
+    note = (p1.path / layout.SETTINGS_ERROR_PATH).read_text()
     assert "did NOT apply" in note and "ssh.enabled" in note
     # Fixed: applied, and the note goes.
-    (p1 / layout.SETTINGS_PATH).write_text(GOOD)
+    (p1.path / layout.SETTINGS_PATH).write_text(GOOD)
     assert firstboot.apply_boot_partition(system=sys_).applied
-    assert not (p1 / layout.SETTINGS_ERROR_PATH).exists()
-    (p1 / layout.SETTINGS_PATH).write_bytes(b"hostname = \"\xff\"\n")
+    assert not (p1.path / layout.SETTINGS_ERROR_PATH).exists()
+    (p1.path / layout.SETTINGS_PATH).write_bytes(b"hostname = \"\xff\"\n")
     with pytest.raises(SettingsError, match="not UTF-8 text"):
         firstboot.apply_boot_partition(system=sys_)
 
