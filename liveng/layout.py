@@ -123,6 +123,10 @@ GRUB_DIR = "boot/grub"
 GRUB_CFG_PATH = "boot/grub/grub.cfg"
 GRUBENV_PATH = "boot/grub/grubenv"
 EFI_BOOT_DIR = "EFI/BOOT"
+# Settings the owner edits on p1 after flashing (liveng/settings.py), applied at boot by
+# liveng-settings.service; a file that cannot be applied gets the reason written beside it.
+SETTINGS_PATH = "liveng-settings.toml"
+SETTINGS_ERROR_PATH = "liveng-settings-error.txt"
 # arm64: the kernel's device trees beside it (in each slot and on p2), as dtbs/<vendor>/<board>.dtb,
 # so that a kernel update also updates the device tree. Only the boards liveng boots by itself
 # (the Raspberry Pi family); other arm64 machines bring their own device tree or ACPI.

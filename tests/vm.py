@@ -27,8 +27,10 @@ class VmError(AssertionError):
 class Vm:
     def __init__(self, image: Path, log: Path, *, bios: bool = False, snapshot: bool = False,
                  disks: tuple[Path, ...] = (), memory: int = 1024, qmp: Path | None = None,
-                 machine: str | None = None) -> None:
+                 machine: str | None = None, forwards: tuple[str, ...] = ()) -> None:
         args = ["-m", "liveng.host.cli", "run", str(image), "--memory", str(memory)]
+        for fwd in forwards:  # "HOSTPORT:GUESTPORT", TCP on 127.0.0.1
+            args += ["--forward", fwd]
         if machine:
             args += ["--machine", machine]
         if bios:

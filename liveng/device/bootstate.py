@@ -18,9 +18,10 @@ class DeviceError(Exception):
     """A device command could not do its work; the message says why and what to do."""
 
 
-def run(argv: list[str]) -> str:
+def run(argv: list[str], input_text: str | None = None) -> str:
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        proc = subprocess.run(argv, input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL,
+                              capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise DeviceError(f"{argv[0]} is not installed: this image lacks a package liveng needs") from None
     if proc.returncode != 0:
@@ -99,12 +100,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` whole: a power cut leaves the old content or the new, never a part."""
+def write_atomic(path: Path, data: bytes, mode: int | None = None, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` whole: a power cut leaves the old content or the new, never a part.
+
+    ``mode`` and ``owner`` are set before the rename (not on FAT, which has neither: leave them None).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else 0o600)
     try:
         os.write(fd, data)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        if mode is not None:
+            os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
         os.close(fd)

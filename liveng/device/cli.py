@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from liveng.device import delta, kernel, kernelfit, resize, snapshot, status, verify
+from liveng import layout
+from liveng.device import delta, firstboot, kernel, kernelfit, resize, snapshot, status, verify
 from liveng.device.bootstate import DeviceError
+from liveng.settings import SettingsError
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -144,6 +146,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_settings_apply(args: argparse.Namespace) -> int:
+    try:
+        outcome = firstboot.apply_boot_partition(force=args.force)
+    except SettingsError as exc:
+        print(f"liveng: the settings were NOT applied (nothing was changed; the boot goes on): {exc}",
+              file=sys.stderr)
+        print(f"liveng: fix the file on the boot partition and boot again; the reason is also in "
+              f"{layout.SETTINGS_ERROR_PATH} there", file=sys.stderr)
+        return 1
+    print(f"liveng: {outcome.message}")
+    return 0
+
+
+def cmd_settings_check(args: argparse.Namespace) -> int:
+    try:
+        s = firstboot.check_file(args.file)
+    except SettingsError as exc:
+        print(f"liveng: {exc}", file=sys.stderr)
+        return 1
+    print("liveng: the settings are valid" + (" (and empty)" if s.empty else ""))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liveng", description="liveng device tool")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +204,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resize", help="grow the persistence partition to the end of the disk")
     p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_resize)
+
+    st = sub.add_parser("settings", help="the settings file on the boot partition (liveng-settings.toml)")
+    stsub = st.add_subparsers(dest="settings_command", required=True)
+    p = stsub.add_parser("apply", help="apply it if it changed (run at every boot by liveng-settings.service)")
+    p.add_argument("--force", action="store_true", help="apply it even if it has not changed")
+    p.set_defaults(func=cmd_settings_apply)
+    p = stsub.add_parser("check", help="check it (or FILE) against this system; apply nothing")
+    p.add_argument("file", nargs="?", type=Path)
+    p.set_defaults(func=cmd_settings_check)
 
     k = sub.add_parser("kernel", help="kernel slots: status, install, mark-good, rollback")
     ksub = k.add_subparsers(dest="kernel_command", required=True)

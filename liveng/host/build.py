@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 from liveng import __version__, grubenv, layout
@@ -95,6 +96,9 @@ def step_customise(ctx: Context) -> None:
     customize.kernel_hooks(tree)
     customize.lock_root(tree)
     customize.users(tree, recipe.users)
+    customize.ssh(tree, recipe.settings)
+    customize.wifi_support(tree)
+    customize.device_settings(tree, recipe)
     if recipe.autologin:
         customize.autologin(tree)
     customize.copy_files(tree, recipe)
@@ -188,6 +192,9 @@ def step_boot_partition(ctx: Context) -> None:
     info = staging / layout.IMAGE_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
     info.write_text(json.dumps(ctx.image_info(), indent=1) + "\n")
+    # The owner's settings, every line commented out: edit it on any computer after flashing.
+    (staging / layout.SETTINGS_PATH).write_bytes(
+        resources.files("liveng.host").joinpath("data/liveng-settings.toml").read_bytes())
     filesystems.fat32(staging, ctx.part("boot"), ctx.recipe.sizes.boot, layout.BOOT_LABEL, ctx.image_id)
 
 

@@ -1,4 +1,4 @@
-"""The liveng command on the host: build, run, inspect."""
+"""The liveng command on the host: build, run, flash, inspect."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from liveng.host.qemu import VmConfig, run_vm
 
     cfg = VmConfig(image=args.image, bios=args.bios, snapshot=args.snapshot, memory=args.memory,
-                   cpus=args.cpus, disks=tuple(args.disk), qmp=args.qmp, forwards=tuple(args.forward),
+                   cpus=args.cpus, disks=tuple(args.disk), qmp=args.qmp,
+                   forwards=tuple(args.forward) + ((f"{args.ssh_port}:22",) if args.ssh_port else ()),
                    machine=args.machine)
     return run_vm(cfg)
 
@@ -92,6 +93,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  p{e.number}  {roles.get(e.number, '?'):<12} {e.start // layout.MiB:>7} MiB "
               f"+{e.size // layout.MiB:>7} MiB  type 0x{e.mbr_type:02x}{flag}")
     print("\n".join(offline.lines(status)))
+    return 0
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    from liveng.host.flash import flash
+
+    print(f"liveng: {flash(args.image, args.device, force=args.force)}")
+    return 0
+
+
+def cmd_settings_check(args: argparse.Namespace) -> int:
+    from liveng import settings
+    from liveng.host.errors import UsageError
+
+    try:
+        parsed = settings.loads(args.file.read_text(encoding="utf-8"), str(args.file))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.file}: cannot read it: {exc}") from None
+    except settings.SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"liveng: {args.file}: valid" + (" (sets nothing)" if parsed.empty else "") +
+          "; the device also checks what only it can tell (time zone, locale, Wi-Fi support) before applying")
     return 0
 
 
@@ -129,7 +152,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qmp", type=Path, help="QMP socket path, for scripts")
     p.add_argument("--forward", action="append", default=[], metavar="HOSTPORT:GUESTPORT",
                    help="forward a TCP port of 127.0.0.1 to the guest")
+    p.add_argument("--ssh-port", type=int, metavar="PORT",
+                   help="forward 127.0.0.1:PORT to the guest's SSH (same as --forward PORT:22)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("flash", help="write an image to a card or disk (or a file) and verify it by reading it back")
+    p.add_argument("image", type=Path)
+    p.add_argument("device", type=Path, help="the whole disk, e.g. /dev/sdb or /dev/mmcblk0 (see lsblk), or a file")
+    p.add_argument("--force", action="store_true",
+                   help="write even a disk that is in use or holds the running system")
+    p.set_defaults(func=cmd_flash)
+
+    st = sub.add_parser("settings", help="first-boot settings files (liveng-settings.toml on p1)")
+    stsub = st.add_subparsers(dest="settings_command", required=True)
+    p = stsub.add_parser("check", help="check a settings file before copying it to a card's boot partition")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_settings_check)
 
     p = sub.add_parser("inspect", help="show an image's (or a card's) layout, build information and device status")
     p.add_argument("image", type=Path)

@@ -11,6 +11,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from liveng import settings
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe, User
@@ -19,8 +20,9 @@ from liveng.host.runner import run
 DEVICE_PYTHON_DIR = "usr/lib/python3/dist-packages/liveng"
 DEVICE_ENTRY = "usr/sbin/liveng"
 UNIT_DIR = "usr/lib/systemd/system"
-# What the device side shares with the host: the layout contract and the boot-state format.
-SHARED_MODULES = ("__init__.py", "layout.py", "grubenv.py")
+SSH_GENERATOR = "usr/lib/systemd/system-generators/systemd-ssh-generator"
+# What the device side shares with the host: the layout contract, the boot-state format, the settings schema.
+SHARED_MODULES = ("__init__.py", "layout.py", "grubenv.py", "settings.py")
 
 _ENTRY_SCRIPT = """#!/usr/bin/python3
 # liveng device tool (installed by liveng build).
@@ -53,9 +55,8 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def hostname(tree: Path, name: str) -> None:
-    _write(tree / "etc/hostname", name + "\n")
-    _write(tree / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n\n"
-           "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+    _write(tree / settings.HOSTNAME_PATH, name + "\n")
+    _write(tree / settings.HOSTS_PATH, settings.hosts_text(None, name))
 
 
 def apt_sources(tree: Path, recipe: Recipe, components: tuple[str, ...], mirrors: Mirrors) -> None:
@@ -199,7 +200,7 @@ def device_units(tree: Path) -> None:
     for unit in src.iterdir():
         if unit.name.endswith((".service", ".timer", ".target")):
             _write(tree / UNIT_DIR / unit.name, unit.read_text())
-    enable_units(tree, ["liveng-boot-ok.service", "liveng-resize.service"])
+    enable_units(tree, ["liveng-boot-ok.service", "liveng-resize.service", "liveng-settings.service"])
 
 
 def kernel_hooks(tree: Path) -> None:
@@ -216,3 +217,98 @@ def clean(tree: Path) -> None:
             entry.unlink()
     for cache in (tree / "var/cache/apt").glob("*.bin"):
         cache.unlink()
+
+
+# Wi-Fi: Debian's wpa_supplicant@.service, one instance per Wi-Fi interface (udev starts it), all on
+# the one configuration the settings write; systemd-networkd then does DHCP on the link.
+_WIFI_DROPIN = f"""# liveng: every Wi-Fi interface uses the configuration written from the settings (recipe or p1).
+[Unit]
+ConditionPathExists=/{settings.WIFI_CONF_PATH}
+After=liveng-settings.service
+
+[Service]
+ExecStart=
+ExecStart=/usr/sbin/wpa_supplicant -c/{settings.WIFI_CONF_PATH} -Dnl80211,wext -i%I
+"""
+_WIFI_UDEV = ("# liveng: wpa_supplicant for every Wi-Fi interface, whatever its name.\n"
+              'ACTION=="add", SUBSYSTEM=="net", ENV{DEVTYPE}=="wlan", TAG+="systemd", '
+              'ENV{SYSTEMD_WANTS}+="wpa_supplicant@$name.service"\n')
+_WIFI_NETWORK = """# liveng: DHCP on every Wi-Fi interface (wpa_supplicant associates it).
+[Match]
+Type=wlan
+
+[Network]
+DHCP=yes
+"""
+
+
+def _unit_exists(tree: Path, unit: str) -> bool:
+    return any((tree / d / unit).exists() for d in ("usr/lib/systemd/system", "lib/systemd/system"))
+
+
+def wifi_support(tree: Path) -> None:
+    """Where wpasupplicant is in the image: the plumbing that makes a written configuration work."""
+    if not _unit_exists(tree, "wpa_supplicant@.service"):
+        return
+    _write(tree / "etc/systemd/system/wpa_supplicant@.service.d/liveng.conf", _WIFI_DROPIN)
+    _write(tree / "etc/udev/rules.d/90-liveng-wifi.rules", _WIFI_UDEV)
+    _write(tree / "etc/systemd/network/81-liveng-wifi.network", _WIFI_NETWORK)
+    if _unit_exists(tree, "wpa_supplicant.service"):
+        # The D-Bus service is NetworkManager's way; liveng's is one instance per interface.
+        run(["systemctl", f"--root={tree}", "disable", "wpa_supplicant.service"])
+
+
+def ssh(tree: Path, s: settings.Settings) -> None:
+    """openssh-server is in every image; it runs only when the settings ask for it (or give a key)."""
+    password = bool(s.ssh and s.ssh.password_authentication)
+    _write(tree / settings.SSHD_DROPIN_PATH, settings.sshd_text(password))
+    if not _unit_exists(tree, settings.SSH_UNIT):
+        if settings.ssh_wanted(s):
+            raise BuildError("the recipe enables SSH but the image has no openssh-server")
+        return
+    action = "enable" if settings.ssh_wanted(s) else "disable"
+    run(["systemctl", f"--root={tree}", action, settings.SSH_UNIT])
+    if (tree / SSH_GENERATOR).exists():
+        # systemd's ssh generator (trixie on) binds sshd to AF_VSOCK and local AF_UNIX sockets, which
+        # liveng does not use; where the kernel has vsock but no transport it fails at every boot and
+        # daemon-reload. Masked the documented way: a link to /dev/null in /etc.
+        masked = tree / "etc/systemd/system-generators" / Path(SSH_GENERATOR).name
+        masked.parent.mkdir(parents=True, exist_ok=True)
+        masked.unlink(missing_ok=True)
+        masked.symlink_to("/dev/null")
+
+
+def device_settings(tree: Path, recipe: Recipe) -> None:
+    """The recipe's time zone, locale, keyboard and Wi-Fi, written the way the device writes p1's."""
+    if recipe.timezone is not None:
+        zone = tree / settings.ZONEINFO_DIR / recipe.timezone
+        if not zone.is_file():
+            raise BuildError(f"{recipe.path}: timezone: {recipe.timezone!r} is not in the image's "
+                             f"/{settings.ZONEINFO_DIR} (see timedatectl list-timezones)")
+        link = tree / settings.LOCALTIME_PATH
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"/{settings.ZONEINFO_DIR}/{recipe.timezone}")
+        _write(tree / settings.TIMEZONE_PATH, recipe.timezone + "\n")
+    if recipe.locale is not None:
+        _write(tree / settings.LOCALE_PATH, settings.locale_text(recipe.locale))
+        if recipe.locale not in settings.BUILTIN_LOCALES:
+            # Generated at the first boot by liveng-settings.service (locale-gen runs in the image).
+            _enable_locale(tree, recipe.locale)
+    if recipe.keyboard is not None:
+        _write(tree / settings.KEYBOARD_PATH, settings.keyboard_text(recipe.keyboard))
+    if recipe.wifi is not None:
+        wifi = recipe.wifi
+        psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+        _write(tree / settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600)
+
+
+def _enable_locale(tree: Path, locale: str) -> None:
+    supported = tree / settings.SUPPORTED_LOCALES_PATH
+    line = next((x for x in supported.read_text().splitlines() if x.split()[:1] == [locale]), None) \
+        if supported.exists() else None
+    if line is None:
+        raise BuildError(f"locale {locale!r} is not one the image's locales package supports "
+                         f"(/{settings.SUPPORTED_LOCALES_PATH})")
+    gen = tree / settings.LOCALE_GEN_PATH
+    text = gen.read_text() if gen.exists() else ""
+    _write(gen, settings.locale_gen_text(text, line))

@@ -46,3 +46,7 @@ class ImageError(LivengError):
     """A file given as an image is not a liveng image or is damaged."""
 
     exit_code = 2
+
+
+class FlashError(LivengError):
+    """Writing or verifying a disk failed (the message says where and what that means)."""

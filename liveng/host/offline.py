@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from liveng import grubenv, layout
+from liveng import grubenv, layout, settings
 from liveng.device.bootstate import DeviceError
 from liveng.device.delta import parse_request
 from liveng.host.errors import CommandError, ImageError
@@ -120,6 +120,28 @@ def persistence_status(image: Path, offset: int) -> dict[str, Any]:
             "pending": pending, "switch_in_progress": "switch" in state}
 
 
+def settings_status(image: Path, offset: int) -> dict[str, Any]:
+    """The owner's settings file on p1: what it sets, whether it still holds secrets, the device's last error."""
+    def read(path: str) -> str | None:
+        try:
+            return fat_file(image, offset, path).decode(errors="replace")
+        except ImageError:
+            return None
+
+    text, note = read(layout.SETTINGS_PATH), read(layout.SETTINGS_ERROR_PATH)
+    result: dict[str, Any] = {"present": text is not None, "sets": [], "secrets": False, "error": None,
+                              "device_error": note.strip().replace("\r", "") if note else None}
+    if text is not None:
+        try:
+            data = settings.decode(text, layout.SETTINGS_PATH)
+            settings.parse(data, layout.SETTINGS_PATH)
+            result["sets"] = sorted(data)
+            result["secrets"] = settings.has_secrets(data)
+        except settings.SettingsError as exc:
+            result["error"] = str(exc)
+    return result
+
+
 def status(image: ImageFile) -> dict[str, Any]:
     table = image.table
     report: dict[str, Any] = {"image_id": table.image_id, "errors": []}
@@ -130,6 +152,7 @@ def status(image: ImageFile) -> dict[str, Any]:
                           "tries": env.get(layout.ENV_TRIES), "good": env.get(layout.ENV_GOOD)}
     except (ImageError, grubenv.GrubEnvError) as exc:
         report["errors"].append(f"boot state: {exc}")
+    report["settings"] = settings_status(image.path, boot.start)
     slots = {}
     for name, role in layout.SLOTS.items():
         raw = iso_file(image.path, table.entry(layout.partition(role).number).start, layout.SLOT_INFO_PATH)
@@ -152,6 +175,20 @@ def lines(report: dict[str, Any]) -> list[str]:
     if "boot" in report:
         b = report["boot"]
         out.append(f"boot:    order {' '.join(b['order'])}, tries {b['tries']}, last good {b['good'] or 'none'}")
+    st = report.get("settings")
+    if st:
+        if not st["present"]:
+            out.append(f"settings: no {layout.SETTINGS_PATH} on p1")
+        elif st["error"]:
+            out.append(f"settings: INVALID, the device will apply none of it: {st['error']}")
+        elif not st["sets"]:
+            out.append(f"settings: {layout.SETTINGS_PATH} sets nothing (the commented example)")
+        else:
+            secrets = "; holds secrets: not applied yet" if st["secrets"] else ""
+            out.append(f"settings: {layout.SETTINGS_PATH} sets {', '.join(st['sets'])}{secrets}")
+        if st["device_error"]:
+            why = st["device_error"].splitlines()  # when, the reason, what to do (firstboot._note_error)
+            out.append(f"settings: the device could not apply it: {why[1] if len(why) > 1 else why[0]}")
     for name, s in report["slots"].items():
         out.append(f"slot {name.upper()}:  " + (f"kernel {s['kernel']}, written {s['written']}" if s["kernel"]
                                                else "empty"))

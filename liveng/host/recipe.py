@@ -12,7 +12,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from liveng import settings
 from liveng.host.errors import RecipeError
+from liveng.settings import Checker, Settings, Ssh, User, Wifi
+
+__all__ = ["Recipe", "User", "load", "loads", "parse", "with_overrides"]
 
 DEFAULT_RECIPE_NAME = "<embedded default recipe>"
 
@@ -24,11 +28,7 @@ COMPRESSIONS = ("zstd", "xz", "gzip", "lz4", "lzo", "none")
 SIZE_LIMITS = {"boot": (64, 4096), "slot": (32, 4096), "persistence": (64, 2 * 1024 * 1024)}
 MBR_LIMIT_MIB = 2 * 1024 * 1024  # 2 TiB with 512-byte sectors
 
-_HOSTNAME_RE = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_HASH_RE = re.compile(r"^\$[0-9a-z]+\$\S+$")
-_SSH_KEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
 _MIRROR_RE = re.compile(r"^((https?|file)://\S+)?$")
 _SECURITY_RE = re.compile(r"^(none|https?://\S+)?$")
 
@@ -48,14 +48,6 @@ class FileCopy:
 
 
 @dataclass(frozen=True)
-class User:
-    name: str
-    password_hash: str | None = None
-    ssh_keys: tuple[str, ...] = ()
-    sudo: bool = False
-
-
-@dataclass(frozen=True)
 class Recipe:
     path: str = DEFAULT_RECIPE_NAME
     target: str = "rpi"
@@ -71,84 +63,32 @@ class Recipe:
     sizes: Sizes = field(default_factory=Sizes)
     files: tuple[FileCopy, ...] = ()
     users: tuple[User, ...] = ()
+    timezone: str | None = None  # None: UTC
+    locale: str | None = None  # None: C.UTF-8
+    keyboard: str | None = None  # None: us
+    wifi: Wifi | None = None
+    ssh: Ssh | None = None
 
     @property
     def arch(self) -> str:
         return TARGETS[self.target]
 
+    @property
+    def settings(self) -> Settings:
+        """The recipe's device settings, in the form the settings file on p1 has."""
+        return Settings(**{name: getattr(self, name) for name in settings.KEYS})
+
 
 _TOP_KEYS = {f.name for f in fields(Recipe)} - {"path"}
 
 
-class _Checker:
-    """Type checks that name the file and the dotted key."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def fail(self, key: str, message: str) -> RecipeError:
-        return RecipeError(f"{self.path}: {key}: {message}")
-
-    def unknown(self, table: dict[str, Any], allowed: set[str], where: str) -> None:
-        for key in table:
-            if key not in allowed:
-                known = ", ".join(sorted(allowed))
-                name = f"{where}.{key}" if where else key
-                raise self.fail(name, f"unknown key (known keys: {known})")
-
-    def string(self, key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, not {_kind(value)}")
-        return value
-
-    def boolean(self, key: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, not {_kind(value)}")
-        return value
-
-    def integer(self, key: str, value: Any, low: int, high: int, unit: str = "") -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer{unit}, not {_kind(value)}")
-        if not low <= value <= high:
-            raise self.fail(key, f"{value}{unit} is impossible: it must be between {low} and {high}{unit}")
-        return value
-
-    def strings(self, key: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.fail(key, f"must be a list of strings, not {_kind(value)}")
-        return tuple(self.string(f"{key}[{i}]", v) for i, v in enumerate(value))
-
-    def table(self, key: str, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, not {_kind(value)}")
-        return value
-
-    def tables(self, key: str, value: Any) -> list[dict[str, Any]]:
-        if not isinstance(value, list):
-            raise self.fail(key, f"must be an array of tables ([[{key}]]), not {_kind(value)}")
-        return [self.table(f"{key}[{i}]", v) for i, v in enumerate(value)]
-
-    def choice(self, key: str, value: Any, choices: tuple[str, ...] | list[str]) -> str:
-        text = self.string(key, value)
-        if text not in choices:
-            raise self.fail(key, f"{text!r} is not one of: {', '.join(choices)}")
-        return text
-
-    def pattern(self, key: str, value: Any, regex: re.Pattern[str], what: str) -> str:
-        text = self.string(key, value)
-        if not regex.match(text):
-            raise self.fail(key, f"{text!r} is not {what}")
-        return text
-
-
-def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
+def _checker(path: str) -> Checker:
+    return Checker(path, RecipeError)
 
 
 def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
     """Validate a decoded TOML document. ``base`` resolves relative file sources."""
-    c = _Checker(path)
+    c = _checker(path)
     c.unknown(data, _TOP_KEYS, "")
     kw: dict[str, Any] = {"path": path}
     if "target" in data:
@@ -160,9 +100,10 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
     if "security_mirror" in data:
         kw["security_mirror"] = c.pattern("security_mirror", data["security_mirror"], _SECURITY_RE,
                                           "empty, \"none\" or an http:// or https:// URL")
-    if "hostname" in data:
-        kw["hostname"] = c.pattern("hostname", data["hostname"], _HOSTNAME_RE,
-                                   "a valid host name (a-z, 0-9 and -, at most 63 characters)")
+    # hostname, users, timezone, locale, keyboard, wifi, ssh: the same schema as the settings file on p1.
+    kw.update(settings.parse_fields(c, data))
+    if "wifi" in kw and kw["wifi"].passphrase is None:
+        raise c.fail("wifi.passphrase", "is missing (\"\" for an open network)")
     if "packages" in data:
         pkgs = c.strings("packages", data["packages"])
         for i, p in enumerate(pkgs):
@@ -184,17 +125,10 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["sizes"] = _sizes(c, c.table("sizes", data["sizes"]))
     if "files" in data:
         kw["files"] = tuple(_file(c, f"files[{i}]", t, base) for i, t in enumerate(c.tables("files", data["files"])))
-    if "users" in data:
-        users = tuple(_user(c, f"users[{i}]", t) for i, t in enumerate(c.tables("users", data["users"])))
-        names = [u.name for u in users]
-        for name in names:
-            if names.count(name) > 1:
-                raise c.fail("users", f"user {name!r} is listed twice")
-        kw["users"] = users
     return Recipe(**kw)
 
 
-def _sizes(c: _Checker, table: dict[str, Any]) -> Sizes:
+def _sizes(c: Checker, table: dict[str, Any]) -> Sizes:
     c.unknown(table, set(SIZE_LIMITS), "sizes")
     values = {k: c.integer(f"sizes.{k}", v, *SIZE_LIMITS[k], " MiB") for k, v in table.items()}
     sizes = Sizes(**values)
@@ -204,7 +138,7 @@ def _sizes(c: _Checker, table: dict[str, Any]) -> Sizes:
     return sizes
 
 
-def _file(c: _Checker, key: str, table: dict[str, Any], base: Path | None) -> FileCopy:
+def _file(c: Checker, key: str, table: dict[str, Any], base: Path | None) -> FileCopy:
     c.unknown(table, {"source", "destination", "mode"}, key)
     for required in ("source", "destination"):
         if required not in table:
@@ -224,24 +158,6 @@ def _file(c: _Checker, key: str, table: dict[str, Any], base: Path | None) -> Fi
         text = c.pattern(f"{key}.mode", table["mode"], re.compile(r"^0?[0-7]{3,4}$"), "an octal mode like \"0644\"")
         mode = int(text, 8)
     return FileCopy(source=source, destination=dest, mode=mode)
-
-
-def _user(c: _Checker, key: str, table: dict[str, Any]) -> User:
-    c.unknown(table, {"name", "password_hash", "ssh_keys", "sudo"}, key)
-    if "name" not in table:
-        raise c.fail(f"{key}.name", "is missing")
-    name = c.pattern(f"{key}.name", table["name"], _USER_RE, "a valid user name")
-    password_hash = None
-    if "password_hash" in table:
-        password_hash = c.pattern(f"{key}.password_hash", table["password_hash"], _HASH_RE,
-                                  "a crypt(3) hash (make one with: mkpasswd -m yescrypt); plain passwords are refused")
-    keys: tuple[str, ...] = ()
-    if "ssh_keys" in table:
-        keys = c.strings(f"{key}.ssh_keys", table["ssh_keys"])
-        for i, k in enumerate(keys):
-            c.pattern(f"{key}.ssh_keys[{i}]", k, _SSH_KEY_RE, "an OpenSSH public key line")
-    sudo = c.boolean(f"{key}.sudo", table["sudo"]) if "sudo" in table else False
-    return User(name=name, password_hash=password_hash, ssh_keys=keys, sudo=sudo)
 
 
 def load(path: Path | None) -> Recipe:
@@ -271,5 +187,5 @@ def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
     from dataclasses import replace
 
     if "target" in changes:
-        _Checker("command line").choice("--target", changes["target"], list(TARGETS))
+        _checker("command line").choice("--target", changes["target"], list(TARGETS))
     return replace(recipe, **changes)

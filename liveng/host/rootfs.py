@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from liveng import settings
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe
@@ -34,7 +35,15 @@ BASE_PACKAGES = (
     "kmod", "iproute2", "procps", "zstd", "ca-certificates",
     # liveng resize (sfdisk) and snapshots (GNU tar with xattrs and ACLs).
     "fdisk", "tar",
+    # Settings from p1 after flashing: SSH (off unless the settings ask), sudo for their users, time zones.
+    "openssh-server", "sudo", "tzdata",
 )
+# Wi-Fi through wpa_supplicant and systemd-networkd; the radio rules for the country (wireless-regdb).
+WIFI_PACKAGES = ("wpasupplicant", "wireless-regdb")
+# Wi-Fi is in every Raspberry Pi image (the Pi 3, 4 and Zero 2 W have it on board: Broadcom's
+# firmware from non-free-firmware). PC images carry it only when the recipe sets [wifi]: a PC's
+# Wi-Fi chip needs firmware of its own (e.g. firmware-iwlwifi), which the recipe's packages can add.
+TARGET_PACKAGES = {"pc": (), "rpi": (*WIFI_PACKAGES, "firmware-brcm80211")}
 KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
 COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
 # Packages the boot partition is made from. They are downloaded with the rootfs (same suite, same
@@ -48,11 +57,15 @@ QEMU_USER_CPU = "cortex-a53"
 
 
 def packages(recipe: Recipe) -> tuple[str, ...]:
-    wanted = set(BASE_PACKAGES) | set(KERNEL_PACKAGES[recipe.arch]) | set(recipe.packages)
-    if any(u.sudo for u in recipe.users):
-        wanted.add("sudo")
-    if any(u.ssh_keys for u in recipe.users):
-        wanted.add("openssh-server")
+    wanted = (set(BASE_PACKAGES) | set(KERNEL_PACKAGES[recipe.arch]) | set(TARGET_PACKAGES[recipe.target])
+              | set(recipe.packages))
+    if recipe.wifi is not None:
+        wanted.update(WIFI_PACKAGES)
+    if recipe.locale is not None and recipe.locale not in settings.BUILTIN_LOCALES:
+        wanted.add("locales")
+    if recipe.keyboard is not None:
+        # The console follows /etc/default/keyboard only with console-setup.
+        wanted.add("console-setup")
     return tuple(sorted(wanted))
 
 

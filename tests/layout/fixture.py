@@ -22,6 +22,11 @@ FILES: dict[str, bytes] = {
     "etc/ssh/ssh_host_ed25519_key": b"secret\n",
     "usr/lib/systemd/system/systemd-networkd.service": _UNIT.format("networkd").encode(),
     "usr/lib/systemd/system/systemd-resolved.service": _UNIT.format("resolved").encode(),
+    "usr/lib/systemd/system/ssh.service": _UNIT.format("ssh").encode(),
+    "usr/sbin/sshd": b"",
+    "usr/lib/systemd/system/wpa_supplicant@.service": _UNIT.format("wpa").encode(),
+    "usr/lib/systemd/system-generators/systemd-ssh-generator": b"",
+    "usr/share/zoneinfo/Europe/Berlin": b"TZif2",
     "var/lib/apt/lists/deb.example_dists_trixie_InRelease": b"x" * 100,
 }
 

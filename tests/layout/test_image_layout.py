@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import grubenv, layout
+from liveng import grubenv, layout, settings
 from liveng.device.delta import Request
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
@@ -30,6 +30,12 @@ mirror = "http://mirror.example/debian"
 security_mirror = "none"
 compression = "lz4"
 cmdline = ["quiet"]
+timezone = "Europe/Berlin"
+keyboard = "de"
+[wifi]
+country = "DE"
+ssid = "layout"
+passphrase = "layout-passphrase"
 [sizes]
 boot = 64
 slot = 32
@@ -164,6 +170,9 @@ def test_boot_partition(built: Built) -> None:
     assert f"liveng.id={built.image_id}" in cfg
     assert f"persistence-label=liveng-{built.image_id}" in cfg
     assert " quiet " in cfg  # the recipe's cmdline addition
+    example = subprocess.run(["mtype", "-i", spec, f"::/{layout.SETTINGS_PATH}"], capture_output=True, text=True,
+                             check=True, env=env).stdout
+    assert settings.loads(example, "p1").empty  # the commented example: applies nothing as it is
     efi = subprocess.run(["mtype", "-i", spec, "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True, check=True,
                          env=env).stdout
     assert efi[:2] == b"MZ"
@@ -224,6 +233,23 @@ def test_rootfs_customisation(built: Built) -> None:
     assert not (tree / "etc/apt/sources.list").exists()
     assert not list((tree / "var/lib/apt/lists").glob("*InRelease"))
     assert (tree / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_symlink()
+    # Settings: SSH on (a user has a key) with the keys made at the first boot, root never with a password.
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    assert (wants / "ssh.service").is_symlink() and (wants / "liveng-settings.service").is_symlink()
+    assert (wants / "liveng-ssh-keygen.service").is_symlink()
+    assert os.readlink(tree / "etc/systemd/system-generators/systemd-ssh-generator") == "/dev/null"
+    sshd = (tree / settings.SSHD_DROPIN_PATH).read_text()
+    assert "PermitRootLogin prohibit-password" in sshd and "PasswordAuthentication no" in sshd
+    assert os.readlink(tree / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
+    assert 'XKBLAYOUT="de"' in (tree / settings.KEYBOARD_PATH).read_text()
+    wifi = tree / settings.WIFI_CONF_PATH
+    assert wifi.stat().st_mode & 0o777 == 0o600 and "layout-passphrase" not in wifi.read_text()
+    assert f"psk={settings.wifi_psk('layout', 'layout-passphrase')}" in wifi.read_text()
+    # Every Wi-Fi interface gets Debian's wpa_supplicant@ on that configuration, and DHCP.
+    dropin = (tree / "etc/systemd/system/wpa_supplicant@.service.d/liveng.conf").read_text()
+    assert f"-c/{settings.WIFI_CONF_PATH}" in dropin and "After=liveng-settings.service" in dropin
+    assert "wpa_supplicant@$name.service" in (tree / "etc/udev/rules.d/90-liveng-wifi.rules").read_text()
+    assert "Type=wlan" in (tree / "etc/systemd/network/81-liveng-wifi.network").read_text()
 
 
 def test_inspect(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,6 +268,7 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert "boot:    order slot-a factory, tries 3" in out
     assert f"slot A:  kernel {fixture.KERNEL}" in out and "slot B:  empty" in out
     assert "delta:   none yet (never booted)" in out and "pending: nothing" in out
+    assert "settings: liveng-settings.toml sets nothing (the commented example)" in out
     # What a used device holds on p7: a delta, a snapshot, a pending restore (written with debugfs).
     p7 = partitions(image)[7]
     target = f"{image}?offset={int(str(p7['start'])) * 512}"
@@ -262,6 +289,18 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert st["persistence"]["snapshots"] == [{"name": "s1", "size": 3000}]
     assert st["persistence"]["pending"].startswith("restore of snapshot s1")
     assert st["errors"] == []
+    # The owner's settings on p1, as inspect sees them: what they set, secrets not yet applied, invalid.
+    p1 = f"{image}@@{int(str(partitions(image)[1]['start'])) * 512}"
+    (files / "settings").write_text('hostname = "x"\n[[users]]\nname = "pi"\npassword_hash = "$6$a$b"\n')
+    sh("mcopy", "-o", "-i", p1, files / "settings", f"::/{layout.SETTINGS_PATH}")
+    assert main(["inspect", str(image)]) == 0
+    assert "settings: liveng-settings.toml sets hostname, users; holds secrets: not applied yet" in \
+        capsys.readouterr().out
+    (files / "settings").write_text('hostname = "X"\n')
+    sh("mcopy", "-o", "-i", p1, files / "settings", f"::/{layout.SETTINGS_PATH}")
+    assert main(["inspect", str(image)]) == 0
+    assert "settings: INVALID, the device will apply none of it: liveng-settings.toml: hostname: 'X'" in \
+        capsys.readouterr().out
 
 
 def test_inspect_rejects_non_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

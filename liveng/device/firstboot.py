@@ -1,0 +1,390 @@
+"""liveng settings apply: the settings file on p1, applied at boot by liveng-settings.service.
+
+The owner edits liveng-settings.toml on the FAT boot partition from any computer. At every boot the
+service reads it; when it differs from what was last applied:
+
+1. the whole file is checked (the schema in liveng/settings.py, then what only this system can
+   tell: the time zone exists, sudo is installed, a user name is not a system account...). Any
+   error: nothing is applied, the reason goes to the console, the journal and
+   liveng-settings-error.txt on p1, and the boot goes on;
+2. everything is applied, each file replaced whole (temporary name, fsync, rename);
+3. the applied state reaches p7 (sync), and only then is the file on p1 replaced by a copy without
+   its secrets (password hashes, Wi-Fi passphrase);
+4. the digest of that copy is recorded in the delta (STATE_PATH), so the next boot leaves it alone.
+
+A power cut between the steps repeats the work at the next boot: every step can run twice. The
+record lives in the delta, so after a factory reset the file (now without its secrets) is applied
+again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from liveng import layout, settings
+from liveng.device import bootstate
+from liveng.settings import Settings, SettingsError, User
+
+STATE_PATH = "var/lib/liveng/settings.json"
+SUDO_GROUP = "sudo"
+FIRST_UID = 1000  # below: Debian's system accounts, which the settings may not take over
+DEVICE_WAIT = 15.0  # seconds for udev to show p1 early in the boot
+
+Runner = Callable[[list[str], str | None], str]
+
+
+def _run(argv: list[str], input_text: str | None = None) -> str:
+    return bootstate.run(argv, input_text)
+
+
+@dataclass
+class System:
+    """Where settings are applied: the running system (root /, live) or a directory in a test."""
+
+    root: Path = Path("/")
+    run: Runner = _run
+    live: bool = True  # set the host name now, start and stop services
+    changes: list[str] = field(default_factory=list)
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def exists(self, *rels: str) -> bool:
+        return any(self.path(r).exists() for r in rels)
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def accounts(system: System) -> dict[str, Account]:
+    found = {}
+    passwd = system.path("etc/passwd")
+    for line in passwd.read_text().splitlines() if passwd.exists() else []:
+        f = line.split(":")
+        if len(f) >= 6 and f[2].isdigit() and f[3].isdigit():
+            found[f[0]] = Account(f[0], int(f[2]), int(f[3]), f[5])
+    return found
+
+
+def groups(system: System) -> set[str]:
+    group = system.path("etc/group")
+    return {line.split(":")[0] for line in group.read_text().splitlines()} if group.exists() else set()
+
+
+def check(s: Settings, system: System, source: str) -> None:
+    """What only this system can tell; raises SettingsError naming the file and the key."""
+    def fail(key: str, message: str) -> SettingsError:
+        return SettingsError(f"{source}: {key}: {message}")
+
+    if s.timezone is not None and not system.path(f"{settings.ZONEINFO_DIR}/{s.timezone}").is_file():
+        raise fail("timezone", f"{s.timezone!r} is not a time zone this system knows (timedatectl list-timezones)")
+    if s.locale is not None and s.locale not in settings.BUILTIN_LOCALES:
+        if not system.exists("usr/sbin/locale-gen"):
+            raise fail("locale", f"{s.locale!r} needs the locales package, which this image lacks: use \"C.UTF-8\", "
+                       "or build the image with the locale in its recipe")
+        if _supported_line(system, s.locale) is None:
+            raise fail("locale", f"{s.locale!r} is not a locale glibc supports (/{settings.SUPPORTED_LOCALES_PATH})")
+    if s.wifi is not None:
+        if not system.exists("usr/sbin/wpa_supplicant", "sbin/wpa_supplicant"):
+            raise fail("wifi", "this image has no Wi-Fi support (wpasupplicant): Raspberry Pi images have it; for a "
+                       "PC add wpasupplicant and the Wi-Fi chip's firmware to the recipe's packages")
+        if s.wifi.passphrase is None and _kept_psk(system, s.wifi.ssid) is None:
+            raise fail("wifi.passphrase", f"is missing for the network {s.wifi.ssid!r} (\"\" for an open network)")
+    if settings.ssh_wanted(s) and not system.exists("usr/sbin/sshd"):
+        raise fail("ssh", "this image has no SSH server (openssh-server)")
+    known = accounts(system)
+    for i, user in enumerate(s.users):
+        account = known.get(user.name)
+        if account is not None and account.uid != 0 and account.uid < FIRST_UID:
+            raise fail(f"users[{i}].name", f"{user.name!r} is a system account: choose another name")
+        if account is None and user.name in groups(system):
+            raise fail(f"users[{i}].name", f"{user.name!r} is the name of a group on this system: choose another "
+                       "name")
+        if user.sudo and SUDO_GROUP not in groups(system):
+            raise fail(f"users[{i}].sudo", "this image has no sudo: build it with sudo in the recipe's packages")
+
+
+def _supported_line(system: System, locale: str) -> str | None:
+    supported = system.path(settings.SUPPORTED_LOCALES_PATH)
+    if not supported.exists():
+        return None
+    return next((x for x in supported.read_text().splitlines() if x.split()[:1] == [locale]), None)
+
+
+def _kept_psk(system: System, ssid: str) -> str | None:
+    conf = system.path(settings.WIFI_CONF_PATH)
+    return settings.existing_psk(conf.read_text(), ssid) if conf.exists() else None
+
+
+def _write(system: System, rel: str, text: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
+    """Replace one file whole; False when it already had this content (nothing to do)."""
+    path = system.path(rel)
+    data = text.encode()
+    if path.is_file() and not path.is_symlink() and path.read_bytes() == data and owner is None:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bootstate.write_atomic(path, data, mode=mode, owner=owner)
+    system.changes.append(f"/{rel}")
+    return True
+
+
+def apply(s: Settings, system: System) -> list[str]:
+    """Apply checked settings; return what changed (paths, accounts, services)."""
+    if s.hostname is not None:
+        _hostname(s.hostname, system)
+    if s.timezone is not None:
+        _timezone(s.timezone, system)
+    if s.locale is not None:
+        _write(system, settings.LOCALE_PATH, settings.locale_text(s.locale))
+        if s.locale not in settings.BUILTIN_LOCALES:
+            line = _supported_line(system, s.locale)
+            assert line is not None  # check() made sure
+            gen = system.path(settings.LOCALE_GEN_PATH)
+            if _write(system, settings.LOCALE_GEN_PATH,
+                      settings.locale_gen_text(gen.read_text() if gen.exists() else "", line)):
+                system.run(["locale-gen"], None)
+    if s.keyboard is not None:
+        _write(system, settings.KEYBOARD_PATH, settings.keyboard_text(s.keyboard))
+    for user in s.users:
+        _user(user, system)
+    if s.wifi is not None:
+        _wifi(s, system)
+    _ssh(s, system)
+    return system.changes
+
+
+def _hostname(name: str, system: System) -> None:
+    _write(system, settings.HOSTNAME_PATH, name + "\n")
+    hosts = system.path(settings.HOSTS_PATH)
+    _write(system, settings.HOSTS_PATH, settings.hosts_text(hosts.read_text() if hosts.exists() else None, name))
+    if system.live and socket.gethostname() != name:
+        socket.sethostname(name)
+        system.changes.append(f"host name {name}")
+
+
+def _timezone(zone: str, system: System) -> None:
+    link = system.path(settings.LOCALTIME_PATH)
+    target = f"/{settings.ZONEINFO_DIR}/{zone}"
+    if not (link.is_symlink() and os.readlink(link) == target):
+        tmp = link.with_name(f".{link.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+        bootstate.fsync_dir(link.parent)
+        system.changes.append(f"/{settings.LOCALTIME_PATH} -> {target}")
+    _write(system, settings.TIMEZONE_PATH, zone + "\n")
+
+
+def _user(user: User, system: System) -> None:
+    account = accounts(system).get(user.name)
+    if account is None:
+        argv = ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group"]
+        if user.sudo:
+            argv += ["--groups", SUDO_GROUP]
+        system.run([*argv, user.name], None)
+        system.changes.append(f"user {user.name} added")
+    elif user.sudo and user.name != "root" and user.name not in _members(system, SUDO_GROUP):
+        system.run(["usermod", "--append", "--groups", SUDO_GROUP, user.name], None)
+        system.changes.append(f"user {user.name} in {SUDO_GROUP}")
+    if user.password_hash is not None:
+        # On stdin, not the command line (which any process can read).
+        system.run(["chpasswd", "--encrypted"], f"{user.name}:{user.password_hash}\n")
+        system.changes.append(f"password of {user.name}")
+    if user.ssh_keys:
+        _authorized_keys(user, system)
+
+
+def _members(system: System, group: str) -> set[str]:
+    path = system.path("etc/group")
+    for line in path.read_text().splitlines() if path.exists() else []:
+        f = line.split(":")
+        if f[0] == group and len(f) >= 4:
+            return {m for m in f[3].split(",") if m}
+    return set()
+
+
+def _authorized_keys(user: User, system: System) -> None:
+    account = accounts(system).get(user.name)
+    if account is None:
+        raise SettingsError(f"user {user.name} was not created (useradd)")
+    owner = (account.uid, account.gid)
+    ssh_dir = f"{account.home.strip('/')}/.ssh"
+    directory = system.path(ssh_dir)
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True)
+        os.chown(directory, *owner)
+    keys = system.path(f"{ssh_dir}/authorized_keys")
+    lines = keys.read_text().splitlines() if keys.exists() else []
+    missing = [k for k in user.ssh_keys if k not in lines]
+    if missing:
+        _write(system, f"{ssh_dir}/authorized_keys", "\n".join(lines + missing) + "\n", 0o600, owner)
+
+
+def _wifi(s: Settings, system: System) -> None:
+    wifi = s.wifi
+    assert wifi is not None
+    if wifi.passphrase is None:
+        psk = _kept_psk(system, wifi.ssid)
+    else:
+        psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+    if _write(system, settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600) and system.live:
+        # Interfaces already up take the new network; at boot none is up yet (they wait for this service).
+        for iface in sorted(p.parent.name for p in Path("/sys/class/net").glob("*/wireless")):
+            system.run(["systemctl", "try-restart", "--no-block", f"wpa_supplicant@{iface}.service"], None)
+
+
+def _ssh(s: Settings, system: System) -> None:
+    changed = False
+    if s.ssh is not None and s.ssh.password_authentication is not None:
+        changed = _write(system, settings.SSHD_DROPIN_PATH, settings.sshd_text(s.ssh.password_authentication))
+    wanted = settings.ssh_wanted(s)
+    if wanted is True:
+        system.run(["systemctl", "enable", "--no-reload", settings.SSH_UNIT], None)
+        if system.live:
+            # Queued behind this service (ssh.service is ordered after it); no wait here.
+            system.run(["systemctl", "start", "--no-block", settings.SSH_UNIT], None)
+            if changed:
+                system.run(["systemctl", "try-reload-or-restart", "--no-block", settings.SSH_UNIT], None)
+        system.changes.append("ssh on")
+    elif wanted is False:
+        system.run(["systemctl", "disable", "--no-reload", settings.SSH_UNIT], None)
+        if system.live:
+            system.run(["systemctl", "stop", "--no-block", settings.SSH_UNIT], None)
+        system.changes.append("ssh off")
+    elif changed and system.live:
+        system.run(["systemctl", "try-reload-or-restart", "--no-block", settings.SSH_UNIT], None)
+
+
+def ensure_locale(system: System) -> None:
+    """Generate the configured locale if it is missing (a recipe's locale, at the first boot)."""
+    conf = system.path(settings.LOCALE_PATH)
+    if not conf.exists() or not system.exists("usr/sbin/locale-gen"):
+        return
+    values = dict(line.split("=", 1) for line in conf.read_text().splitlines() if "=" in line)
+    lang = values.get("LANG", "").strip().strip('"')
+    if not lang or lang in settings.BUILTIN_LOCALES:
+        return
+    if settings.locale_available_name(lang) not in system.run(["locale", "-a"], None).split():
+        system.run(["locale-gen"], None)
+
+
+# The state in the delta and the file on p1.
+
+def read_state(system: System) -> dict[str, str]:
+    path = system.path(STATE_PATH)
+    try:
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_state(system: System, state: dict[str, object]) -> None:
+    path = system.path(STATE_PATH)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bootstate.write_atomic(path, (json.dumps(state, indent=1) + "\n").encode(), mode=0o600)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decode_file(raw: bytes, source: str) -> tuple[str, Settings]:
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise SettingsError(f"{source}: not UTF-8 text: save it as UTF-8") from None
+    return text, settings.parse(settings.decode(text, source), source)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    applied: bool
+    message: str
+
+
+def _wait_for_boot_partition() -> None:
+    dev = bootstate.device_path(layout.Role.BOOT)
+    deadline = time.monotonic() + DEVICE_WAIT
+    while not dev.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def apply_boot_partition(force: bool = False, system: System | None = None) -> Outcome:
+    """The whole flow (see the module's description); raises SettingsError when nothing was applied."""
+    system = system or System()
+    try:
+        ensure_locale(system)
+    except bootstate.DeviceError as exc:  # the settings still get their turn
+        print(f"liveng: warning: the configured locale could not be generated: {exc}", file=sys.stderr)
+    _wait_for_boot_partition()
+    source = f"{layout.SETTINGS_PATH} on the boot partition"
+    with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
+        path = boot / layout.SETTINGS_PATH
+        raw = path.read_bytes() if path.is_file() else None
+        error_note = (boot / layout.SETTINGS_ERROR_PATH).exists()
+    if raw is None:
+        return Outcome(False, f"no {layout.SETTINGS_PATH} on the boot partition: nothing to apply")
+    digest = settings.digest(raw)
+    state = read_state(system)
+    if state.get("digest") == digest and not force and not error_note:
+        return Outcome(False, f"{layout.SETTINGS_PATH} unchanged since {state.get('applied', '?')}")
+    try:
+        text, s = decode_file(raw, source)
+        check(s, system, source)
+    except SettingsError as exc:
+        _note_error(str(exc))
+        raise
+    changes = apply(s, system)
+    os.sync()  # the applied settings are on p7 before the secrets leave p1
+    data = settings.decode(text, source)
+    secrets = settings.has_secrets(data)
+    if secrets or error_note:  # p1 is mounted writable only when there is something to write
+        with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
+            if secrets:
+                redacted = settings.redact(text, f"applied {now()} and removed from this file")
+                bootstate.write_atomic(boot / layout.SETTINGS_PATH, redacted.encode())
+                digest = settings.digest(redacted.encode())
+            (boot / layout.SETTINGS_ERROR_PATH).unlink(missing_ok=True)
+    write_state(system, {"digest": digest, "applied": now(), "changes": changes})
+    os.sync()
+    what = ", ".join(changes) if changes else "nothing needed changing"
+    return Outcome(True, f"applied {layout.SETTINGS_PATH}: {what}")
+
+
+def _note_error(message: str) -> None:
+    """The reason, next to the file on p1, for an owner who has no console."""
+    text = (f"liveng did NOT apply {layout.SETTINGS_PATH} at {now()}: nothing was changed.\r\n{message}\r\n"
+            "Fix the file and boot again.\r\n")
+    try:
+        with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
+            bootstate.write_atomic(boot / layout.SETTINGS_ERROR_PATH, text.encode())
+    except (bootstate.DeviceError, OSError):
+        pass  # the console and the journal have it anyway
+
+
+def check_file(path: Path | None, system: System | None = None) -> Settings:
+    """Check a settings file (or p1's) against the schema and this system; apply nothing."""
+    system = system or System(live=False)
+    if path is None:
+        with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
+            raw = (boot / layout.SETTINGS_PATH).read_bytes()
+        source = f"{layout.SETTINGS_PATH} on the boot partition"
+    else:
+        raw, source = path.read_bytes(), str(path)
+    _, s = decode_file(raw, source)
+    check(s, system, source)
+    return s

@@ -1,0 +1,223 @@
+"""liveng settings apply on a stand-in root and p1: checks, what is written, once, secrets, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from liveng import layout, settings
+from liveng.device import bootstate, firstboot
+from liveng.settings import SettingsError
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk me@host"
+GOOD = f"""# my settings
+hostname = "kiosk"
+timezone = "Europe/Berlin"
+keyboard = "de"
+
+[[users]]
+name = "pi"
+password_hash = "$6$salt$hash"
+ssh_keys = ["{KEY}"]
+sudo = true
+
+[wifi]
+country = "DE"
+ssid = "home"
+passphrase = "very secret"
+"""
+
+
+class Recorder:
+    """Stands in for useradd and friends: records each command, and useradd adds the passwd line."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[tuple[list[str], str | None]] = []
+
+    def __call__(self, argv: list[str], input_text: str | None) -> str:
+        self.calls.append((argv, input_text))
+        if argv[0] == "useradd":
+            name = argv[-1]
+            with open(self.root / "etc/passwd", "a") as f:
+                f.write(f"{name}:x:{os.getuid()}:{os.getgid()}::/home/{name}:/bin/bash\n")
+        return ""
+
+    def commands(self) -> list[str]:
+        return [" ".join(argv) for argv, _ in self.calls]
+
+
+def make_root(tmp: Path, wifi: bool = True) -> Path:
+    root = tmp / "root"
+    for d in ("etc/ssh/sshd_config.d", "usr/sbin", "usr/share/zoneinfo/Europe", "var/lib", "home"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n")
+    (root / "etc/group").write_text("root:x:0:\nsudo:x:27:\n")
+    (root / "etc/hostname").write_text("liveng\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tliveng\n")
+    (root / "usr/share/zoneinfo/Europe/Berlin").write_bytes(b"TZif")
+    (root / "usr/sbin/sshd").touch()
+    if wifi:
+        (root / "usr/sbin/wpa_supplicant").touch()
+    return root
+
+
+def system(root: Path) -> tuple[firstboot.System, Recorder]:
+    rec = Recorder(root)
+    return firstboot.System(root=root, run=rec, live=False), rec
+
+
+def test_apply_writes_everything(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    sys_, rec = system(root)
+    s = settings.loads(GOOD, "f")
+    firstboot.check(s, sys_, "f")
+    changes = firstboot.apply(s, sys_)
+    assert (root / "etc/hostname").read_text() == "kiosk\n"
+    assert "127.0.1.1\tkiosk" in (root / "etc/hosts").read_text()
+    assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
+    assert (root / "etc/timezone").read_text() == "Europe/Berlin\n"
+    assert 'XKBLAYOUT="de"' in (root / "etc/default/keyboard").read_text()
+    conf = root / settings.WIFI_CONF_PATH
+    assert conf.stat().st_mode & 0o777 == 0o600 and "very secret" not in conf.read_text()
+    assert f"psk={settings.wifi_psk('home', 'very secret')}" in conf.read_text()
+    keys = root / "home/pi/.ssh/authorized_keys"
+    assert keys.read_text() == KEY + "\n" and keys.stat().st_mode & 0o777 == 0o600
+    assert (root / "home/pi/.ssh").stat().st_mode & 0o777 == 0o700
+    assert rec.commands()[:2] == ["useradd --create-home --shell /bin/bash --user-group --groups sudo pi",
+                                  "chpasswd --encrypted"]
+    assert rec.calls[1][1] == "pi:$6$salt$hash\n"  # the hash goes on stdin, not the command line
+    assert "systemctl enable --no-reload ssh.service" in rec.commands()  # a key: SSH on
+    assert "user pi added" in changes and "ssh on" in changes
+    # Again: nothing left to change in the files; keys are not doubled.
+    sys2, rec2 = system(root)
+    firstboot.apply(settings.loads(GOOD, "f"), sys2)
+    assert keys.read_text() == KEY + "\n"
+    assert not [c for c in sys2.changes if c.startswith("/")]
+    assert not [c for c in rec2.commands() if c.startswith("useradd")]
+
+
+def test_checks_against_the_system(tmp_path: Path) -> None:
+    root = make_root(tmp_path, wifi=False)
+    sys_, rec = system(root)
+    cases = {
+        'timezone = "Mars/Olympus"': "timezone: 'Mars/Olympus' is not a time zone this system knows",
+        'locale = "de_DE.UTF-8"': "locale: 'de_DE.UTF-8' needs the locales package",
+        '[wifi]\ncountry = "DE"\nssid = "x"\npassphrase = "12345678"': "wifi: this image has no Wi-Fi support",
+        '[[users]]\nname = "daemon"': "users[0].name: 'daemon' is a system account",
+        '[[users]]\nname = "sudo"': "users[0].name: 'sudo' is the name of a group on this system",
+    }
+    for text, needle in cases.items():
+        with pytest.raises(SettingsError, match=r"^f: ") as info:
+            firstboot.check(settings.loads(text, "f"), sys_, "f")
+        assert needle in str(info.value)
+    (root / "usr/sbin/wpa_supplicant").touch()
+    with pytest.raises(SettingsError, match=r"wifi\.passphrase: is missing for the network 'x'"):
+        firstboot.check(settings.loads('[wifi]\ncountry = "DE"\nssid = "x"', "f"), sys_, "f")
+    (root / "etc/group").write_text("root:x:0:\n")
+    with pytest.raises(SettingsError, match=r"users\[0\]\.sudo: this image has no sudo"):
+        firstboot.check(settings.loads('[[users]]\nname = "pi"\nsudo = true', "f"), sys_, "f")
+    assert rec.calls == []
+
+
+@dataclass
+class BootPartition:
+    """A directory standing in for the mounted boot partition; how it was mounted, in order."""
+
+    path: Path
+    writable: list[bool] = field(default_factory=list)
+
+
+@pytest.fixture()
+def p1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BootPartition:
+    boot = BootPartition(tmp_path / "p1")
+    boot.path.mkdir()
+
+    @contextlib.contextmanager
+    def mounted(role: layout.Role, fstype: str, writable: bool = False) -> Iterator[Path]:
+        assert role is layout.Role.BOOT and fstype == "vfat"
+        boot.writable.append(writable)
+        yield boot.path
+
+    monkeypatch.setattr(bootstate, "mounted", mounted)
+    monkeypatch.setattr(firstboot, "_wait_for_boot_partition", lambda: None)
+    return boot
+
+
+def test_boot_flow_once_secrets_removed_and_edits_applied_again(tmp_path: Path, p1: BootPartition) -> None:
+    root = make_root(tmp_path)
+    sys_, _ = system(root)
+    assert not firstboot.apply_boot_partition(system=sys_).applied  # no file: nothing
+    (p1.path / layout.SETTINGS_PATH).write_text(GOOD)
+    p1.writable.clear()
+    outcome = firstboot.apply_boot_partition(system=sys_)
+    assert outcome.applied and "user pi added" in outcome.message
+    assert p1.writable == [False, True]  # read, then written without its secrets
+    left = (p1.path / layout.SETTINGS_PATH).read_text()
+    assert "$6$salt$hash" not in left and "very secret" not in left
+    assert "# my settings" in left and 'hostname = "kiosk"' in left and KEY in left
+    state = firstboot.read_state(sys_)
+    assert state["digest"] == settings.digest(left.encode())
+    # The next boot: unchanged, nothing run, p1 not mounted writable.
+    p1.writable.clear()
+    sys2, rec2 = system(root)
+    outcome = firstboot.apply_boot_partition(system=sys2)
+    assert not outcome.applied and "unchanged" in outcome.message and rec2.calls == []
+    assert p1.writable == [False]
+    # The owner edits the file (the secrets are gone from it): applied again, the Wi-Fi keeps its key.
+    psk_before = (root / settings.WIFI_CONF_PATH).read_text()
+    (p1.path / layout.SETTINGS_PATH).write_text(left.replace('"kiosk"', '"kiosk-2"'))
+    sys3, rec3 = system(root)
+    p1.writable.clear()
+    assert firstboot.apply_boot_partition(system=sys3).applied
+    assert p1.writable == [False]  # no secrets left to remove, no error note: p1 stays read-only
+    assert (root / "etc/hostname").read_text() == "kiosk-2\n"
+    assert (root / settings.WIFI_CONF_PATH).read_text() == psk_before
+    assert not any(argv[0] in ("useradd", "chpasswd") for argv, _ in rec3.calls)
+
+
+def test_malformed_file_applies_nothing_and_says_why(tmp_path: Path, p1: BootPartition) -> None:
+    root = make_root(tmp_path)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    # Valid TOML, valid keys up to the last one: the hostname must not be applied either.
+    bad = GOOD + '\n[ssh]\nenabled = "yes"\n'
+    (p1.path / layout.SETTINGS_PATH).write_text(bad)
+    sys_, rec = system(root)
+    with pytest.raises(SettingsError, match=r"ssh\.enabled: must be true or false"):
+        firstboot.apply_boot_partition(system=sys_)
+    assert rec.calls == []
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert (p1.path / layout.SETTINGS_PATH).read_text() == bad  # left for the owner to fix
+    note = (p1.path / layout.SETTINGS_ERROR_PATH).read_text()
+    assert "did NOT apply" in note and "ssh.enabled" in note
+    # Fixed: applied, and the note goes.
+    (p1.path / layout.SETTINGS_PATH).write_text(GOOD)
+    assert firstboot.apply_boot_partition(system=sys_).applied
+    assert not (p1.path / layout.SETTINGS_ERROR_PATH).exists()
+    (p1.path / layout.SETTINGS_PATH).write_bytes(b"hostname = \"\xff\"\n")
+    with pytest.raises(SettingsError, match="not UTF-8 text"):
+        firstboot.apply_boot_partition(system=sys_)
+
+
+def test_ssh_off_and_password_logins(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    sys_, rec = system(root)
+    firstboot.apply(settings.loads("[ssh]\nenabled = false\npassword_authentication = true", "f"), sys_)
+    assert "systemctl disable --no-reload ssh.service" in rec.commands()
+    dropin = (root / settings.SSHD_DROPIN_PATH).read_text()
+    assert "PasswordAuthentication yes" in dropin and "PermitRootLogin prohibit-password" in dropin
+
+
+def test_recipe_locale_is_generated_at_first_boot(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "usr/sbin/locale-gen").touch()
+    (root / "etc/default").mkdir()
+    (root / settings.LOCALE_PATH).write_text(settings.locale_text("de_DE.UTF-8"))
+    sys_, rec = system(root)
+    firstboot.ensure_locale(sys_)
+    assert rec.commands() == ["locale -a", "locale-gen"]
