@@ -29,6 +29,7 @@ BASE_PACKAGES = (
     # liveng resize (sfdisk) and snapshots (GNU tar with xattrs and ACLs).
     "fdisk", "tar",
 )
+ENCRYPTION_PACKAGES = ("cryptsetup", "cryptsetup-initramfs")
 KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
 COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
 # Packages the boot partition is made from. They are downloaded with the rootfs (same suite, same
@@ -47,6 +48,10 @@ def packages(recipe: Recipe) -> tuple[str, ...]:
         wanted.add("sudo")
     if any(u.ssh_keys for u in recipe.users):
         wanted.add("openssh-server")
+    if recipe.persistence.encrypted:
+        # cryptsetup-initramfs puts cryptsetup, askpass and dm-crypt into every initramfs; live-boot
+        # (persistence-encryption=luks) and liveng's live-premount/liveng-luks use them.
+        wanted.update(ENCRYPTION_PACKAGES)
     return tuple(sorted(wanted))
 
 
@@ -54,8 +59,9 @@ def initramfs_overlay() -> dict[str, bytes]:
     """Files that must be in the tree before the kernel's initramfs is first generated."""
     data = resources.files("liveng.device").joinpath("data/initramfs")
     files = {}
-    for name in ("live-premount/liveng", "live-premount/liveng-delta"):
+    for name in ("live-premount/liveng", "live-premount/liveng-luks", "live-premount/liveng-delta"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
+    files["etc/initramfs-tools/hooks/liveng-luks"] = data.joinpath("hooks/liveng-luks").read_bytes()
     return files
 
 
