@@ -80,9 +80,11 @@ def key_cpio(key: bytes) -> bytes:
     """An uncompressed newc archive holding the key file (what the initramfs hook would add)."""
     parts = []
     path = ""
-    for component in KEY_FILE_PATH.split("/")[:-1]:
+    dirs = KEY_FILE_PATH.split("/")[:-1]
+    for i, component in enumerate(dirs):
         path = f"{path}/{component}" if path else component
-        parts.append(_cpio_entry(path, 0o040700))
+        # The kernel sets the mode of a directory that exists already: /etc keeps its usual one.
+        parts.append(_cpio_entry(path, 0o040700 if i == len(dirs) - 1 else 0o040755))
     parts.append(_cpio_entry(KEY_FILE_PATH, 0o100400, key))
     parts.append(_cpio_entry("TRAILER!!!", 0))
     return b"".join(parts)
