@@ -107,12 +107,16 @@ def source() -> Source:
     if not system_part.exists():
         raise DeviceError(f"{system_part} (this system's partition) is missing")
     disk = resize.disk_of(system_part)
+    # From sysfs: where each partition starts (an extended partition's size there is its one EBR
+    # sector, but plan() gives p3 a new size anyway).
     extents = {}
-    for part in layout.PARTITIONS:
-        dev = bootstate.device_path(part.role, ident).resolve()
-        sys_dir = Path("/sys/class/block") / dev.name
-        extents[part.number] = (int((sys_dir / "start").read_text()) * layout.SECTOR,
-                                int((sys_dir / "size").read_text()) * layout.SECTOR)
+    for name in _partitions(disk):
+        sys_dir = Path("/sys/block") / disk.name / name
+        extents[int((sys_dir / "partition").read_text())] = (int((sys_dir / "start").read_text()) * layout.SECTOR,
+                                                             int((sys_dir / "size").read_text()) * layout.SECTOR)
+    missing = [p.number for p in layout.PARTITIONS if p.number not in extents]
+    if missing:
+        raise DeviceError(f"{disk} lacks partitions {missing}: not a liveng layout")
     booted = kernel.slot_of(kernel.booted_entry())
     if booted is None:  # the factory kernel runs: take the slot the boot order prefers
         order = bootstate.read_state().order
