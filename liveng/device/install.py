@@ -1,7 +1,8 @@
 """liveng install DISK: this system onto another disk, which then boots on its own (BIOS and UEFI).
 
 p1 (boot loaders, menu), p2 (the system) and the kernel slot that runs now are copied raw; slot B
-stays empty; p7 is a fresh ext4 filling the disk, empty or with a copy of the current delta.
+stays empty; p7 is a fresh ext4 filling the disk, empty or with a copy of the current delta; an
+encrypted p7 gets a copy of this one's LUKS header (same passphrase, key file and volume key).
 
 The installed disk keeps this image's id. The id is baked into GRUB (BOOTX64.EFI and the BIOS
 core.img search p1 by it; core.img is compressed and the device has no grub-mkimage to make a new
@@ -32,6 +33,7 @@ from liveng.device.bootstate import DeviceError, run
 
 CHUNK = 4 * layout.MiB
 MIN_PERSISTENCE = 256 * layout.MiB
+INSTALL_MAPPING = "liveng-install"
 BOOT_CODE = 440  # bytes of the MBR before the disk identifier and the partition table
 
 
@@ -195,14 +197,67 @@ def copy_tree(src: Path, dst: Path) -> None:
         raise DeviceError(f"writing the delta to the new disk failed: {proc.stderr.decode(errors='replace')}")
 
 
+def _volume_key(image_id: str) -> bytes | None:
+    """Encrypted p7: the volume key of the mapping opened at boot (None when p7 is plain ext4).
+
+    The new disk gets a copy of this p7's LUKS header, so the same passphrase and key file open
+    it; its ext4 is made through that key. liveng-luks opens p7 with --disable-keyring, so the key
+    is in the dm table (root can read it there anyway) and no passphrase is asked here.
+    """
+    part = bootstate.device_path(layout.Role.PERSISTENCE, image_id)
+    if not bootstate.is_luks(part):
+        return None
+    mapping = bootstate.persistence_filesystem()
+    fields = run(["dmsetup", "table", "--showkeys", mapping.name]).split()
+    # <start> <length> crypt <cipher> <key> <iv offset> <device> <offset> ...
+    if len(fields) < 5 or fields[2] != "crypt" or fields[4].startswith(":"):
+        raise DeviceError(f"the volume key of {mapping} is in the kernel keyring (it was opened by live-boot, not "
+                          "liveng): reboot, unlock it at liveng's prompt, and install again")
+    return bytes.fromhex(fields[4])
+
+
+@contextlib.contextmanager
+def _encrypted(dev: Path, image_id: str, key: bytes | None) -> Iterator[Path]:
+    """``dev`` itself, or (encrypted) ``dev`` with a copy of this p7's LUKS header, opened with ``key``."""
+    if key is None:
+        yield dev
+        return
+    Path("/run/liveng").mkdir(parents=True, exist_ok=True)
+    header = Path("/run/liveng/install-header")
+    header.unlink(missing_ok=True)
+    part = bootstate.device_path(layout.Role.PERSISTENCE, image_id)
+    run(["cryptsetup", "luksHeaderBackup", str(part), "--header-backup-file", str(header)])
+    try:
+        fd = os.open(dev, os.O_WRONLY)
+        try:
+            os.pwrite(fd, header.read_bytes(), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        header.unlink(missing_ok=True)
+    keyfile = Path("/run/liveng/install-volume-key")  # /run is RAM
+    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+        os.close(fd)
+        run(["cryptsetup", "open", "--type", "luks2", "--disable-keyring", "--volume-key-file", str(keyfile),
+             str(dev), INSTALL_MAPPING])
+    finally:
+        keyfile.unlink(missing_ok=True)
+    try:
+        yield Path("/dev/mapper") / INSTALL_MAPPING
+    finally:
+        os.sync()
+        run(["cryptsetup", "close", INSTALL_MAPPING])
+
+
 def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say: Callable[[str], None]) -> bool:
     disk = whole_disk(target)
     src = source()
     if disk == src.disk.resolve():
         raise DeviceError(f"{target} is the disk this system runs from")
-    if bootstate.is_luks(bootstate.device_path(layout.Role.PERSISTENCE, src.image_id)):
-        raise DeviceError("this system's persistence is encrypted; liveng install cannot make an encrypted one "
-                          "yet: flash the image to the disk instead (liveng flash or dd)")
+    encrypted_key = _volume_key(src.image_id)
     why = busy(disk, system.mounts())
     if why:
         raise DeviceError(f"{target} is in use ({why}): unmount it first")
@@ -241,9 +296,9 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
     p7 = by_role[layout.Role.PERSISTENCE]
     say(f"making the persistence partition ({p7.size // layout.MiB} MiB)"
         + (" with the current delta" if with_delta else ""))
-    with _loop(disk, p7.start, p7.size) as dev:
-        run(["mkfs.ext4", "-q", "-F", "-L", layout.persistence_label(src.image_id), str(dev)])
-        with _mount(dev, "ext4") as root:
+    with _loop(disk, p7.start, p7.size) as dev, _encrypted(dev, src.image_id, encrypted_key) as fs_dev:
+        run(["mkfs.ext4", "-q", "-F", "-L", layout.persistence_label(src.image_id), str(fs_dev)])
+        with _mount(fs_dev, "ext4") as root:
             (root / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
             if with_delta:
                 os.sync()  # what the copy reads is what a power cut now would leave

@@ -104,7 +104,10 @@ def test_luks_persistence(luks_image: Path, tmp_path: Path) -> None:
         f.truncate(disk.stat().st_size + 1024 * layout.MiB)
     token = secrets.token_hex(8)
     log = tmp_path / "console.log"
-    with Vm(disk, log) as vm:
+    target = tmp_path / "target.img"  # for liveng install at the end
+    with open(target, "wb") as f:
+        f.truncate(2048 * layout.MiB)
+    with Vm(disk, log, disks=(target,)) as vm:
         # The key file in the initramfs unlocks p7: nobody types anything.
         print(f"power-on to shell (key file): {vm.wait_shell():.1f} s")
         assert "persistence-encryption=luks" in vm.sh("cat /proc/cmdline")
@@ -139,6 +142,13 @@ def test_luks_persistence(luks_image: Path, tmp_path: Path) -> None:
         assert vm.sh("cat /root/luks-token") == token
         assert vm.sh("findmnt -no SOURCE --target /run/live/persistence/vda7") == "/dev/mapper/vda7"
         assert "before-update" in vm.sh("liveng snapshot list")
+        # Last (the copy's LUKS partition would be one more for live-boot to ask about at a boot):
+        # install onto the second disk; its p7 gets this p7's LUKS header.
+        out = vm.sh("liveng install /dev/vdb --with-delta --yes", timeout=1200)
+        assert "installed on /dev/vdb" in out, out
         vm.poweroff()
     offset = p7_offset(disk)
     assert subprocess.run(["dumpe2fs", "-h", f"{disk}?offset={offset}"], capture_output=True).returncode != 0
+    assert read_table(target).image_id == image_id
+    # The installed p7: LUKS2 that the same passphrase opens, with liveng's ext4 inside.
+    check_p7_on_host(target, image_id, luks_image.parent)
