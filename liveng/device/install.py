@@ -208,12 +208,21 @@ def _volume_key(image_id: str) -> bytes | None:
     if not bootstate.is_luks(part):
         return None
     mapping = bootstate.persistence_filesystem()
-    fields = run(["dmsetup", "table", "--showkeys", mapping.name]).split()
-    # <start> <length> crypt <cipher> <key> <iv offset> <device> <offset> ...
-    if len(fields) < 5 or fields[2] != "crypt" or fields[4].startswith(":"):
+    return key_from_table(run(["dmsetup", "table", "--showkeys", mapping.name]), mapping)
+
+
+def key_from_table(table: str, mapping: Path) -> bytes:
+    """The key of a dm-crypt table line: <start> <length> crypt <cipher> <key> <iv offset> <device> ..."""
+    fields = table.split()
+    if len(fields) < 5 or fields[2] != "crypt":
+        raise DeviceError(f"{mapping} is not a dm-crypt mapping: {table.strip()!r}")
+    if fields[4].startswith(":"):
         raise DeviceError(f"the volume key of {mapping} is in the kernel keyring (it was opened by live-boot, not "
                           "liveng): reboot, unlock it at liveng's prompt, and install again")
-    return bytes.fromhex(fields[4])
+    try:
+        return bytes.fromhex(fields[4])
+    except ValueError:
+        raise DeviceError(f"{mapping}: unexpected key field in its dm table") from None
 
 
 @contextlib.contextmanager

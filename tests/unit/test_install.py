@@ -46,3 +46,15 @@ def test_target_must_be_a_whole_block_device(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(DeviceError, match="not a block device"):
         install.whole_disk(tmp_path / "file")
+
+
+def test_volume_key_from_the_dm_table() -> None:
+    mapping = Path("/dev/mapper/vda7")
+    key = bytes(range(64))
+    line = f"0 4177920 crypt aes-xts-plain64 {key.hex()} 0 254:7 16384\n"
+    assert install.key_from_table(line, mapping) == key
+    keyring = "0 4177920 crypt aes-xts-plain64 :64:logon:cryptsetup:1234-d0 0 254:7 16384"
+    with pytest.raises(DeviceError, match="kernel keyring"):
+        install.key_from_table(keyring, mapping)
+    with pytest.raises(DeviceError, match="not a dm-crypt mapping"):
+        install.key_from_table("0 100 linear 254:7 0", mapping)
