@@ -8,8 +8,9 @@ The installed disk keeps this image's id. The id is baked into GRUB (BOOTX64.EFI
 core.img search p1 by it; core.img is compressed and the device has no grub-mkimage to make a new
 one), so a new id cannot be given consistently on the device. The copy is therefore meant to
 replace the disk it came from (install from a stick, then remove the stick): two disks with one
-id in one machine are ambiguous, so the running system is never told about the new partitions
-(they appear at the next boot), and a third disk that already carries the id is refused.
+id in one machine are ambiguous, so the running system forgets the new partitions again as soon as
+udev has read them (they appear at the next boot), and a third disk that already carries the id
+is refused.
 
 Order of writes, so that a failure at any point leaves a disk that is plainly not bootable rather
 than half a system: the old partition table and boot code are wiped first; then the partitions'
@@ -332,4 +333,22 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _forget_partitions(disk, src)
     return True
+
+
+def _forget_partitions(disk: Path, src: Source) -> None:
+    """Keep the copy's partitions (same ids as this system's) away from this running system.
+
+    udev rereads a disk's partition table when a writer closes it; the copy's partitions would then
+    claim /dev/disk/by-partuuid/<id>-NN. They are dropped again; the links return to this disk.
+    """
+    run(["udevadm", "settle"])
+    if _partitions(disk):
+        run(["partx", "--delete", str(disk)])
+        run(["udevadm", "settle"])
+    for role in (layout.Role.SYSTEM, layout.Role.PERSISTENCE):
+        link = bootstate.device_path(role, src.image_id)
+        if not link.exists() or resize.disk_of(link) != src.disk:
+            raise DeviceError(f"the copy is complete, but {link} no longer points at this system's disk "
+                              f"{src.disk}: reboot before running other liveng commands")
