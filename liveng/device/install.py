@@ -186,16 +186,14 @@ def _mount(dev: Path, fstype: str) -> Iterator[Path]:
 
 def copy_tree(src: Path, dst: Path) -> None:
     """The delta with what overlayfs needs (snapshot's tar options), piped straight into ``dst``."""
-    with subprocess.Popen(["tar", "-C", str(src), *snapshot.TAR_CREATE, "-cf", "-", "."],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as tar_out:
-        proc = subprocess.run(["tar", "-C", str(dst), *snapshot.TAR_EXTRACT, "-xf", "-"], stdin=tar_out.stdout,
-                              capture_output=True, check=False)
-        _, err = tar_out.communicate()
+    rc_out, err_out, rc_in, err_in = snapshot._pipeline(
+        ["tar", "-C", str(src), *snapshot.TAR_CREATE, "-cf", "-", "."],
+        ["tar", "-C", str(dst), *snapshot.TAR_EXTRACT, "-xf", "-"], None, subprocess.DEVNULL)
     # GNU tar exits 1 when a file changed while it was read: expected on a running system.
-    if tar_out.returncode not in (0, 1):
-        raise DeviceError(f"reading the delta failed ({tar_out.returncode}): {err.decode(errors='replace')}")
-    if proc.returncode != 0:
-        raise DeviceError(f"writing the delta to the new disk failed: {proc.stderr.decode(errors='replace')}")
+    if rc_out not in (0, 1):
+        raise DeviceError(f"reading the delta failed ({rc_out}): {err_out}")
+    if rc_in != 0:
+        raise DeviceError(f"writing the delta to the new disk failed ({rc_in}): {err_in}")
 
 
 def _volume_key(image_id: str) -> bytes | None:

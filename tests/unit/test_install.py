@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,20 @@ def test_volume_key_from_the_dm_table() -> None:
         install.key_from_table(keyring, mapping)
     with pytest.raises(DeviceError, match="not a dm-crypt mapping"):
         install.key_from_table("0 100 linear 254:7 0", mapping)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and trusted.* xattrs need root")
+def test_delta_copy_keeps_whiteouts_and_overlay_xattrs(tmp_path: Path) -> None:
+    src, dst = tmp_path / "rw", tmp_path / "new"
+    (src / "etc/opaque").mkdir(parents=True)
+    dst.mkdir()
+    (src / "etc/file").write_text("changed\n")
+    os.chmod(src / "etc/file", 0o640)
+    os.mknod(src / "etc/deleted", 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # an overlayfs whiteout
+    os.setxattr(src / "etc/opaque", "trusted.overlay.opaque", b"y")
+    install.copy_tree(src, dst)
+    assert (dst / "etc/file").read_text() == "changed\n"
+    assert stat.S_IMODE((dst / "etc/file").stat().st_mode) == 0o640
+    st = (dst / "etc/deleted").lstat()
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+    assert os.getxattr(dst / "etc/opaque", "trusted.overlay.opaque") == b"y"
