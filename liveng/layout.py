@@ -250,6 +250,18 @@ def plan(boot: int, system: int, slot: int, persistence: int) -> tuple[list[Exte
     return extents, pos
 
 
+def sfdisk_script(image_id: str, extents: list[Extent]) -> str:
+    """The partition table as an sfdisk script (the host builder and `liveng install` write it)."""
+    lines = ["label: dos", f"label-id: 0x{check_image_id(image_id)}", "unit: sectors", ""]
+    for ext in extents:
+        part = partition(ext.role)
+        fields = [f"start={ext.start // SECTOR}", f"size={ext.size // SECTOR}", f"type={part.mbr_type:x}"]
+        if part.bootable:
+            fields.append("bootable")
+        lines.append(", ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
 def sha256_file(path: Path) -> str:
     """The digest MANIFEST_PATH and SLOT_INFO_PATH record for a file."""
     h = hashlib.sha256()

@@ -41,10 +41,42 @@ def device_path(role: layout.Role, ident: str | None = None) -> Path:
     return Path(layout.partuuid_path(ident or image_id(), role))
 
 
+LUKS_MAGIC = b"LUKS\xba\xbe"
+
+
+def is_luks(part: Path) -> bool:
+    with open(part, "rb") as f:
+        return f.read(len(LUKS_MAGIC)) == LUKS_MAGIC
+
+
+def opened_mapping(part: Path) -> Path | None:
+    """/dev/mapper/NAME of the device-mapper device (the opened LUKS) that holds ``part``, if any."""
+    holders = Path("/sys/class/block") / part.resolve().name / "holders"
+    for holder in sorted(holders.iterdir()) if holders.is_dir() else ():
+        name_file = Path("/sys/class/block") / holder.name / "dm/name"
+        if name_file.exists():
+            return Path("/dev/mapper") / name_file.read_text().strip()
+    return None
+
+
+def persistence_filesystem() -> Path:
+    """The block device with p7's ext4: p7 itself or, encrypted, the LUKS mapping opened at boot."""
+    part = device_path(layout.Role.PERSISTENCE)
+    if not part.exists():
+        raise DeviceError(f"{part} (the persistence partition) is missing")
+    if not is_luks(part):
+        return part
+    mapping = opened_mapping(part)
+    if mapping is None:
+        raise DeviceError(f"the persistence partition {part.resolve()} is encrypted and locked: it is unlocked "
+                          "at boot (passphrase or key file); this boot runs without it")
+    return mapping
+
+
 @contextlib.contextmanager
-def mounted(role: layout.Role, fstype: str, writable: bool = False) -> Iterator[Path]:
-    """Mount one of this image's partitions on a private directory for the duration."""
-    dev = device_path(role)
+def mounted(role: layout.Role, fstype: str, writable: bool = False, dev: Path | None = None) -> Iterator[Path]:
+    """Mount one of this image's partitions (or ``dev`` for it) on a private directory for the duration."""
+    dev = dev or device_path(role)
     if not dev.exists():
         raise DeviceError(f"{dev} ({role.value} partition) is missing")
     Path("/run/liveng").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import delta, firstboot, kernel, kernelfit, resize, snapshot, status, verify
+from liveng.device import delta, firstboot, install, kernel, kernelfit, resize, snapshot, status, verify
 from liveng.device.bootstate import DeviceError
 from liveng.settings import SettingsError
 
@@ -61,9 +61,9 @@ def cmd_snapshot_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(question: str) -> bool:
+def _confirm(question: str, command: str = "reset") -> bool:
     if not sys.stdin.isatty():
-        raise DeviceError("liveng reset needs a confirmation: run it on a terminal or give --yes")
+        raise DeviceError(f"liveng {command} needs a confirmation: run it on a terminal or give --yes")
     print(question, end=" ", flush=True)
     return sys.stdin.readline().strip() == "yes"
 
@@ -90,6 +90,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return 0
     kernelfit.restore_order(request.order)
     print(f"liveng: cancelled the {request.action} requested {request.created}")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    def confirm(question: str) -> bool:
+        return args.yes or _confirm(question, "install")
+
+    if not install.install(args.device, args.with_delta, confirm, lambda msg: print(f"liveng: {msg}", flush=True)):
+        print("liveng: nothing was written")
+        return 1
+    print(f"liveng: installed on {args.device}; it boots on its own (BIOS and UEFI). It carries this system's id: "
+          "remove this disk before booting both in one machine")
     return 0
 
 
@@ -201,6 +213,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reset)
     p = sub.add_parser("cancel", help="withdraw a pending restore or reset")
     p.set_defaults(func=cmd_cancel)
+    p = sub.add_parser("install", help="copy this system to another disk (erases it) that then boots on its own")
+    p.add_argument("device", type=Path, help="the whole disk, e.g. /dev/sdb")
+    p.add_argument("--with-delta", action="store_true", help="carry the current delta (every change) over")
+    p.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    p.set_defaults(func=cmd_install)
     p = sub.add_parser("resize", help="grow the persistence partition to the end of the disk")
     p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_resize)

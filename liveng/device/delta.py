@@ -81,16 +81,14 @@ def remove_tree(path: Path) -> None:
 @contextlib.contextmanager
 def persistence_root() -> Iterator[Path]:
     """The root of p7: where live-boot mounted it, else mounted here for the duration."""
-    dev = bootstate.device_path(layout.Role.PERSISTENCE)
-    if not dev.exists():
-        raise DeviceError(f"{dev} (the persistence partition) is missing")
+    dev = bootstate.persistence_filesystem()
     real = dev.resolve()
     for m in system.mounts():
         if (m.device.startswith("/dev/") and Path(m.device).resolve() == real and "rw" in m.options
                 and (Path(m.mountpoint) / layout.PERSISTENCE_CONF).exists()):
             yield Path(m.mountpoint)
             return
-    with bootstate.mounted(layout.Role.PERSISTENCE, "ext4", writable=True) as root:
+    with bootstate.mounted(layout.Role.PERSISTENCE, "ext4", writable=True, dev=dev) as root:
         yield root
 
 

@@ -152,14 +152,39 @@ def resize(say: Callable[[str], None] = print) -> bool:
         # trixie's util-linux).
         run(["partx", "--update", "--nr", str(number), str(disk)])
         changed = True
-    if fs_size(part) + layout.ALIGN <= size * layout.SECTOR:
-        mounted = any(m.device.startswith("/dev/") and Path(m.device).resolve() == part.resolve()
+    fs = bootstate.persistence_filesystem()
+    if fs != part:
+        changed |= _grow_mapping(part, fs, say)
+    fs_bytes = int((_sys_block(fs) / "size").read_text()) * layout.SECTOR
+    if fs_size(fs) + layout.ALIGN <= fs_bytes:
+        mounted = any(m.device.startswith("/dev/") and Path(m.device).resolve() == fs.resolve()
                       for m in system.mounts())
         if not mounted:
-            run(["e2fsck", "-f", "-p", str(part)])
-        say(f"growing the ext4 on {part.resolve()} {'online' if mounted else 'offline'}")
-        run(["resize2fs", str(part)])
+            run(["e2fsck", "-f", "-p", str(fs)])
+        say(f"growing the ext4 on {fs} {'online' if mounted else 'offline'}")
+        run(["resize2fs", str(fs)])
         changed = True
     if changed:
-        say(f"persistence partition: {fs_size(part) // layout.MiB} MiB")
+        say(f"persistence partition: {fs_size(fs) // layout.MiB} MiB")
     return changed
+
+
+def _grow_mapping(part: Path, mapping: Path, say: Callable[[str], None]) -> bool:
+    """Encrypted p7: the opened LUKS mapping grows to the partition (dm-crypt's table, online)."""
+    part_sectors = int((_sys_block(part) / "size").read_text())
+    map_sectors = int((_sys_block(mapping) / "size").read_text())
+    offset = 0
+    for line in run(["cryptsetup", "status", mapping.name]).splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "offset":
+            offset = int(value.split()[0])
+    if part_sectors - offset - map_sectors < MIN_GAIN_SECTORS:
+        return False
+    say(f"growing the encrypted mapping {mapping}")
+    try:
+        run(["cryptsetup", "resize", mapping.name])
+    except DeviceError as exc:
+        raise DeviceError(f"{exc}: the mapping was opened with its key in the kernel keyring (by live-boot, "
+                          f"not liveng); run 'cryptsetup resize {mapping.name}' with the passphrase, then "
+                          "liveng resize") from None
+    return True

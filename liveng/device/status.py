@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from liveng import layout
-from liveng.device import delta, kernel, snapshot, system
+from liveng.device import bootstate, delta, kernel, snapshot, system
 from liveng.device.bootstate import DeviceError
 
 
@@ -30,7 +30,8 @@ def _persistence(report: dict[str, Any]) -> None:
     with delta.persistence_root() as root:
         size, free = delta.filesystem_space(root)
         report["persistence"] = {"size": size, "free": free,
-                                 "delta_bytes": delta.used_bytes(root / layout.DELTA_DIR)}
+                                 "delta_bytes": delta.used_bytes(root / layout.DELTA_DIR),
+                                 "encrypted": bootstate.is_luks(bootstate.device_path(layout.Role.PERSISTENCE))}
         snaps = snapshot.list_snapshots(root)
         report["snapshots"] = {"count": len(snaps), "bytes": sum(s.size for s in snaps),
                                "last": ({"name": snaps[-1].name, "created": snaps[-1].created,
@@ -77,7 +78,7 @@ def lines(r: dict[str, Any]) -> list[str]:
     if "persistence" in r:
         pst = r["persistence"]
         out.append(f"delta:        {_mib(pst['delta_bytes'])} used; persistence {_mib(pst['size'])}, "
-                   f"{_mib(pst['free'])} free")
+                   f"{_mib(pst['free'])} free" + (", encrypted (LUKS2)" if pst.get("encrypted") else ""))
         snaps = r["snapshots"]
         last = snaps["last"]
         out.append(f"snapshots:    {snaps['count']} ({_mib(snaps['bytes'])})" +

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import __version__, grubenv, layout
-from liveng.host import customize, disk, filesystems, preflight, rootfs, squashcache
+from liveng.host import customize, disk, filesystems, luks, preflight, rootfs, squashcache
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import BuildError, UsageError
 from liveng.host.mirrors import Mirrors, resolve_mirrors
@@ -106,6 +106,21 @@ def step_customise(ctx: Context) -> None:
     customize.clean(tree)
     customize.mark_updated(tree)
     ctx.kernel_version = _kernel_version(tree)
+    if recipe.persistence.key_file is not None:
+        _persistence_key(ctx, recipe.persistence.key_file.read_bytes())
+
+
+def _persistence_key(ctx: Context, key: bytes) -> None:
+    """The key file into the image and into its initramfs (made before the recipe was known, so
+    appended as a second archive; on the device liveng's initramfs hook adds it to new ones)."""
+    dest = ctx.tree / luks.KEY_FILE_PATH
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.write_bytes(key)
+    dest.chmod(0o400)
+    # Initramfs files that hold the key are for root only (initramfs-tools' UMASK, cryptsetup's advice).
+    conf = ctx.tree / "etc/initramfs-tools/conf.d/liveng-luks"
+    conf.write_text("# liveng: the initramfs holds the persistence key file\nUMASK=0077\n")
+    luks.append_key(ctx.tree / "boot" / f"initrd.img-{ctx.kernel_version}", key)
 
 
 def _kernel_version(tree: Path) -> str:
@@ -185,7 +200,8 @@ def step_boot_partition(ctx: Context) -> None:
         board_dtbs = tuple((pattern, f"{layout.DTB_DIR}/{dtb}") for pattern, dtb in rpi.BOARD_DTBS)
     cfg = staging / layout.GRUB_CFG_PATH
     cfg.parent.mkdir(parents=True, exist_ok=True)
-    cmdline = layout.kernel_cmdline(ctx.image_id, ctx.recipe.cmdline)
+    extra = (luks.KERNEL_ARG,) if ctx.recipe.persistence.encrypted else ()
+    cmdline = layout.kernel_cmdline(ctx.image_id, (*extra, *ctx.recipe.cmdline))
     cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs))
     (staging / layout.GRUBENV_PATH).write_bytes(grubenv.serialize(
         {layout.ENV_ORDER: layout.INITIAL_ORDER, layout.ENV_TRIES: str(layout.TRIES)}))
@@ -202,8 +218,11 @@ def step_persistence(ctx: Context) -> None:
     staging = ctx.workdir / "persistence"
     staging.mkdir(exist_ok=True)
     (staging / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
-    filesystems.ext4(staging, ctx.part("persistence"), ctx.recipe.sizes.persistence,
-                     layout.persistence_label(ctx.image_id))
+    size, p = ctx.recipe.sizes.persistence, ctx.recipe.persistence
+    room = luks.HEADER_ROOM_MIB if p.encrypted else 0
+    filesystems.ext4(staging, ctx.part("persistence"), size - room, layout.persistence_label(ctx.image_id))
+    if p.encrypted:
+        luks.encrypt(ctx.part("persistence"), size, p, ctx.image_id, ctx.workdir)
 
 
 def step_disk_image(ctx: Context) -> None:
@@ -256,7 +275,7 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
     if rootfs_tarball is not None and not rootfs_tarball.is_file():
         raise UsageError(f"{rootfs_tarball}: no such rootfs tarball")
     preflight.check_build(recipe.target, output.parent, need_mmdebstrap=rootfs_tarball is None,
-                          arch=recipe.arch, host_arch=rootfs.host_arch())
+                          arch=recipe.arch, host_arch=rootfs.host_arch(), encrypted=recipe.persistence.encrypted)
     mirrors = resolve_mirrors(recipe.mirror, recipe.security_mirror)
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix=".liveng-build-", dir=output.parent))

@@ -12,15 +12,7 @@ from liveng.host.runner import output, run
 
 
 def sfdisk_script(image_id: str, extents: list[layout.Extent]) -> str:
-    lines = ["label: dos", f"label-id: 0x{image_id}", "unit: sectors", ""]
-    for ext in extents:
-        part = layout.partition(ext.role)
-        fields = [f"start={ext.start // layout.SECTOR}", f"size={ext.size // layout.SECTOR}",
-                  f"type={part.mbr_type:x}"]
-        if part.bootable:
-            fields.append("bootable")
-        lines.append(", ".join(fields))
-    return "\n".join(lines) + "\n"
+    return layout.sfdisk_script(image_id, extents)
 
 
 def write_table(image: Path, image_id: str, extents: list[layout.Extent]) -> None:

@@ -159,9 +159,14 @@ def status(image: ImageFile) -> dict[str, Any]:
         info = json.loads(raw) if raw else {}
         slots[name] = {"kernel": info.get("kernel"), "written": info.get("written")}
     report["slots"] = slots
+    p7 = table.entry(layout.partition(layout.Role.PERSISTENCE).number).start
+    with open(image.path, "rb") as f:
+        f.seek(p7)
+        encrypted = f.read(6) == b"LUKS\xba\xbe"
     try:
-        report["persistence"] = persistence_status(image.path, table.entry(
-            layout.partition(layout.Role.PERSISTENCE).number).start)
+        report["persistence_encrypted"] = encrypted
+        if not encrypted:
+            report["persistence"] = persistence_status(image.path, p7)
     except (CommandError, KeyError, ValueError) as exc:
         report["errors"].append(f"persistence partition: {exc}")
     return report
@@ -202,5 +207,7 @@ def lines(report: dict[str, Any]) -> list[str]:
             out.append("pending: a restore or reset was interrupted during boot: it completes at the next boot")
         else:
             out.append(f"pending: {p['pending'] or 'nothing'}")
+    if report.get("persistence_encrypted"):
+        out.append("delta:   encrypted (LUKS2): the delta and snapshots are not shown offline")
     out.extend(f"error:   {e}" for e in report["errors"])
     return out

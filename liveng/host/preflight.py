@@ -71,7 +71,7 @@ def binfmt_problems(arch: str, host_arch: str) -> list[str]:
 
 
 def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True,
-                arch: str = "amd64", host_arch: str = "amd64") -> None:
+                arch: str = "amd64", host_arch: str = "amd64", encrypted: bool = False) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("liveng build must run as root: the image tree holds files of other owners and "
@@ -79,6 +79,8 @@ def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True,
     tools = dict(BUILD_TOOLS)
     if not need_mmdebstrap:
         del tools["mmdebstrap"]
+    if encrypted:
+        tools["cryptsetup"] = "cryptsetup-bin"
     if arch != host_arch and need_mmdebstrap:
         tools.update(FOREIGN_TOOLS)
         problems += binfmt_problems(arch, host_arch)

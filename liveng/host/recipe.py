@@ -47,6 +47,28 @@ class FileCopy:
     mode: int | None = None
 
 
+# LUKS2 key derivation (argon2id): the memory it costs at every unlock, in MiB. The device must
+# have it free in the initramfs: a Raspberry Pi 3 has 1 GiB in all.
+KDF_MEMORY_LIMITS = (32, 1024)
+# cryptsetup reads at most 8 MiB from a key file by default.
+KEY_FILE_MAX = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """[persistence]: encryption of p7. The passphrase is read at build time and never copied into the
+    image; a key file is (see README: it unlocks without a prompt, so it protects less)."""
+
+    encryption: str = "none"  # "none" or "luks2"
+    passphrase_file: Path | None = None
+    key_file: Path | None = None
+    kdf_memory: int = 256  # MiB
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption == "luks2"
+
+
 @dataclass(frozen=True)
 class Recipe:
     path: str = DEFAULT_RECIPE_NAME
@@ -68,6 +90,7 @@ class Recipe:
     keyboard: str | None = None  # None: us
     wifi: Wifi | None = None
     ssh: Ssh | None = None
+    persistence: Persistence = field(default_factory=Persistence)
 
     @property
     def arch(self) -> str:
@@ -125,6 +148,8 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["sizes"] = _sizes(c, c.table("sizes", data["sizes"]))
     if "files" in data:
         kw["files"] = tuple(_file(c, f"files[{i}]", t, base) for i, t in enumerate(c.tables("files", data["files"])))
+    if "persistence" in data:
+        kw["persistence"] = _persistence(c, c.table("persistence", data["persistence"]), base)
     return Recipe(**kw)
 
 
@@ -136,6 +161,47 @@ def _sizes(c: Checker, table: dict[str, Any]) -> Sizes:
     if total > MBR_LIMIT_MIB:
         raise c.fail("sizes", f"the partitions add up to {total} MiB, more than an MBR disk can address (2 TiB)")
     return sizes
+
+
+def _secret_file(c: Checker, key: str, value: Any, base: Path | None) -> Path:
+    path = Path(c.string(key, value))
+    if not path.is_absolute():
+        if base is None:
+            raise c.fail(key, "a relative path needs a recipe file to be relative to")
+        path = base / path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise c.fail(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise c.fail(key, f"{path} is empty: there is no default passphrase or key, put one in it")
+    if len(data) > KEY_FILE_MAX:
+        raise c.fail(key, f"{path} is {len(data)} bytes; at most {KEY_FILE_MAX} are used")
+    if key.endswith("passphrase_file") and b"\n" in passphrase(data):
+        raise c.fail(key, f"{path} holds more than one line: a passphrase is typed on one line")
+    return path
+
+
+def passphrase(data: bytes) -> bytes:
+    """The passphrase a file holds: its one line, without the line end (what a person types)."""
+    return data.removesuffix(b"\n").removesuffix(b"\r")
+
+
+def _persistence(c: Checker, table: dict[str, Any], base: Path | None) -> Persistence:
+    c.unknown(table, {"encryption", "passphrase_file", "key_file", "kdf_memory"}, "persistence")
+    encryption = c.choice("persistence.encryption", table.get("encryption", "none"), ("none", "luks2"))
+    files = {k: _secret_file(c, f"persistence.{k}", table[k], base)
+             for k in ("passphrase_file", "key_file") if k in table}
+    kdf = (c.integer("persistence.kdf_memory", table["kdf_memory"], *KDF_MEMORY_LIMITS, " MiB")
+           if "kdf_memory" in table else Persistence.kdf_memory)
+    if encryption == "none" and (files or "kdf_memory" in table):
+        raise c.fail("persistence.encryption", "is \"none\" but a passphrase, key file or kdf_memory is given: "
+                     "set encryption = \"luks2\" or remove them")
+    if encryption == "luks2" and not files:
+        raise c.fail("persistence", "encryption = \"luks2\" needs passphrase_file (typed at every boot) "
+                     "and/or key_file (unlocks without a prompt); there is no default passphrase")
+    return Persistence(encryption=encryption, passphrase_file=files.get("passphrase_file"),
+                       key_file=files.get("key_file"), kdf_memory=kdf)
 
 
 def _file(c: Checker, key: str, table: dict[str, Any], base: Path | None) -> FileCopy:

@@ -44,6 +44,7 @@ WIFI_PACKAGES = ("wpasupplicant", "wireless-regdb")
 # firmware from non-free-firmware). PC images carry it only when the recipe sets [wifi]: a PC's
 # Wi-Fi chip needs firmware of its own (e.g. firmware-iwlwifi), which the recipe's packages can add.
 TARGET_PACKAGES = {"pc": (), "rpi": (*WIFI_PACKAGES, "firmware-brcm80211")}
+ENCRYPTION_PACKAGES = ("cryptsetup", "cryptsetup-initramfs")
 KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
 COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
 # Packages the boot partition is made from. They are downloaded with the rootfs (same suite, same
@@ -66,6 +67,10 @@ def packages(recipe: Recipe) -> tuple[str, ...]:
     if recipe.keyboard is not None:
         # The console follows /etc/default/keyboard only with console-setup.
         wanted.add("console-setup")
+    if recipe.persistence.encrypted:
+        # cryptsetup-initramfs puts cryptsetup, askpass and dm-crypt into every initramfs; live-boot
+        # (persistence-encryption=luks) and liveng's live-premount/liveng-luks use them.
+        wanted.update(ENCRYPTION_PACKAGES)
     return tuple(sorted(wanted))
 
 
@@ -73,8 +78,9 @@ def initramfs_overlay() -> dict[str, bytes]:
     """Files that must be in the tree before the kernel's initramfs is first generated."""
     data = resources.files("liveng.device").joinpath("data/initramfs")
     files = {}
-    for name in ("live-premount/liveng", "live-premount/liveng-delta"):
+    for name in ("live-premount/liveng", "live-premount/liveng-luks", "live-premount/liveng-delta"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
+    files["etc/initramfs-tools/hooks/liveng-luks"] = data.joinpath("hooks/liveng-luks").read_bytes()
     return files
 
 

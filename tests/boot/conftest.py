@@ -19,16 +19,18 @@ from liveng.host.disk import read_table
 TEST_CMDLINE = ["init_on_alloc=0", "transparent_hugepage=never", "quiet"]
 
 
-def recipe_text(suite: str, compression: str, target: str) -> str:
+def recipe_text(suite: str, compression: str, target: str, extra: str = "") -> str:
     cmdline = ", ".join(f'"{a}"' for a in TEST_CMDLINE)
     return (f'target = "{target}"\nsuite = "{suite}"\nautologin = true\ngrub_timeout = 1\n'
-            f'compression = "{compression}"\ncmdline = [{cmdline}]\n')
+            f'compression = "{compression}"\ncmdline = [{cmdline}]\n{extra}')
 
 
-def build_image(workdir: Path, suite: str, name: str, compression: str = "none", target: str = "pc") -> Path:
+def build_image(workdir: Path, suite: str, name: str, compression: str = "none", target: str = "pc",
+                extra: str = "") -> Path:
+    """``extra``: more recipe text (tables), after the keys every test image has."""
     workdir.mkdir(parents=True, exist_ok=True)
     recipe = workdir / f"{name}.toml"
-    recipe.write_text(recipe_text(suite, compression, target))
+    recipe.write_text(recipe_text(suite, compression, target, extra))
     image = workdir / f"{name}.img"
     assert main(["build", str(recipe), "-o", str(image)]) == 0
     return image
