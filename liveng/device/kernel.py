@@ -70,9 +70,8 @@ def install(kernel: str, initrd: Path | None = None, force: bool = False) -> Ins
                               "initramfs made (update-initramfs -c -k VERSION)?")
     state = bootstate.read_state()
     booted = booted_entry()
-    dtbs = layout.kernel_dtbs(Path("/"), kernel)
-    wanted = {layout.KERNEL_PATH: layout.sha256_file(vmlinuz), layout.INITRD_PATH: layout.sha256_file(initrd),
-              **{rel: layout.sha256_file(src) for rel, src in dtbs.items()}}
+    files = {layout.KERNEL_PATH: vmlinuz, layout.INITRD_PATH: initrd, **layout.kernel_dtbs(Path("/"), kernel)}
+    wanted = {rel: layout.sha256_file(src) for rel, src in files.items()}
     preferred = slot_of(state.preferred)
     if preferred is not None and not force:
         current = slots.read_slot(preferred)
@@ -84,7 +83,7 @@ def install(kernel: str, initrd: Path | None = None, force: bool = False) -> Ins
     # GRUB pointing at half a slot.
     if entry in state.order:
         bootstate.update_state(order=normalized([e for e in state.order if e != entry]))
-    slots.write_slot(target, kernel, vmlinuz, initrd, dtbs)
+    slots.write_slot(target, kernel, files, wanted)
     rest = [e for e in state.order if e != entry]
     if booted and booted != FACTORY and booted not in rest:
         rest.insert(0, booted)
