@@ -115,7 +115,11 @@ def mark_good() -> str:
                           "falls back after the remaining tries")
     state = bootstate.read_state()
     order = confirmed_order(state.order, booted, lambda e: (name := slot_of(e)) is None or slots.intact(name))
-    bootstate.update_state(order=order, tries=layout.TRIES, good=booted)
+    confirmed = layout.order_to_env(order)
+    if (order, layout.TRIES, booted, confirmed) == (state.order, state.tries, state.good, state.confirmed):
+        # Nothing to record (a RAM-mode boot GRUB did not count): the card is not written.
+        return booted
+    bootstate.update_state(order=order, tries=layout.TRIES, good=booted, confirmed=confirmed)
     return booted
 
 

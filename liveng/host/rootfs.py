@@ -28,6 +28,8 @@ BASE_PACKAGES = (
     "kmod", "iproute2", "procps", "zstd", "ca-certificates",
     # liveng resize (sfdisk) and snapshots (GNU tar with xattrs and ACLs).
     "fdisk", "tar",
+    # Compressed swap in RAM (zramswap.service, /etc/default/zramswap).
+    "zram-tools",
 )
 KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
 COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
@@ -54,8 +56,9 @@ def initramfs_overlay() -> dict[str, bytes]:
     """Files that must be in the tree before the kernel's initramfs is first generated."""
     data = resources.files("liveng.device").joinpath("data/initramfs")
     files = {}
-    for name in ("live-premount/liveng", "live-premount/liveng-delta"):
+    for name in ("live-premount/liveng", "live-premount/liveng-delta", "live-bottom/liveng-ram"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
+    files["etc/initramfs-tools/hooks/liveng"] = data.joinpath("hooks/liveng").read_bytes()
     return files
 
 
