@@ -25,10 +25,12 @@ def recipe_text(suite: str, compression: str, target: str) -> str:
             f'compression = "{compression}"\ncmdline = [{cmdline}]\n')
 
 
-def build_image(workdir: Path, suite: str, name: str, compression: str = "none", target: str = "pc") -> Path:
+def build_image(workdir: Path, suite: str, name: str, compression: str = "none", target: str = "pc",
+                extra: str = "") -> Path:
+    """``extra``: recipe tables appended to the test recipe."""
     workdir.mkdir(parents=True, exist_ok=True)
     recipe = workdir / f"{name}.toml"
-    recipe.write_text(recipe_text(suite, compression, target))
+    recipe.write_text(recipe_text(suite, compression, target) + extra)
     image = workdir / f"{name}.img"
     assert main(["build", str(recipe), "-o", str(image)]) == 0
     return image
@@ -64,4 +66,27 @@ def fresh_copy(trixie_image: Path, tmp_path: Path) -> Path:
     """A writable copy of the trixie image for one test (sparse, so cheap)."""
     copy = tmp_path / "disk.img"
     subprocess.run(["cp", "--sparse=always", trixie_image, copy], check=True)
+    return copy
+
+
+# The RAM-mode image: boots in ram mode by default; /srv/keep stays on the card in ram-paths mode;
+# a small RAM-delta cap so that filling it is quick.
+RAM_RECIPE = """
+[ram]
+mode = "ram"
+persistent_paths = ["/srv/keep"]
+zram_percent = 50
+delta_cap = "384m"
+"""
+
+
+@pytest.fixture(scope="session")
+def ram_image(boot_dir: Path) -> Path:
+    return build_image(boot_dir, "trixie", "trixie-ram", extra=RAM_RECIPE)
+
+
+@pytest.fixture()
+def ram_copy(ram_image: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "ram-disk.img"
+    subprocess.run(["cp", "--sparse=always", ram_image, copy], check=True)
     return copy
