@@ -94,7 +94,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_commit(args: argparse.Namespace) -> int:
     with delta.persistence_root() as root:
-        request = ram.commit(root, args.paths)
+        request = ram.commit(root, args.paths, adjust_order=kernelfit.adjust_order)
     print(f"liveng: {request.describe()}; every mode boots with it from then on")
     return 0
 

@@ -89,8 +89,12 @@ def install(kernel: str, initrd: Path | None = None, force: bool = False) -> Ins
     if booted and booted != FACTORY and booted not in rest:
         rest.insert(0, booted)
     bootstate.update_state(order=normalized([entry, *rest]), tries=layout.TRIES)
-    return InstallResult(target, f"kernel {kernel} written to slot {target.upper()}; it boots next, and "
-                                 f"falls back to {rest[0] if rest else FACTORY} if it does not come up")
+    message = (f"kernel {kernel} written to slot {target.upper()}; it boots next, and "
+               f"falls back to {rest[0] if rest else FACTORY} if it does not come up")
+    if system.cmdline_args().get(layout.KERNEL_ARG_MODE, layout.MODE_PERSISTENT) != layout.MODE_PERSISTENT:
+        # Its modules were installed into the RAM delta: without a commit the next boot lacks them.
+        message += "; RAM mode: run 'liveng commit' before rebooting, or its modules are lost"
+    return InstallResult(target, message)
 
 
 def health_checks() -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from liveng import layout
@@ -127,7 +128,8 @@ def stage_paths(staged: Path, base: Path, upper: Path, paths: list[str], kept: l
             _copy(upper, staged, [f"./{rel}"], [], missing)
 
 
-def commit(root: Path, paths: list[str], upper: Path = Path(layout.RAM_UPPER)) -> delta.Request:
+def commit(root: Path, paths: list[str], upper: Path = Path(layout.RAM_UPPER),
+           adjust_order: Callable[[Path], str] | None = None) -> delta.Request:
     """Stage the RAM delta (or ``paths`` of it) to replace p7's delta at the next boot."""
     mode = running_mode()
     if mode == layout.MODE_PERSISTENT:
@@ -153,6 +155,6 @@ def commit(root: Path, paths: list[str], upper: Path = Path(layout.RAM_UPPER)) -
             stage_paths(staged, base, upper, targets, kept)
 
     try:
-        return delta.stage(root, request, fill)
+        return delta.stage(root, request, fill, adjust_order)
     except OSError as exc:
         raise DeviceError(f"cannot stage the commit: {exc}; the delta on the card is unchanged") from None
