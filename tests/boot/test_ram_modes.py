@@ -1,8 +1,8 @@
 """RAM boot modes on a PC image whose recipe boots in ram mode: the card written zero bytes after
 boot and then removed (QMP) while the system keeps working and installs a package into RAM; zram
-swap of the configured size; the RAM-delta cap; commit, then persistent mode has the package; the
-ram-paths mode keeps its listed paths (recipe and device) over a reboot and nothing else; a commit
-of one path; a commit in ram-paths mode keeps what the persistent paths got after it."""
+swap of the configured size; the RAM-delta cap; commit, then ram-paths mode has the package and
+keeps its listed paths (recipe and device) on the card; a commit of one path; then persistent mode
+has the commits and what the persistent paths got, also after the commit, and nothing else."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_ram_modes(ram_copy: Path, tmp_path: Path) -> None:
         print(vm.sh("liveng commit", timeout=600))
         print(f"commit: {time.monotonic() - start:.1f} s")
         assert json.loads(vm.sh("liveng status --json"))["pending"]["action"] == "commit"
-        vm.sh("liveng mode set persistent")
+        vm.sh(f"liveng mode paths --add {DEVICE_PATH}")
+        vm.sh("liveng mode set ram-paths")
 
         qmp.remove_card()
         vm.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {AFTER_REMOVAL}", timeout=900)
@@ -83,30 +84,25 @@ def test_ram_modes(ram_copy: Path, tmp_path: Path) -> None:
 
     with Vm(ram_copy, log, memory=MEMORY) as vm:
         vm.wait_shell()
-        assert "liveng.mode=persistent" in vm.sh("cat /proc/cmdline")
-        assert vm.sh(PACKAGE) == "Hello, world!"
-        assert vm.sh("cat /root/ram-file") == "made-in-ram"
-        assert vm.sh(f"command -v {AFTER_REMOVAL} || echo absent") == "absent"
-        status = json.loads(vm.sh("liveng status --json"))
-        assert status["pending"] is None and status["persistence_device"]
-        vm.sh(f"liveng mode paths --add {DEVICE_PATH}")
-        vm.sh("liveng mode set ram-paths")
-        vm.reboot()
-
         assert "liveng.mode=ram-paths" in vm.sh("cat /proc/cmdline")
         mode = json.loads(vm.sh("liveng mode show --json"))
         assert sorted(mode["mounted_paths"]) == sorted(["/srv/keep", DEVICE_PATH]), mode
-        assert vm.sh(PACKAGE) == "Hello, world!"  # the committed delta, copied into RAM
+        assert vm.sh(PACKAGE) == "Hello, world!"  # committed, switched in at this boot, copied into RAM
+        assert vm.sh("cat /root/ram-file") == "made-in-ram"
+        assert vm.sh(f"command -v {AFTER_REMOVAL} || echo absent") == "absent"  # installed after the commit
         vm.sh(f"echo kept > /srv/keep/kept; echo kept > {DEVICE_PATH}/kept; echo lost > /root/lost")
         vm.sh("echo one > /root/partial; echo other > /root/not-committed")
         vm.sh("liveng commit /root/partial")
         vm.sh("echo after-commit > /srv/keep/after")
+        vm.sh("liveng mode set persistent")
         vm.reboot()
 
-        assert "liveng.mode=ram-paths" in vm.sh("cat /proc/cmdline")
+        # Persistent mode sees the commits and the persistent paths: they are all in p7:rw.
+        assert "liveng.mode=persistent" in vm.sh("cat /proc/cmdline")
+        assert json.loads(vm.sh("liveng status --json"))["persistence_device"]
+        assert vm.sh(PACKAGE) == "Hello, world!"
         assert vm.sh("cat /srv/keep/kept /srv/keep/after") == "kept\nafter-commit"
         assert vm.sh(f"cat {DEVICE_PATH}/kept") == "kept"
         assert not exists(vm, "/root/lost") and not exists(vm, "/root/not-committed")
         assert vm.sh("cat /root/partial") == "one"
-        assert vm.sh(PACKAGE) == "Hello, world!"
         vm.poweroff()
