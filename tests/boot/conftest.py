@@ -70,10 +70,8 @@ def fresh_copy(trixie_image: Path, tmp_path: Path) -> Path:
 
 
 # The RAM-mode image: boots in ram mode by default; /srv/keep stays on the card in ram-paths mode;
-# a small RAM-delta cap so that filling it is quick. A zstd squashfs: the uncompressed one of the
-# other test images sent the guest kernel (6.12.107) into a soft lockup in squashfs_readahead when
-# booting persistent mode over a delta committed from ram mode (systemd's ELF loader reading a
-# library from the squashfs, twice in a row); toram also copies less.
+# a small RAM-delta cap so that filling it is quick. A zstd squashfs, as real images have: toram
+# copies less than the uncompressed one of the other test images.
 RAM_RECIPE = """
 [ram]
 mode = "ram"
