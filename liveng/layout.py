@@ -154,6 +154,33 @@ PENDING_PATH = "liveng/pending"
 SWITCH_PATH = "liveng/switch"
 ACTION_RESTORE = "restore"
 ACTION_RESET = "reset"
+# liveng commit (RAM modes): the RAM delta, staged like a restore and switched in at the next boot.
+ACTION_COMMIT = "commit"
+
+# Boot modes. The default is in p1's grubenv (ENV_MODE, from the recipe, `liveng mode set`); extra
+# menu entries after the numbered ones boot one time in another mode. The kernel is told the mode
+# (KERNEL_ARG_MODE), the initramfs and the device tool act on it.
+#   persistent  the delta is p7:rw, the overlay's upper directory (live-boot's persistence)
+#   ram         live-boot's toram: the squashfs is copied into RAM, the upper directory is a tmpfs
+#               that starts as a copy of p7:rw; the card is not touched after the initramfs
+#   ram-paths   like ram, but the listed directories (KERNEL_ARG_PATHS, and PATHS_PATH on p7) are
+#               overlays whose upper directories are p7:rw/<path>, as in persistent mode
+MODE_PERSISTENT = "persistent"
+MODE_RAM = "ram"
+MODE_RAM_PATHS = "ram-paths"
+MODES = (MODE_PERSISTENT, MODE_RAM, MODE_RAM_PATHS)
+ENV_MODE = "liveng_mode"
+# The boot order `liveng kernel mark-good` confirmed last. While it equals ENV_ORDER, GRUB counts no
+# tries in the RAM modes, so that a RAM boot leaves the card unwritten (mark-good then has nothing to
+# change); a new kernel changes the order and is counted as in persistent mode.
+ENV_CONFIRMED = "liveng_confirmed"
+PATHS_PATH = "liveng/persistent-paths"  # on p7: one absolute path a line, added to the recipe's
+PATHS_WORK_DIR = "liveng/paths-work"  # on p7: the work directories of the persistent paths' overlays
+# Where the initramfs leaves things in the RAM modes (moved into the system with /run).
+RAM_UPPER = "/run/live/overlay/rw"  # live-boot's tmpfs upper directory
+RAM_PERSISTENCE_MOUNT = "/run/live/liveng-persistence"  # p7, mounted in ram-paths mode only
+RAM_SQUASHFS = "filesystem.squashfs"  # what toram= copies (the kernel and initrd stay on the card)
+PATH_RE = re.compile(r"^(/[A-Za-z0-9._@+-]+)+$")
 
 # Where live-boot mounts things on the running system.
 LIVE_MEDIUM_MOUNT = "/run/live/medium"
@@ -162,6 +189,8 @@ LIVE_PERSISTENCE_MOUNT = "/run/live/persistence"
 ID_RE = re.compile(r"^[0-9a-f]{8}$")
 KERNEL_ARG_ID = "liveng.id"
 KERNEL_ARG_BOOT = "liveng.boot"  # which menu entry booted: slot-a, slot-b or factory
+KERNEL_ARG_MODE = "liveng.mode"  # one of MODES
+KERNEL_ARG_PATHS = "liveng.paths"  # ram-paths: the recipe's persistent paths, comma-separated
 # The GRUB entry "Factory reset" asks for confirmation and then boots the factory kernel with
 # liveng.reset=yes; the initramfs resets the delta before live-boot mounts it.
 KERNEL_ARG_RESET = "liveng.reset"
@@ -308,4 +337,30 @@ def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:
         f"{KERNEL_ARG_ID}={image_id}",
     ]
     args.extend(extra)
+    return " ".join(args)
+
+
+def check_persistent_path(path: str) -> str:
+    """An absolute directory path that can be a persistent path (no /, no .., nothing a shell or the
+    kernel command line would split)."""
+    parts = path.split("/")[1:]
+    if not PATH_RE.match(path) or any(p in (".", "..") for p in parts):
+        raise LayoutError(f"{path!r} is not an absolute directory path made of letters, digits and . _ @ + -")
+    if parts[0] in ("proc", "sys", "dev", "run", "tmp", "boot"):
+        raise LayoutError(f"{path!r}: /{parts[0]} is not part of the delta and cannot be a persistent path")
+    return path
+
+
+def mode_args(image_id: str, mode: str, delta_cap: str, paths: tuple[str, ...] = ()) -> str:
+    """What a boot mode adds to kernel_cmdline(). ``delta_cap`` is live-boot's overlay-size= (RAM modes)."""
+    if mode == MODE_PERSISTENT:
+        return f"{KERNEL_ARG_MODE}={mode}"
+    if mode not in MODES:
+        raise LayoutError(f"unknown boot mode {mode!r} (modes: {', '.join(MODES)})")
+    # nopersistence: live-boot's upper directory is its tmpfs; overlay-size= caps it, so that a
+    # full RAM delta is ENOSPC ("No space left on device") instead of the OOM killer.
+    args = ["nopersistence", f"toram={RAM_SQUASHFS}", f"overlay-size={delta_cap}", f"{KERNEL_ARG_MODE}={mode}"]
+    if mode == MODE_RAM_PATHS and paths:
+        args.append(f"{KERNEL_ARG_PATHS}={','.join(check_persistent_path(p) for p in paths)}")
+    check_image_id(image_id)
     return " ".join(args)

@@ -100,6 +100,8 @@ class BootState:
     order: tuple[str, ...]
     tries: int | None
     good: str | None
+    confirmed: str | None = None  # ENV_CONFIRMED: the order the last good boot confirmed
+    mode: str = layout.MODE_PERSISTENT  # ENV_MODE: the boot mode GRUB uses by default
 
     @property
     def preferred(self) -> str:
@@ -109,8 +111,10 @@ class BootState:
 def _state(env: dict[str, str]) -> BootState:
     order = layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))
     tries_text = env.get(layout.ENV_TRIES, "")
+    mode = env.get(layout.ENV_MODE, "")
     return BootState(order=order, tries=int(tries_text) if tries_text.isdigit() else None,
-                     good=env.get(layout.ENV_GOOD) or None)
+                     good=env.get(layout.ENV_GOOD) or None, confirmed=env.get(layout.ENV_CONFIRMED),
+                     mode=mode if mode in layout.MODES else layout.MODE_PERSISTENT)
 
 
 def read_env(boot: Path) -> dict[str, str]:
@@ -163,7 +167,8 @@ def read_state() -> BootState:
         return _state(read_env(boot))
 
 
-def update_state(order: tuple[str, ...] | None = None, tries: int | None = None, good: str | None = None) -> BootState:
+def update_state(order: tuple[str, ...] | None = None, tries: int | None = None, good: str | None = None,
+                 confirmed: str | None = None, mode: str | None = None) -> BootState:
     """Change some of the boot state; what is not given stays as it is."""
     with mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
         env = read_env(boot)
@@ -173,5 +178,9 @@ def update_state(order: tuple[str, ...] | None = None, tries: int | None = None,
             env[layout.ENV_TRIES] = str(tries)
         if good is not None:
             env[layout.ENV_GOOD] = good
+        if confirmed is not None:
+            env[layout.ENV_CONFIRMED] = confirmed
+        if mode is not None:
+            env[layout.ENV_MODE] = mode
         write_env(boot, env)
         return _state(env)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import delta, firstboot, install, kernel, kernelfit, resize, snapshot, status, verify
+from liveng.device import bootstate, delta, firstboot, install, kernel, kernelfit, ram, resize, snapshot, status, verify
 from liveng.device.bootstate import DeviceError
 from liveng.settings import SettingsError
 
@@ -102,6 +102,43 @@ def cmd_install(args: argparse.Namespace) -> int:
         return 1
     print(f"liveng: installed on {args.device}; it boots on its own (BIOS and UEFI). It carries this system's id: "
           "remove this disk before booting both in one machine")
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    with delta.persistence_root() as root:
+        request = ram.commit(root, args.paths, adjust_order=kernelfit.adjust_order)
+    print(f"liveng: {request.describe()}; every mode boots with it from then on")
+    return 0
+
+
+def cmd_mode_show(args: argparse.Namespace) -> int:
+    state = bootstate.read_state()
+    running = ram.running_mode()
+    with delta.persistence_root(writable=False) as root:
+        device_paths = ram.read_paths(root)
+    report = {"running": running, "default": state.mode, "recipe_paths": ram.recipe_paths(),
+              "device_paths": device_paths, "mounted_paths": ram.mounted_paths()}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"running:    {running}")
+    print(f"next boots: {state.mode} (change: liveng mode set {'|'.join(layout.MODES)})")
+    print(f"persistent paths (ram-paths mode): {', '.join([*ram.recipe_paths(), *device_paths]) or 'none'}")
+    return 0
+
+
+def cmd_mode_set(args: argparse.Namespace) -> int:
+    ram.set_default_mode(args.mode)
+    print(f"liveng: the next boots are in {args.mode} mode")
+    return 0
+
+
+def cmd_mode_paths(args: argparse.Namespace) -> int:
+    with delta.persistence_root() as root:
+        paths = ram.change_paths(root, args.add or [], args.remove or [])
+    print(f"liveng: this device's persistent paths: {', '.join(paths) or 'none'} "
+          f"(and the recipe's: {', '.join(ram.recipe_paths()) or 'none'}); used from the next ram-paths boot")
     return 0
 
 
@@ -218,6 +255,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--with-delta", action="store_true", help="carry the current delta (every change) over")
     p.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
     p.set_defaults(func=cmd_install)
+    p = sub.add_parser("commit", help="RAM modes: keep the changes made in RAM (or PATHs of them) from the next "
+                                      "boot on")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="commit only these paths (default: everything)")
+    p.set_defaults(func=cmd_commit)
+    m = sub.add_parser("mode", help="boot modes: show, set the default, persistent paths")
+    m.set_defaults(func=cmd_mode_show, json=False)
+    msub = m.add_subparsers(dest="mode_command")
+    p = msub.add_parser("show", help="the running mode, the default and the persistent paths")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_mode_show)
+    p = msub.add_parser("set", help="the mode of the next boots")
+    p.add_argument("mode", choices=layout.MODES)
+    p.set_defaults(func=cmd_mode_set)
+    p = msub.add_parser("paths", help="this device's persistent paths for ram-paths mode")
+    p.add_argument("--add", action="append", metavar="PATH", help="keep this directory on the card")
+    p.add_argument("--remove", action="append", metavar="PATH", help="no longer keep it on the card")
+    p.set_defaults(func=cmd_mode_paths)
     p = sub.add_parser("resize", help="grow the persistence partition to the end of the disk")
     p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_resize)

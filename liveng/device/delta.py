@@ -33,13 +33,18 @@ class Request:
     delete_snapshots: bool = False
     created: str = ""
     order: str = ""  # the boot order (grubenv numbers) before the request, put back by a cancel
+    keep: str = ""  # a commit in ram-paths mode: the persistent paths (comma-separated), kept from the old delta
 
     def text(self) -> str:
         # key=value lines: the initramfs reads them with the shell's read, no JSON parser there.
         return (f"action={self.action}\nsnapshot={self.snapshot}\n"
-                f"delete_snapshots={int(self.delete_snapshots)}\ncreated={self.created}\norder={self.order}\n")
+                f"delete_snapshots={int(self.delete_snapshots)}\ncreated={self.created}\norder={self.order}\n"
+                f"keep={self.keep}\n")
 
     def describe(self) -> str:
+        if self.action == layout.ACTION_COMMIT:
+            what = "commit of the RAM delta" + (f" ({self.snapshot})" if self.snapshot else "")
+            return f"{what}, made {self.created or 'at an unknown time'}, switched in at the next boot"
         if self.action == layout.ACTION_RESTORE:
             what = f"restore of snapshot {self.snapshot}"
         else:
@@ -57,7 +62,7 @@ def parse_request(text: str) -> Request:
             raise DeviceError(f"{layout.PENDING_PATH}: malformed line {line!r}; cancel it with 'liveng cancel'")
         fields[key] = value
     action = fields.get("action", "")
-    if action not in (layout.ACTION_RESTORE, layout.ACTION_RESET):
+    if action not in (layout.ACTION_RESTORE, layout.ACTION_RESET, layout.ACTION_COMMIT):
         raise DeviceError(f"{layout.PENDING_PATH}: unknown action {action!r}; cancel it with 'liveng cancel'")
     if action == layout.ACTION_RESTORE and not fields.get("snapshot"):
         raise DeviceError(f"{layout.PENDING_PATH}: a restore without a snapshot; cancel it with 'liveng cancel'")
@@ -65,7 +70,7 @@ def parse_request(text: str) -> Request:
         raise DeviceError(f"{layout.PENDING_PATH}: delete_snapshots must be 0 or 1")
     return Request(action=action, snapshot=fields.get("snapshot", ""),
                    delete_snapshots=fields.get("delete_snapshots") == "1", created=fields.get("created", ""),
-                   order=fields.get("order", ""))
+                   order=fields.get("order", ""), keep=fields.get("keep", ""))
 
 
 def now() -> str:
@@ -79,16 +84,19 @@ def remove_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def persistence_root() -> Iterator[Path]:
-    """The root of p7: where live-boot mounted it, else mounted here for the duration."""
+def persistence_root(writable: bool = True) -> Iterator[Path]:
+    """The root of p7 (its ext4: p7 itself or its LUKS mapping): where live-boot mounted it, else
+    mounted here for the duration (read-only unless ``writable``: a report in RAM mode must not
+    write the card)."""
     dev = bootstate.persistence_filesystem()
     real = dev.resolve()
     for m in system.mounts():
-        if (m.device.startswith("/dev/") and Path(m.device).resolve() == real and "rw" in m.options
+        if (m.device.startswith("/dev/") and Path(m.device).resolve() == real
+                and ("rw" in m.options or not writable)
                 and (Path(m.mountpoint) / layout.PERSISTENCE_CONF).exists()):
             yield Path(m.mountpoint)
             return
-    with bootstate.mounted(layout.Role.PERSISTENCE, "ext4", writable=True, dev=dev) as root:
+    with bootstate.mounted(layout.Role.PERSISTENCE, "ext4", writable=writable, dev=dev) as root:
         yield root
 
 

@@ -88,8 +88,12 @@ def install(kernel: str, initrd: Path | None = None, force: bool = False) -> Ins
     if booted and booted != FACTORY and booted not in rest:
         rest.insert(0, booted)
     bootstate.update_state(order=normalized([entry, *rest]), tries=layout.TRIES)
-    return InstallResult(target, f"kernel {kernel} written to slot {target.upper()}; it boots next, and "
-                                 f"falls back to {rest[0] if rest else FACTORY} if it does not come up")
+    message = (f"kernel {kernel} written to slot {target.upper()}; it boots next, and "
+               f"falls back to {rest[0] if rest else FACTORY} if it does not come up")
+    if system.cmdline_args().get(layout.KERNEL_ARG_MODE, layout.MODE_PERSISTENT) != layout.MODE_PERSISTENT:
+        # Its modules were installed into the RAM delta: without a commit the next boot lacks them.
+        message += "; RAM mode: run 'liveng commit' before rebooting, or its modules are lost"
+    return InstallResult(target, message)
 
 
 def health_checks() -> list[str]:
@@ -114,7 +118,11 @@ def mark_good() -> str:
                           "falls back after the remaining tries")
     state = bootstate.read_state()
     order = confirmed_order(state.order, booted, lambda e: (name := slot_of(e)) is None or slots.intact(name))
-    bootstate.update_state(order=order, tries=layout.TRIES, good=booted)
+    confirmed = layout.order_to_env(order)
+    if (order, layout.TRIES, booted, confirmed) == (state.order, state.tries, state.good, state.confirmed):
+        # Nothing to record (a RAM-mode boot GRUB did not count): the card is not written.
+        return booted
+    bootstate.update_state(order=order, tries=layout.TRIES, good=booted, confirmed=confirmed)
     return booted
 
 

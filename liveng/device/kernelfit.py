@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootstate, kernel, slots
+from liveng.device import bootstate, kernel, slots, system
 
 
 def factory_kernel() -> str | None:
@@ -16,7 +16,10 @@ def factory_kernel() -> str | None:
     try:
         info = json.loads((Path(layout.LIVE_MEDIUM_MOUNT) / layout.IMAGE_INFO_PATH).read_text())
     except (OSError, ValueError):
-        return None
+        # The RAM modes copy only the squashfs into RAM (no image.json): the kernel whose modules it has.
+        found = {m.name for lower in system.status().lower for d in ("usr/lib/modules", "lib/modules")
+                 if (Path(lower) / d).is_dir() for m in (Path(lower) / d).iterdir()}
+        return found.pop() if len(found) == 1 else None
     value = info.get("kernel")
     return value if isinstance(value, str) else None
 

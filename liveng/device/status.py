@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from liveng import layout
-from liveng.device import bootstate, delta, kernel, snapshot, system
+from liveng.device import bootstate, delta, kernel, ram, snapshot, system
 from liveng.device.bootstate import DeviceError
 
 
@@ -27,7 +27,7 @@ def _partitions(image_id: str) -> list[dict[str, Any]]:
 
 
 def _persistence(report: dict[str, Any]) -> None:
-    with delta.persistence_root() as root:
+    with delta.persistence_root(writable=False) as root:
         size, free = delta.filesystem_space(root)
         report["persistence"] = {"size": size, "free": free,
                                  "delta_bytes": delta.used_bytes(root / layout.DELTA_DIR),
@@ -52,6 +52,7 @@ def collect() -> dict[str, Any]:
     if st.image_id is None:
         return report
     report["partitions"] = _partitions(st.image_id)
+    report["mode"] = {"running": ram.running_mode(), "persistent_paths": ram.mounted_paths()}
     for name, func in (("persistence", _persistence),
                        ("kernel slots", lambda r: r.update(kernel_slots=kernel.status_dict()))):
         try:
@@ -72,6 +73,9 @@ def lines(r: dict[str, Any]) -> list[str]:
            f"root:         {r['root_fstype']}",
            f"system layer: {', '.join(r['lower']) or '-'}",
            f"delta layer:  {r['upper'] or '-'} on {r['persistence_device'] or 'RAM'}"]
+    if "mode" in r:
+        kept = ", ".join(r["mode"]["persistent_paths"])
+        out.append(f"mode:         {r['mode']['running']}" + (f" (on the card: {kept})" if kept else ""))
     for p in r.get("partitions", []):
         size = _mib(p["size"]) if p["size"] is not None else ""
         out.append(f"  p{p['number']}  {p['role']:<12} {p['device'] or 'missing':<14} {size}")

@@ -101,6 +101,7 @@ def step_customise(ctx: Context) -> None:
     customize.device_settings(tree, recipe)
     if recipe.autologin:
         customize.autologin(tree)
+    customize.memory(tree, recipe.ram)
     customize.copy_files(tree, recipe)
     customize.first_boot_identity(tree)
     customize.clean(tree)
@@ -202,9 +203,12 @@ def step_boot_partition(ctx: Context) -> None:
     cfg.parent.mkdir(parents=True, exist_ok=True)
     extra = (luks.KERNEL_ARG,) if ctx.recipe.persistence.encrypted else ()
     cmdline = layout.kernel_cmdline(ctx.image_id, (*extra, *ctx.recipe.cmdline))
-    cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs))
+    ram = ctx.recipe.ram
+    modes = {m: layout.mode_args(ctx.image_id, m, ram.delta_cap, ram.persistent_paths) for m in layout.MODES}
+    cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs,
+                                 ram.mode, modes))
     (staging / layout.GRUBENV_PATH).write_bytes(grubenv.serialize(
-        {layout.ENV_ORDER: layout.INITIAL_ORDER, layout.ENV_TRIES: str(layout.TRIES)}))
+        {layout.ENV_ORDER: layout.INITIAL_ORDER, layout.ENV_TRIES: str(layout.TRIES), layout.ENV_MODE: ram.mode}))
     info = staging / layout.IMAGE_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
     info.write_text(json.dumps(ctx.image_info(), indent=1) + "\n")

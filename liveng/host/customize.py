@@ -14,7 +14,7 @@ from pathlib import Path
 from liveng import settings
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
-from liveng.host.recipe import Recipe, User
+from liveng.host.recipe import Ram, Recipe, User
 from liveng.host.runner import run
 
 DEVICE_PYTHON_DIR = "usr/lib/python3/dist-packages/liveng"
@@ -153,6 +153,29 @@ def _ids(tree: Path, name: str) -> tuple[int, int]:
         if fields[0] == name:
             return int(fields[2]), int(fields[3])
     raise BuildError(f"user {name} is not in the image's /etc/passwd")
+
+
+_JOURNALD = """# liveng (recipe: ram.journal = "{storage}"). volatile: the log lives in RAM (/run/log/journal) and
+# is lost at a reboot, the card is not written; persistent: /var/log/journal on the card, synced
+# every 15 minutes (and at once for messages of priority crit and above) instead of every 5.
+[Journal]
+Storage={storage}
+SyncIntervalSec=15m
+RuntimeMaxUse=32M
+"""
+
+
+def memory(tree: Path, ram: Ram) -> None:
+    """zram swap (zram-tools) and where the system log goes; the boot modes are GRUB's."""
+    # zram-tools is in every liveng rootfs (a rootfs given with --rootfs may lack it: then no zram).
+    if any((tree / d / "zramswap.service").exists() for d in (UNIT_DIR, "lib/systemd/system")):
+        if ram.zram_percent:
+            _write(tree / "etc/default/zramswap", "# liveng (recipe: ram.zram_percent). zramswap.service reads "
+                   f"this.\nALGO=zstd\nPERCENT={ram.zram_percent}\nPRIORITY=100\n")
+            enable_units(tree, ["zramswap.service"])
+        else:
+            run(["systemctl", f"--root={tree}", "disable", "zramswap.service"])
+    _write(tree / "etc/systemd/journald.conf.d/liveng.conf", _JOURNALD.format(storage=ram.journal))
 
 
 def copy_files(tree: Path, recipe: Recipe) -> None:

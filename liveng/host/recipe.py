@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from liveng import settings
+from liveng import layout, settings
 from liveng.host.errors import RecipeError
 from liveng.settings import Checker, Settings, Ssh, User, Wifi
 
@@ -38,6 +38,21 @@ class Sizes:
     boot: int = 256
     slot: int = 256
     persistence: int = 1024
+
+
+JOURNALS = ("volatile", "persistent")
+_CAP_RE = re.compile(r"^([1-9][0-9]?%|[1-9][0-9]{0,6}[kmg])$")
+
+
+@dataclass(frozen=True)
+class Ram:
+    """Boot modes and memory: the [ram] table."""
+
+    mode: str = layout.MODE_PERSISTENT  # the default boot mode (layout.MODES)
+    zram_percent: int = 50  # zram swap, in percent of RAM (0: none)
+    delta_cap: str = "50%"  # RAM modes: the most the RAM delta may use (tmpfs size=: N% of RAM or Nk/Nm/Ng)
+    persistent_paths: tuple[str, ...] = ()  # ram-paths mode: directories kept on p7
+    journal: str = "volatile"  # systemd-journald's Storage=: volatile (RAM) or persistent
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class Recipe:
     autologin: bool = False
     grub_timeout: int = 3
     sizes: Sizes = field(default_factory=Sizes)
+    ram: Ram = field(default_factory=Ram)
     files: tuple[FileCopy, ...] = ()
     users: tuple[User, ...] = ()
     timezone: str | None = None  # None: UTC
@@ -146,6 +162,8 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["grub_timeout"] = c.integer("grub_timeout", data["grub_timeout"], 0, 600, " s")
     if "sizes" in data:
         kw["sizes"] = _sizes(c, c.table("sizes", data["sizes"]))
+    if "ram" in data:
+        kw["ram"] = _ram(c, c.table("ram", data["ram"]))
     if "files" in data:
         kw["files"] = tuple(_file(c, f"files[{i}]", t, base) for i, t in enumerate(c.tables("files", data["files"])))
     if "persistence" in data:
@@ -202,6 +220,34 @@ def _persistence(c: Checker, table: dict[str, Any], base: Path | None) -> Persis
                      "and/or key_file (unlocks without a prompt); there is no default passphrase")
     return Persistence(encryption=encryption, passphrase_file=files.get("passphrase_file"),
                        key_file=files.get("key_file"), kdf_memory=kdf)
+
+
+def _ram(c: Checker, table: dict[str, Any]) -> Ram:
+    c.unknown(table, {f.name for f in fields(Ram)}, "ram")
+    kw: dict[str, Any] = {}
+    if "mode" in table:
+        kw["mode"] = c.choice("ram.mode", table["mode"], layout.MODES)
+    if "zram_percent" in table:
+        kw["zram_percent"] = c.integer("ram.zram_percent", table["zram_percent"], 0, 200, " %")
+    if "delta_cap" in table:
+        kw["delta_cap"] = c.pattern("ram.delta_cap", table["delta_cap"], _CAP_RE,
+                                    "a size like \"50%\" (of RAM, 1-99) or \"512m\" (k, m or g)")
+    if "persistent_paths" in table:
+        paths = c.strings("ram.persistent_paths", table["persistent_paths"])
+        for i, path in enumerate(paths):
+            try:
+                layout.check_persistent_path(path)
+            except layout.LayoutError as exc:
+                raise c.fail(f"ram.persistent_paths[{i}]", str(exc)) from None
+            if paths.count(path) > 1:
+                raise c.fail(f"ram.persistent_paths[{i}]", f"{path} is listed twice")
+            for other in paths:
+                if other != path and path.startswith(other + "/"):
+                    raise c.fail(f"ram.persistent_paths[{i}]", f"{path} is inside {other}, which is listed already")
+        kw["persistent_paths"] = paths
+    if "journal" in table:
+        kw["journal"] = c.choice("ram.journal", table["journal"], JOURNALS)
+    return Ram(**kw)
 
 
 def _file(c: Checker, key: str, table: dict[str, Any], base: Path | None) -> FileCopy:

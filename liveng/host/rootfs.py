@@ -37,6 +37,8 @@ BASE_PACKAGES = (
     "fdisk", "tar",
     # Settings from p1 after flashing: SSH (off unless the settings ask), sudo for their users, time zones.
     "openssh-server", "sudo", "tzdata",
+    # Compressed swap in RAM (zramswap.service, /etc/default/zramswap).
+    "zram-tools",
 )
 # Wi-Fi through wpa_supplicant and systemd-networkd; the radio rules for the country (wireless-regdb).
 WIFI_PACKAGES = ("wpasupplicant", "wireless-regdb")
@@ -78,9 +80,11 @@ def initramfs_overlay() -> dict[str, bytes]:
     """Files that must be in the tree before the kernel's initramfs is first generated."""
     data = resources.files("liveng.device").joinpath("data/initramfs")
     files = {}
-    for name in ("live-premount/liveng", "live-premount/liveng-luks", "live-premount/liveng-delta"):
+    for name in ("live-premount/liveng", "live-premount/liveng-luks", "live-premount/liveng-delta",
+                 "live-bottom/liveng-ram"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
-    files["etc/initramfs-tools/hooks/liveng-luks"] = data.joinpath("hooks/liveng-luks").read_bytes()
+    for name in ("liveng", "liveng-luks"):
+        files[f"etc/initramfs-tools/hooks/{name}"] = data.joinpath(f"hooks/{name}").read_bytes()
     return files
 
 

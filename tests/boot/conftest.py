@@ -67,3 +67,27 @@ def fresh_copy(trixie_image: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "disk.img"
     subprocess.run(["cp", "--sparse=always", trixie_image, copy], check=True)
     return copy
+
+
+# The RAM-mode image: boots in ram mode by default; /srv/keep stays on the card in ram-paths mode;
+# a small RAM-delta cap so that filling it is quick. A zstd squashfs, as real images have: toram
+# copies less than the uncompressed one of the other test images.
+RAM_RECIPE = """
+[ram]
+mode = "ram"
+persistent_paths = ["/srv/keep"]
+zram_percent = 50
+delta_cap = "384m"
+"""
+
+
+@pytest.fixture(scope="session")
+def ram_image(boot_dir: Path) -> Path:
+    return build_image(boot_dir, "trixie", "trixie-ram", compression="zstd", extra=RAM_RECIPE)
+
+
+@pytest.fixture()
+def ram_copy(ram_image: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "ram-disk.img"
+    subprocess.run(["cp", "--sparse=always", ram_image, copy], check=True)
+    return copy

@@ -178,7 +178,7 @@ def test_boot_partition(built: Built) -> None:
     assert efi[:2] == b"MZ"
     env_block = subprocess.run(["mtype", "-i", spec, "::/boot/grub/grubenv"], capture_output=True, check=True,
                                env=env).stdout
-    assert grubenv.parse(env_block) == {"liveng_order": "0 2", "liveng_tries": "3"}
+    assert grubenv.parse(env_block) == {"liveng_order": "0 2", "liveng_tries": "3", "liveng_mode": "persistent"}
 
 
 def test_bios_boot_code(built: Built) -> None:

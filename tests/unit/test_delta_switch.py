@@ -149,3 +149,28 @@ def test_other_boots_change_nothing(tmp_path: Path, bin_dir: Path) -> None:
     p7 = make_p7(tmp_path, pending=None, staged=False, cmdline="liveng.reset=no")
     assert run(tmp_path, bin_dir, 10**6)
     assert delta_state(p7) == "old"
+
+
+def test_commit_keeps_the_persistent_paths_through_power_cuts(tmp_path: Path, bin_dir: Path) -> None:
+    """A commit made in ram-paths mode: the staged delta lacks the persistent paths, which were in
+    use on p7; the switch moves them over from the old delta, also when cut before any step."""
+    commit = Request(action=layout.ACTION_COMMIT, created="2026-01-01T00:00:00Z", keep="/srv/keep,/var/lib/app")
+    cuts = 0
+    for crash_at in range(1, 100):
+        root = tmp_path / f"run{crash_at}"
+        root.mkdir()
+        p7 = make_p7(root, pending=commit, staged=True)
+        (p7 / "rw/srv/keep").mkdir(parents=True)
+        (p7 / "rw/srv/keep/data").write_text("kept\n")
+        (p7 / layout.STAGED_DIR / "srv/keep").mkdir(parents=True)  # the mount point, empty in RAM
+        finished = run(root, bin_dir, crash_at)
+        if not finished:
+            cuts += 1
+            assert run(root, bin_dir, 10**6)
+        assert (p7 / "rw/srv/keep/data").read_text() == "kept\n", f"cut before operation {crash_at}"
+        assert (p7 / "rw/etc/marker").read_text() == "new\n"
+        assert not (p7 / "rw/var/lib/app").exists()
+        assert not (p7 / layout.OLD_DELTA_DIR).exists() and not (p7 / layout.SWITCH_PATH).exists()
+        if finished:
+            break
+    assert cuts >= 5

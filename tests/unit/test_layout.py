@@ -104,7 +104,7 @@ def test_boot_order_is_kept_as_menu_entry_numbers() -> None:
     cfg = grub.grub_cfg("12ab34cd", "boot=live", 3, "console=ttyS0")
     ids = [line.split("--id ")[1].split()[0] for line in cfg.splitlines() if line.startswith("menuentry")]
     # The factory reset entry comes after them, so that it shifts no number.
-    assert tuple(ids) == (*layout.ENTRIES, layout.ENTRY_FACTORY_RESET)
+    assert tuple(ids) == (*layout.ENTRIES, layout.ENTRY_FACTORY_RESET, *(f"mode-{m}" for m in layout.MODES))
     assert layout.ENTRIES == ("slot-a", "slot-b", "factory")
     assert layout.order_to_env(["slot-b", "slot-a", "factory"]) == "1 0 2"
     assert layout.order_from_env("1 0 2") == ("slot-b", "slot-a", "factory")

@@ -40,8 +40,17 @@ def early_config(image_id: str) -> str:
     )
 
 
+def default_modes(image_id: str) -> dict[str, str]:
+    return {m: layout.mode_args(image_id, m, "50%") for m in layout.MODES}
+
+
+MODE_TITLES = {layout.MODE_PERSISTENT: "persistent mode", layout.MODE_RAM: "RAM mode",
+               layout.MODE_RAM_PATHS: "RAM mode with persistent paths"}
+
+
 def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
-             board_dtbs: tuple[tuple[str, str], ...] = ()) -> str:
+             board_dtbs: tuple[tuple[str, str], ...] = (), default_mode: str = layout.MODE_PERSISTENT,
+             modes: dict[str, str] | None = None) -> str:
     """The menu on p1. ``console`` is the kernel's console arguments.
 
     Boot counting: the order and the tries left for its first entry live in grubenv. Every run
@@ -53,13 +62,20 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
     ``board_dtbs`` (arm64): pairs of a regular expression on the SMBIOS product name and a device
     tree path; on a board that matches, every entry loads that device tree from its own partition,
     so a kernel in a slot boots with the device trees of its own version.
+
+    Boot modes: ``modes`` maps each of layout.MODES to its kernel arguments; the mode is grubenv's
+    ENV_MODE (``default_mode`` when unset). In the RAM modes, no try is counted while the boot
+    order is the one the last good boot confirmed (ENV_CONFIRMED): such a boot writes nothing to
+    the card. Entries after the numbered ones boot the order's first entry once in another mode.
     """
+    modes = modes or default_modes(image_id)
     titles = {layout.ENTRY_SLOT["a"]: ("liveng", layout.Role.SLOT_A),
               layout.ENTRY_SLOT["b"]: ("liveng (kernel slot B)", layout.Role.SLOT_B),
               layout.ENTRY_FACTORY: ("liveng factory kernel (system partition)", layout.Role.SYSTEM)}
     # Menu order is layout.ENTRIES: the numbers in grubenv's order are positions in it.
     entries = [(titles[e][0], e, layout.partition(titles[e][1]).number) for e in layout.ENTRIES]
     order, tries = layout.ENV_ORDER, layout.ENV_TRIES
+    mode, confirmed = layout.ENV_MODE, layout.ENV_CONFIRMED
     countdown = [f"{'if' if n == layout.TRIES else 'elif'} [ \"${tries}\" = {n} ]; then set {tries}={n - 1}"
                  for n in range(layout.TRIES, 0, -1)]
     # Anything else but 0 (a damaged value) counts as a fresh start, so it cannot loop for ever.
@@ -77,16 +93,29 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
         f"set liveng_env=($liveng_disk,msdos1)/{layout.GRUBENV_PATH}",
         f"set {order}=\"{layout.INITIAL_ORDER}\"",
         f"set {tries}={layout.TRIES}",
-        f"load_env --file $liveng_env {order} {tries}",
-        f"if [ \"${tries}\" = 0 ]; then",
-        f"    if regexp --set=1:{order} '^[^ ]+ (.+)$' \"${order}\"; then set {tries}={layout.TRIES}; fi",
+        f"set {mode}={default_mode}",
+        f"set {confirmed}=",
+        f"load_env --file $liveng_env {order} {tries} {mode} {confirmed}",
+        *_mode_selection(modes),
+        "set liveng_count=yes",
+        f"if [ \"${mode}\" != {layout.MODE_PERSISTENT} ]; then",
+        f"    if [ \"${confirmed}\" = \"${order}\" ]; then set liveng_count=no; fi",
         "fi",
-        *countdown,
-        f"save_env --file $liveng_env {order} {tries}",
+        "if [ \"$liveng_count\" = yes ]; then",
+        *(f"    {line}" for line in [
+            f"if [ \"${tries}\" = 0 ]; then",
+            f"    if regexp --set=1:{order} '^[^ ]+ (.+)$' \"${order}\"; then set {tries}={layout.TRIES}; fi",
+            "fi",
+            *countdown,
+            f"save_env --file $liveng_env {order} {tries}",
+        ]),
+        "fi",
         f"regexp --set=1:default --set=2:fallback '^([^ ]+) ?(.*)$' \"${order}\"",
         f"set liveng_cmdline=\"{' '.join(a for a in (cmdline, console) if a)}\"",
         *_board_detection(board_dtbs),
-        "export liveng_id liveng_disk liveng_cmdline liveng_dtb liveng_env",
+        *_head_partition(),
+        f"export liveng_id liveng_disk liveng_cmdline liveng_dtb liveng_env liveng_margs {mode} liveng_head "
+        "liveng_head_part",
         "",
     ]
     for title, entry_id, number in entries:
@@ -94,12 +123,49 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
             f"menuentry '{title}' --id {entry_id} {{",
             f"    set root=($liveng_disk,msdos{number})",
             *(_load_dtb() if board_dtbs else []),
-            f"    linux /{layout.KERNEL_PATH} $liveng_cmdline {layout.KERNEL_ARG_BOOT}={entry_id}"
+            f"    linux /{layout.KERNEL_PATH} $liveng_cmdline $liveng_margs {layout.KERNEL_ARG_BOOT}={entry_id}"
             + (" $liveng_dtb_arg" if board_dtbs else ""),
             f"    initrd /{layout.INITRD_PATH}",
             "}",
         ]
-    return "\n".join(lines + factory_reset_entry(bool(board_dtbs))) + "\n"
+    lines += factory_reset_entry(bool(board_dtbs))
+    for name in layout.MODES:
+        lines += [
+            f"menuentry 'liveng, {MODE_TITLES[name]} (this boot only)' --id mode-{name} {{",
+            f"    set liveng_margs=\"{modes[name]}\"",
+            "    set root=($liveng_disk,$liveng_head_part)",
+            *(_load_dtb() if board_dtbs else []),
+            f"    linux /{layout.KERNEL_PATH} $liveng_cmdline $liveng_margs {layout.KERNEL_ARG_BOOT}=$liveng_head"
+            + (" $liveng_dtb_arg" if board_dtbs else ""),
+            f"    initrd /{layout.INITRD_PATH}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _mode_selection(modes: dict[str, str]) -> list[str]:
+    # Anything but a known mode (a damaged or hand-edited grubenv) boots persistent.
+    lines = []
+    for i, name in enumerate(m for m in layout.MODES if m != layout.MODE_PERSISTENT):
+        lines.append(f"{'if' if i == 0 else 'elif'} [ \"${layout.ENV_MODE}\" = {name} ]; then "
+                     f"set liveng_margs=\"{modes[name]}\"")
+    lines += [f"else set {layout.ENV_MODE}={layout.MODE_PERSISTENT}; "
+              f"set liveng_margs=\"{modes[layout.MODE_PERSISTENT]}\"", "fi"]
+    return lines
+
+
+def _head_partition() -> list[str]:
+    """The partition and name of the boot order's first entry ($default), for the one-boot mode entries."""
+    lines = []
+    for i, entry in enumerate(layout.ENTRIES):
+        role = {layout.ENTRY_SLOT["a"]: layout.Role.SLOT_A, layout.ENTRY_SLOT["b"]: layout.Role.SLOT_B,
+                layout.ENTRY_FACTORY: layout.Role.SYSTEM}[entry]
+        number = layout.partition(role).number
+        lines.append(f"{'if' if i == 0 else 'elif'} [ \"$default\" = {i} ]; then "
+                     f"set liveng_head={entry}; set liveng_head_part=msdos{number}")
+    lines += [f"else set liveng_head={layout.ENTRY_FACTORY}; "
+              f"set liveng_head_part=msdos{layout.partition(layout.Role.SYSTEM).number}", "fi"]
+    return lines
 
 
 def factory_reset_entry(load_dtb: bool = False) -> list[str]:
@@ -128,8 +194,9 @@ def factory_reset_entry(load_dtb: bool = False) -> list[str]:
         "    fi",
         f"    set root=($liveng_disk,msdos{system})",
         *(_load_dtb() if load_dtb else []),
-        f"    linux /{layout.KERNEL_PATH} $liveng_cmdline {layout.KERNEL_ARG_BOOT}={layout.ENTRY_FACTORY} "
-        f"{layout.KERNEL_ARG_RESET}=$liveng_reset" + (" $liveng_dtb_arg" if load_dtb else ""),
+        f"    linux /{layout.KERNEL_PATH} $liveng_cmdline $liveng_margs "
+        f"{layout.KERNEL_ARG_BOOT}={layout.ENTRY_FACTORY} {layout.KERNEL_ARG_RESET}=$liveng_reset"
+        + (" $liveng_dtb_arg" if load_dtb else ""),
         f"    initrd /{layout.INITRD_PATH}",
         "}",
     ]
