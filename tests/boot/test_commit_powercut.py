@@ -20,7 +20,7 @@ import pytest
 from tests.boot.test_ram_modes import MEMORY
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("issue6")]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("ram")]
 
 ROUNDS = int(os.environ.get("LIVENG_COMMIT_POWERCUT_ROUNDS", "10"))
 DELETED = "/etc/issue.net"  # a system file: deleted in odd generations (a whiteout), back in even ones

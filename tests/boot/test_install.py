@@ -15,7 +15,7 @@ from liveng.host.disk import check_layout, read_table
 from tests.boot.conftest import partition_hash
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("issue7b")]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("luks")]
 
 TARGET_SIZE = 4 * 1024 * layout.MiB
 

@@ -15,7 +15,7 @@ import pytest
 from liveng.host.qmp import Qmp
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("issue6")]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("ram")]
 
 MEMORY = 2048  # MiB: the squashfs (uncompressed in test images) is copied into RAM
 PACKAGE = "hello"  # installed in RAM, then committed

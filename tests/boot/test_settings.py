@@ -21,7 +21,7 @@ from liveng import layout
 from liveng.host.disk import read_table
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("issue7a")]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("settings")]
 
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
