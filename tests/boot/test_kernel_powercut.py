@@ -1,13 +1,12 @@
 """Power cuts during kernel updates: QEMU is killed at random moments of `liveng kernel install`
 (slot write, read-back, boot-order switch); every time the VM must boot unattended to a shell
-with the old or the new kernel, and `liveng kernel status` must be consistent.
+from the old slot or the new one, and `liveng kernel status` must be consistent.
 
 LIVENG_POWERCUT_ROUNDS sets the number of cuts (default 20), LIVENG_POWERCUT_SEED the random seed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -24,6 +23,12 @@ pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("powercut")]
 ROUNDS = int(os.environ.get("LIVENG_POWERCUT_ROUNDS", "20"))
 
 
+def slot_written(status: dict[str, object], name: str) -> object:
+    slots = status["slots"]
+    assert isinstance(slots, dict)
+    return slots[name].get("written")
+
+
 def check_consistent(st: dict[str, object], kernels: set[str]) -> None:
     order = st["order"]
     assert isinstance(order, list) and order and order[-1] == "factory", st
@@ -36,6 +41,9 @@ def check_consistent(st: dict[str, object], kernels: set[str]) -> None:
 
 
 def test_power_cuts_during_kernel_updates(fresh_copy: Path, tmp_path: Path) -> None:
+    """Each round rewrites the slot that is not running (the same kernel package each time: the slot
+    written, the order switched and the boot that follows are what a cut can break, not the version)
+    and cuts the power at a random moment of it."""
     seed = int(os.environ.get("LIVENG_POWERCUT_SEED", str(time.time_ns())))
     rng = random.Random(seed)
     print(f"power-cut seed {seed}, {ROUNDS} rounds")
@@ -43,36 +51,34 @@ def test_power_cuts_during_kernel_updates(fresh_copy: Path, tmp_path: Path) -> N
     with Vm(fresh_copy, log, bios=True) as vm:
         vm.wait_shell()
         settle(vm)
-        factory = vm.sh("uname -r")
-        vm.sh("apt-get update -q", timeout=1200)
-        vm.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-image-cloud-amd64", timeout=2400)
-        cloud = str(slot_kernel(json.loads(vm.sh("liveng kernel status --json")), "b"))
-        # How long one update takes, to spread the cuts over it.
+        kernel = vm.sh("uname -r")
+        # How long one update takes, to spread the cuts over it; afterwards both slots hold a kernel.
         start = time.monotonic()
-        vm.sh(f"liveng kernel install --force {factory}")
+        assert "slot B" in vm.sh(f"liveng kernel install --force {kernel}")
         duration = time.monotonic() - start
         vm.poweroff()
     print(f"one slot update takes {duration:.1f} s seen from the host")
-    kernels = {factory, cloud}
+    kernels = {kernel}
     outcomes: list[str] = []
     for i in range(ROUNDS):
         vm = Vm(fresh_copy, log, bios=True)
         vm.wait_shell(timeout=900)
         st = settle(vm)
         check_consistent(st, kernels)
-        running = vm.sh("uname -r")
-        assert running in kernels
-        outcomes.append(f"{st['running']}:{running}")
-        new = cloud if running == factory else factory
+        assert vm.sh("uname -r") == kernel
+        outcomes.append(str(st["running"]))
+        written_before = {name: slot_written(st, name) for name in ("a", "b")}
         delay = rng.uniform(0, duration * 1.2)
-        vm.proc.sendline(f"liveng kernel install --force {new}")
+        vm.proc.sendline(f"liveng kernel install --force {kernel}")
         time.sleep(delay)
         vm.power_cut()
-        print(f"round {i + 1}: running {running} on {st['running']}, cut {delay:.2f} s into the update")
+        print(f"round {i + 1}: running {st['running']} (slots written {written_before}), cut {delay:.2f} s "
+              "into the update")
     with Vm(fresh_copy, log, bios=True) as vm:
         vm.wait_shell(timeout=900)
         st = settle(vm)
         check_consistent(st, kernels)
-        assert vm.sh("uname -r") in kernels
+        assert vm.sh("uname -r") == kernel
+        outcomes.append(str(st["running"]))
         vm.poweroff()
-    print("boots after the cuts:", " ".join(outcomes))
+    print("entries booted after each cut:", " ".join(outcomes[1:]))
