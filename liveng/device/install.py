@@ -1,8 +1,9 @@
 """liveng install DISK: this system onto another disk, which then boots on its own (BIOS and UEFI).
 
-p1 (boot loaders, menu), p2 (the system) and the kernel slot that runs now are copied raw; slot B
-stays empty; p7 is a fresh ext4 filling the disk, empty or with a copy of the current delta; an
-encrypted p7 gets a copy of this one's LUKS header (same passphrase, key file and volume key).
+p1 (boot loaders, menu), p2 (the system) and the kernel slot that runs now are copied raw to the
+same places (so a slot keeps its name, volume id and slot.json); the other slot stays empty; p7
+is a fresh ext4 filling the disk, empty or with a copy of the current delta; an encrypted p7
+gets a copy of this one's LUKS header (same passphrase, key file and volume key).
 
 The installed disk keeps this image's id. The id is baked into GRUB (BOOTX64.EFI and the BIOS
 core.img search p1 by it; core.img is compressed and the device has no grub-mkimage to make a new
@@ -43,7 +44,7 @@ class Source:
     disk: Path
     image_id: str
     extents: dict[int, tuple[int, int]]  # partition number -> (start, size) in bytes
-    slot: str  # the kernel slot copied to the new slot A
+    slot: str  # the kernel slot copied (to the same slot of the new disk)
 
 
 def whole_disk(path: Path) -> Path:
@@ -292,11 +293,12 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
             run(["partx", "--delete", str(disk)])
         for role, name in ((layout.Role.BOOT, "the boot partition"), (layout.Role.SYSTEM, "the system"),
                            (layout.SLOTS[src.slot], f"kernel slot {src.slot.upper()}")):
-            dest = by_role[layout.Role.SLOT_A] if role in layout.SLOTS.values() else by_role[role]
+            dest = by_role[role]
             say(f"copying {name} ({dest.size // layout.MiB} MiB)")
             _copy(bootstate.device_path(role, src.image_id), fd, dest.start, dest.size)
-        # Slot B empty, and no stale filesystem signature where p7 and the EBRs go.
-        for role in (layout.Role.SLOT_B, layout.Role.PERSISTENCE):
+        # The other slot empty, and no stale filesystem signature where p7 and the EBRs go.
+        other = next(r for name, r in layout.SLOTS.items() if name != src.slot)
+        for role in (other, layout.Role.PERSISTENCE):
             _zero(fd, by_role[role].start - layout.ALIGN, 2 * layout.ALIGN)
         os.fsync(fd)
     finally:
@@ -315,8 +317,9 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
                     copy_tree(current / layout.DELTA_DIR, root / layout.DELTA_DIR)
     p1 = by_role[layout.Role.BOOT]
     with _loop(disk, p1.start, p1.size) as dev, _mount(dev, "vfat") as boot:
-        # A fresh boot state: slot A (the copied kernel), then the factory kernel.
-        bootstate.write_env(boot, {layout.ENV_ORDER: layout.INITIAL_ORDER, layout.ENV_TRIES: str(layout.TRIES)})
+        # A fresh boot state: the copied slot, then the factory kernel.
+        order = layout.order_to_env([layout.ENTRY_SLOT[src.slot], layout.ENTRY_FACTORY])
+        bootstate.write_env(boot, {layout.ENV_ORDER: order, layout.ENV_TRIES: str(layout.TRIES)})
     say("writing the boot code and the partition table")
     with open(src.disk, "rb") as f:
         mbr = f.read(layout.ALIGN)
