@@ -55,21 +55,19 @@ def in_vm(image: Path | None, runs: int) -> None:
 
 
 def factory_kernel(image: Path, dest: Path) -> dict[str, Path]:
-    """The kernel and initrd on the image's p2, copied out to ``dest``."""
+    """The kernel and initrd on the image's p2, copied out to ``dest`` (liveng inspect's ISO reader)."""
     from liveng import layout
     from liveng.host.disk import read_table
+    from liveng.host.offline import iso_file
 
     entry = read_table(image).entry(layout.partition(layout.Role.SYSTEM).number)
-    p2 = dest / "p2.iso"
-    with open(image, "rb") as src, open(p2, "wb") as out:
-        src.seek(entry.start)
-        out.write(src.read(entry.size))
     files = {}
     for rel in (layout.KERNEL_PATH, layout.INITRD_PATH):
+        data = iso_file(image, entry.start, rel)
+        if data is None:
+            raise SystemExit(f"{image}: no {rel} on its system partition (p2): give a liveng image")
         files[rel] = dest / Path(rel).name
-        subprocess.run(["xorriso", "-osirrox", "on", "-indev", p2, "-extract", f"/{rel}", files[rel]], check=True,
-                       capture_output=True)
-    p2.unlink()
+        files[rel].write_bytes(data)
     return files
 
 
@@ -77,7 +75,6 @@ def native(image: Path, runs: int) -> None:
     from liveng import grubenv, layout
     from liveng.device import bootstate, slots
 
-    release = "factory"
     totals: list[float] = []
     parts: dict[str, list[float]] = {"hash": [], "iso": [], "write+verify": [], "switch": []}
     with tempfile.TemporaryDirectory(prefix="liveng-bench-", dir="/var/tmp") as tmp:
@@ -97,7 +94,7 @@ def native(image: Path, runs: int) -> None:
                 hashes = {rel: layout.sha256_file(src) for rel, src in files.items()}
                 t1 = time.monotonic()
                 with tempfile.TemporaryDirectory(prefix="liveng-slot-", dir="/dev/shm") as shm:
-                    iso = slots.build_iso("b", release, files, hashes, Path(shm))
+                    iso = slots.build_iso("b", "factory", files, hashes, Path(shm))
                     t2 = time.monotonic()
                     slots.write_and_verify(iso, Path(loop))
                 t3 = time.monotonic()
