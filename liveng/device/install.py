@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,18 +184,6 @@ def _mount(dev: Path, fstype: str) -> Iterator[Path]:
             where.rmdir()
 
 
-def copy_tree(src: Path, dst: Path) -> None:
-    """The delta with what overlayfs needs (snapshot's tar options), piped straight into ``dst``."""
-    rc_out, err_out, rc_in, err_in = snapshot._pipeline(
-        ["tar", "-C", str(src), *snapshot.TAR_CREATE, "-cf", "-", "."],
-        ["tar", "-C", str(dst), *snapshot.TAR_EXTRACT, "-xf", "-"], None, subprocess.DEVNULL)
-    # GNU tar exits 1 when a file changed while it was read: expected on a running system.
-    if rc_out not in (0, 1):
-        raise DeviceError(f"reading the delta failed ({rc_out}): {err_out}")
-    if rc_in != 0:
-        raise DeviceError(f"writing the delta to the new disk failed ({rc_in}): {err_in}")
-
-
 def _volume_key(image_id: str) -> bytes | None:
     """Encrypted p7: the volume key of the mapping opened at boot (None when p7 is plain ext4).
 
@@ -314,7 +301,7 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
                 os.sync()  # what the copy reads is what a power cut now would leave
                 (root / layout.DELTA_DIR).mkdir(mode=0o755)
                 with delta.persistence_root() as current:
-                    copy_tree(current / layout.DELTA_DIR, root / layout.DELTA_DIR)
+                    snapshot.copy_tree(current / layout.DELTA_DIR, root / layout.DELTA_DIR)
     p1 = by_role[layout.Role.BOOT]
     with _loop(disk, p1.start, p1.size) as dev, _mount(dev, "vfat") as boot:
         # A fresh boot state: the copied slot, then the factory kernel.

@@ -13,7 +13,6 @@ one tested path.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,23 +77,6 @@ def mounted_paths(mounts: list[system.Mount] | None = None) -> list[str]:
     return out
 
 
-def _copy(src: Path, dest: Path, members: list[str], exclude: list[str], parents: list[str] | None = None) -> None:
-    """GNU tar from ``src`` to ``dest``, with the snapshots' options (whiteouts, xattrs, owners, hard links).
-
-    ``parents`` are copied without their content (only the directory's own metadata) before ``members``.
-    """
-    create = ["tar", "-C", str(src), *snapshot.TAR_CREATE, "--anchored", *(f"--exclude=.{p}" for p in exclude),
-              "-cf", "-"]
-    if parents:
-        create += ["--no-recursion", *parents, "--recursion"]
-    create += members
-    rc1, err1, rc2, err2 = snapshot._pipeline(
-        create, ["tar", "-C", str(dest), *snapshot.TAR_EXTRACT, "-xf", "-"], None, subprocess.DEVNULL)
-    # tar exits 1 when a file changed while it was read: expected on a running system.
-    if rc1 not in (0, 1) or rc2 != 0:
-        raise DeviceError(f"copying {src} to {dest} failed: {err1 or err2}")
-
-
 def _check_commit_path(path: str, kept: list[str]) -> str:
     norm = os.path.normpath(path)
     if not norm.startswith("/"):
@@ -113,7 +95,7 @@ def _parents(rel: str) -> list[str]:
 def stage_paths(staged: Path, base: Path, upper: Path, paths: list[str], kept: list[str]) -> None:
     """``base`` (the delta on p7) with each of ``paths`` replaced by what ``upper`` (the RAM delta) has there."""
     if base.is_dir():
-        _copy(base, staged, ["."], kept)
+        snapshot.copy_tree(base, staged, exclude=tuple(kept))
     for path in paths:
         rel = path.strip("/")
         target = staged / rel
@@ -125,7 +107,7 @@ def stage_paths(staged: Path, base: Path, upper: Path, paths: list[str], kept: l
         delta.remove_tree(target)
         if os.path.lexists(upper / rel):
             missing = [p for p in _parents(rel) if not (staged / p).is_dir()]
-            _copy(upper, staged, [f"./{rel}"], [], missing)
+            snapshot.copy_tree(upper, staged, (f"./{rel}",), parents=tuple(missing))
 
 
 def commit(root: Path, paths: list[str], upper: Path = Path(layout.RAM_UPPER),
@@ -150,7 +132,7 @@ def commit(root: Path, paths: list[str], upper: Path = Path(layout.RAM_UPPER),
 
     def fill(staged: Path) -> None:
         if full:
-            _copy(upper, staged, ["."], kept)
+            snapshot.copy_tree(upper, staged, exclude=tuple(kept))
         else:
             stage_paths(staged, base, upper, targets, kept)
 

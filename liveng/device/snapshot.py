@@ -72,6 +72,27 @@ def _pipeline(first: list[str], second: list[str], stdin: IO[bytes] | None, stdo
         return rc1, err1.read().decode(errors="replace").strip(), rc2, err2.read().decode(errors="replace").strip()
 
 
+
+def copy_tree(src: Path, dest: Path, members: tuple[str, ...] = (".",), exclude: tuple[str, ...] = (),
+              parents: tuple[str, ...] = ()) -> None:
+    """Copy a delta (or ``members`` of it) from ``src`` into ``dest`` with GNU tar and the snapshots'
+    options, so that whiteouts, opaque directories, xattrs, owners and hard links survive.
+
+    ``exclude``: paths (from ``src``'s root, e.g. "/home") left out; ``parents``: directories copied
+    without their content (only their own metadata) before ``members``.
+    """
+    create = ["tar", "-C", str(src), *TAR_CREATE, "--anchored", *(f"--exclude=.{p}" for p in exclude), "-cf", "-"]
+    if parents:
+        create += ["--no-recursion", *parents, "--recursion"]
+    create += members
+    rc_out, err_out, rc_in, err_in = _pipeline(create, ["tar", "-C", str(dest), *TAR_EXTRACT, "-xf", "-"], None,
+                                               subprocess.DEVNULL)
+    # GNU tar exits 1 when a file changed while it was read: expected on a running system.
+    if rc_out not in (0, 1):
+        raise DeviceError(f"reading {src} failed ({rc_out}): {err_out}")
+    if rc_in != 0:
+        raise DeviceError(f"writing {dest} failed ({rc_in}): {err_in}")
+
 @dataclass(frozen=True)
 class Archived:
     tar_bytes: int | None  # the size of the tar stream: about the delta's apparent size

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
-from liveng.device import install
+from liveng.device import install, snapshot
 from liveng.device.bootstate import DeviceError
 
 MiB = layout.MiB
@@ -71,7 +71,7 @@ def test_delta_copy_keeps_whiteouts_and_overlay_xattrs(tmp_path: Path) -> None:
     os.chmod(src / "etc/file", 0o640)
     os.mknod(src / "etc/deleted", 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # an overlayfs whiteout
     os.setxattr(src / "etc/opaque", "trusted.overlay.opaque", b"y")
-    install.copy_tree(src, dst)
+    snapshot.copy_tree(src, dst)
     assert (dst / "etc/file").read_text() == "changed\n"
     assert stat.S_IMODE((dst / "etc/file").stat().st_mode) == 0o640
     st = (dst / "etc/deleted").lstat()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
-from liveng.device import bootstate, delta, kernel, ram, slots
+from liveng.device import bootstate, delta, kernel, ram, slots, snapshot
 from liveng.device.bootstate import BootState, DeviceError
 from liveng.host import customize
 from liveng.host.bootloader import grub
@@ -34,7 +34,7 @@ def ram_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     (tmp_path / "lower/etc/d1/old").write_text("old\n")
     (tmp_path / "p7/rw/etc/config").write_text("committed before\n")
     (tmp_path / "p7" / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
-    ram._copy(tmp_path / "p7/rw", tmp_path / "upper", ["."], [])  # what live-bottom/liveng-ram does
+    snapshot.copy_tree(tmp_path / "p7/rw", tmp_path / "upper")  # what live-bottom/liveng-ram does
     merged = tmp_path / "merged"
     mount_overlay(tmp_path / "lower", tmp_path / "upper", tmp_path / "work", merged)
     try:
@@ -58,7 +58,7 @@ def staged_view(tmp: Path) -> dict[str, tuple[object, ...]]:
     """The system the next boot would show with the staged delta."""
     for d in ("up2", "work2", "merged2"):
         (tmp / d).mkdir()
-    ram._copy(tmp / "p7" / layout.STAGED_DIR, tmp / "up2", ["."], [])
+    snapshot.copy_tree(tmp / "p7" / layout.STAGED_DIR, tmp / "up2")
     mount_overlay(tmp / "lower", tmp / "up2", tmp / "work2", tmp / "merged2")
     try:
         return view(tmp / "merged2")
