@@ -27,7 +27,7 @@ class VmError(AssertionError):
 class Vm:
     def __init__(self, image: Path, log: Path, *, bios: bool = False, snapshot: bool = False,
                  disks: tuple[Path, ...] = (), memory: int = 1024, qmp: Path | None = None,
-                 machine: str | None = None, forwards: tuple[str, ...] = ()) -> None:
+                 machine: str | None = None, forwards: tuple[str, ...] = (), incoming: Path | None = None) -> None:
         args = ["-m", "liveng.host.cli", "run", str(image), "--memory", str(memory)]
         for fwd in forwards:  # "HOSTPORT:GUESTPORT", TCP on 127.0.0.1
             args += ["--forward", fwd]
@@ -37,11 +37,14 @@ class Vm:
             args.append("--bios")
         if snapshot:
             args.append("--snapshot")
+        if incoming:
+            args += ["--incoming", str(incoming)]
         for d in disks:
             args += ["--disk", str(d)]
         if qmp:
             args += ["--qmp", str(qmp)]
         self.log = log
+        self.qmp_path = qmp
         self._logfile = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._logfile.write(f"\n===== liveng run {' '.join(args[3:])} =====\n")
         self.started = time.monotonic()

@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = VmConfig(image=args.image, bios=args.bios, snapshot=args.snapshot, memory=args.memory,
                    cpus=args.cpus, disks=tuple(args.disk), qmp=args.qmp,
                    forwards=tuple(args.forward) + ((f"{args.ssh_port}:22",) if args.ssh_port else ()),
-                   machine=args.machine)
+                   machine=args.machine, incoming=args.incoming)
     return run_vm(cfg)
 
 
@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qmp", type=Path, help="QMP socket path, for scripts")
     p.add_argument("--forward", action="append", default=[], metavar="HOSTPORT:GUESTPORT",
                    help="forward a TCP port of 127.0.0.1 to the guest")
+    p.add_argument("--incoming", type=Path, metavar="STATE",
+                   help="resume a VM state saved over QMP (same image state and options) instead of booting")
     p.add_argument("--ssh-port", type=int, metavar="PORT",
                    help="forward 127.0.0.1:PORT to the guest's SSH (same as --forward PORT:22)")
     p.set_defaults(func=cmd_run)

@@ -9,6 +9,7 @@ variables per boot (a reused OVMF vars file once fell into the EFI shell).
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class VmConfig:
     qmp: Path | None = None
     forwards: tuple[str, ...] = ()  # "HOSTPORT:GUESTPORT" for TCP
     machine: str | None = None  # None: the first of MACHINES[arch]
+    # A state saved by Qmp.save_state of a VM with the same configuration: the VM resumes from it
+    # instead of booting (the disks must be as they were when it was saved).
+    incoming: Path | None = None
 
 
 def machine_for(cfg: VmConfig, arch: str) -> str:
@@ -60,6 +64,8 @@ def machine_for(cfg: VmConfig, arch: str) -> str:
         raise UsageError("--bios: only PC images have a BIOS boot; arm64 boots through UEFI or U-Boot")
     if machine == "raspi3b" and cfg.disks:
         raise UsageError("--disk: the raspi3b machine has one SD card slot and no other disk")
+    if cfg.incoming is not None and not cfg.incoming.is_file():
+        raise UsageError(f"--incoming {cfg.incoming}: no such saved VM state")
     return machine
 
 
@@ -69,6 +75,8 @@ def _common_tail(cfg: VmConfig) -> list[str]:
         argv.append("-snapshot")
     if cfg.qmp:
         argv += ["-qmp", f"unix:{cfg.qmp},server=on,wait=off"]
+    if cfg.incoming:
+        argv += ["-incoming", f"exec:cat {shlex.quote(str(cfg.incoming))}"]
     return argv
 
 

@@ -4,6 +4,7 @@ removing the card from a running VM, for the wear benchmark and the RAM-mode tes
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -70,6 +71,23 @@ class Qmp:
         out = self.execute("human-monitor-command", **{"command-line": f"drive_del {drive}"})
         if out:  # the human monitor answers errors as text
             raise QmpError(f"drive_del {drive}: {out.strip()}")
+
+    def save_state(self, path: Path, timeout: float = 600) -> None:
+        """Stop the guest and write its whole state (RAM, devices) to ``path``, for `liveng run
+        --incoming`. QEMU flushes the disks when it stops, so a copy of them taken afterwards
+        belongs to this state. The guest stays stopped."""
+        self.execute("stop")
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.execute("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.execute("query-migrate").get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise QmpError(f"saving the VM state to {path}: migration {status}")
+            time.sleep(0.2)
+        tmp.replace(path)
 
     def close(self) -> None:
         self.file.close()

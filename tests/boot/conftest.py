@@ -12,6 +12,7 @@ import pytest
 from liveng import layout
 from liveng.host.cli import main
 from liveng.host.disk import read_table
+from tests.boot import golden
 
 # Test images are development images (serial autologin). The kernel arguments and the
 # uncompressed squashfs only make boots under TCG faster (bench/RESULTS.md): page zeroing and
@@ -21,7 +22,8 @@ TEST_CMDLINE = ["init_on_alloc=0", "transparent_hugepage=never", "quiet"]
 
 # CI shares the xdist groups out to its two workers in collection order, one group at a time: the
 # longest first, so that no long group starts last (VM minutes measured here, not a contract).
-GROUP_ORDER = ("boot", "rpi", "ram", "powercut", "luks", "delta", "settings")
+GROUP_ORDER = ("rpi", "kernel", "ram", "luks", "counting", "delta", "pc", "install", "raspi", "settings",
+               "powercut")
 
 
 def _group(item: pytest.Item) -> str:
@@ -42,12 +44,15 @@ def recipe_text(suite: str, compression: str, target: str, extra: str = "") -> s
 
 def build_image(workdir: Path, suite: str, name: str, compression: str = "none", target: str = "pc",
                 extra: str = "") -> Path:
-    """``extra``: more recipe text (tables), after the keys every test image has."""
+    """``extra``: more recipe text (tables), after the keys every test image has. Built once per run:
+    a worker that finds it built (by another xdist worker) takes it."""
     workdir.mkdir(parents=True, exist_ok=True)
     recipe = workdir / f"{name}.toml"
-    recipe.write_text(recipe_text(suite, compression, target, extra))
     image = workdir / f"{name}.img"
-    assert main(["build", str(recipe), "-o", str(image)]) == 0
+    with golden.locked(image):
+        if not image.exists():
+            recipe.write_text(recipe_text(suite, compression, target, extra))
+            assert main(["build", str(recipe), "-o", str(image)]) == 0
     return image
 
 
@@ -66,9 +71,12 @@ def partition_hash(image: Path, role: layout.Role) -> str:
 
 @pytest.fixture(scope="session")
 def boot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images and goldens of this run, shared by the xdist workers."""
     if os.geteuid() != 0:
         pytest.skip("boot tests build images, which needs root")
-    return tmp_path_factory.mktemp("boot")
+    shared = golden.shared_dir(tmp_path_factory) / "boot"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +114,24 @@ def ram_copy(ram_image: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "ram-disk.img"
     subprocess.run(["cp", "--sparse=always", ram_image, copy], check=True)
     return copy
+
+
+# Goldens (tests/boot/golden.py): the trixie image booted once under UEFI with a blank 4 GiB second
+# disk (for liveng install), once under BIOS, and the RAM-mode image once in ram mode with 2 GiB.
+INSTALL_TARGET_SIZE = 4 * 1024 * layout.MiB
+RAM_MEMORY = 2048  # MiB: the squashfs is copied into RAM
+
+
+@pytest.fixture(scope="session")
+def pc_golden(trixie_image: Path, boot_dir: Path) -> golden.Golden:
+    return golden.make(trixie_image, boot_dir, "golden-uefi", blank_disks=(INSTALL_TARGET_SIZE,))
+
+
+@pytest.fixture(scope="session")
+def bios_golden(trixie_image: Path, boot_dir: Path) -> golden.Golden:
+    return golden.make(trixie_image, boot_dir, "golden-bios", bios=True)
+
+
+@pytest.fixture(scope="session")
+def ram_golden(ram_image: Path, boot_dir: Path) -> golden.Golden:
+    return golden.make(ram_image, boot_dir, "golden-ram", memory=RAM_MEMORY)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot.test_ram_modes import MEMORY
+from tests.boot import golden
+from tests.boot.conftest import RAM_MEMORY as MEMORY
 from tests.vm import Vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("ram")]
@@ -55,6 +56,10 @@ def generation(vm: Vm) -> int:
 
 def boot(vm: Vm) -> None:
     vm.wait_shell(timeout=900)
+    check_ram_boot(vm)
+
+
+def check_ram_boot(vm: Vm) -> None:
     assert "liveng.mode=ram" in vm.sh("cat /proc/cmdline")
     st = json.loads(vm.sh("liveng status --json"))
     # The boot switched a complete commit in or dropped a half-made one: nothing is left pending.
@@ -62,14 +67,15 @@ def boot(vm: Vm) -> None:
     assert vm.sh("test -e /run/live/liveng-persistence && echo mounted || echo no") == "no"
 
 
-def test_power_cuts_during_commit(ram_copy: Path, tmp_path: Path) -> None:
+def test_power_cuts_during_commit(ram_golden: golden.Golden, tmp_path: Path) -> None:
     seed = int(os.environ.get("LIVENG_POWERCUT_SEED", str(time.time_ns())))
     rng = random.Random(seed)
     print(f"commit power-cut seed {seed}, {ROUNDS} rounds")
     log = tmp_path / "console.log"
     write = _WRITE.format(files=" ".join(FILES), deleted=DELETED, gen="{gen}")
-    with Vm(ram_copy, log, memory=MEMORY) as vm:
-        boot(vm)
+    ram_copy = tmp_path / "ram-disk.img"
+    with golden.resume(ram_golden, ram_copy, log) as vm:
+        check_ram_boot(vm)
         assert generation(vm) == 0
         vm.sh(f"cp {DELETED} /root/issue.net.orig")
         vm.sh(write.format(gen=1))

@@ -13,6 +13,8 @@ import pytest
 
 from liveng import layout
 from liveng.host.disk import read_table
+from liveng.host.qmp import Qmp
+from tests.boot import golden
 from tests.boot.iso import file_extent
 from tests.vm import Vm
 
@@ -33,10 +35,8 @@ def system_view(vm: Vm) -> dict[str, str]:
     }
 
 
-def test_snapshot_reset_restore(fresh_copy: Path, tmp_path: Path) -> None:
-    log = tmp_path / "console.log"
-    with Vm(fresh_copy, log) as vm:
-        vm.wait_shell()
+def test_snapshot_reset_restore(pc_golden: golden.Golden, tmp_path: Path) -> None:
+    with golden.resume(pc_golden, tmp_path / "disk.img", tmp_path / "console.log") as vm:
         pristine = system_view(vm)
         assert pristine["package"] == "absent" and pristine["deleted"] == "present"
         vm.sh("apt-get update -q", timeout=900)
@@ -92,38 +92,41 @@ def choose_menu_reset(vm: Vm, answer: str) -> None:
     vm.proc.send(answer + "\r")
 
 
-def test_resize_power_cut_verify_and_menu_reset(fresh_copy: Path, tmp_path: Path) -> None:
-    image_id = read_table(fresh_copy).image_id
-    p7 = read_table(fresh_copy).entry(7)
-    token = secrets.token_hex(8)
-    # Data on p7 before the first boot, to see it intact after the resize.
-    src = tmp_path / "token"
-    src.write_text(token)
-    subprocess.run(["debugfs", "-w", "-R", f"write {src} token", f"{fresh_copy}?offset={p7.start}"], check=True,
-                   capture_output=True)
-    size_before = fresh_copy.stat().st_size
-    assert size_before < 3 * 2**30
-    with open(fresh_copy, "r+b") as f:
-        f.truncate(4 * 2**30)
+def test_resize_power_cut_verify_and_menu_reset(pc_golden: golden.Golden, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
     log = tmp_path / "console.log"
-
-    # First boot: the resize starts by itself; the power goes once the partition table has grown,
-    # as ext4 starts growing.
-    vm = Vm(fresh_copy, log)
+    token = secrets.token_hex(8)
+    vm = golden.resume(pc_golden, disk, log)
+    image_id = read_table(disk).image_id
+    p7 = read_table(disk).entry(7)
     try:
-        vm.proc.expect_exact("growing the persistence partition", timeout=900)
+        # Data on p7 (outside the delta) before the resize, to see it intact after it.
+        vm.sh(f"echo {token} > /run/live/persistence/vda7/token; sync")
+        size_before = disk.stat().st_size
+        assert size_before < 3 * 2**30
+        # The disk grows under the running system (QEMU's block_resize: the file grows, the guest's
+        # virtio disk reports the new size), as a card bigger than the image would be at the first boot.
+        assert vm.qmp_path is not None
+        qmp = Qmp(vm.qmp_path)
+        qmp.execute("block_resize", device="disk0", size=4 * 2**30)
+        qmp.close()
+        vm.sh("until [ $(blockdev --getsize64 /dev/vda) = $((4 << 30)) ]; do sleep 1; done", timeout=120)
+        # The power goes once the partition table has grown, as ext4 starts growing.
+        vm.proc.sendline("liveng resize")
+        vm.proc.expect_exact("growing the persistence partition", timeout=300)
         vm.proc.expect_exact("growing the ext4", timeout=300)
         vm.power_cut()
     finally:
         vm.close()
-    after_cut = read_table(fresh_copy)
-    fs_blocks = subprocess.run(["dumpe2fs", "-h", f"{fresh_copy}?offset={p7.start}"], capture_output=True,
+    after_cut = read_table(disk)
+    fs_blocks = subprocess.run(["dumpe2fs", "-h", f"{disk}?offset={p7.start}"], capture_output=True,
                                text=True, check=True).stdout.split("Block count:")[1].split()[0]
     print(f"after the cut: p3 {after_cut.entry(3).size // layout.MiB} MiB, p7 {after_cut.entry(7).size // layout.MiB} "
           f"MiB, ext4 {int(fs_blocks) * 4096 // layout.MiB} MiB")
     assert after_cut.entry(7).start + after_cut.entry(7).size == 4 * 2**30
 
-    with Vm(fresh_copy, log) as vm:
+    # The next boot finishes the resize by itself (liveng-resize.service).
+    with Vm(disk, log) as vm:
         vm.wait_shell()
         vm.sh("systemctl start liveng-resize.service")
         disk_end = 4 * 2**30
@@ -136,20 +139,20 @@ def test_resize_power_cut_verify_and_menu_reset(fresh_copy: Path, tmp_path: Path
         assert "verify OK" in vm.sh("liveng verify", timeout=900)
         vm.sh("echo in-delta > /root/delta-file")
         vm.poweroff()
-    table = read_table(fresh_copy)
+    table = read_table(disk)
     assert table.entry(7).start == p7.start and table.entry(7).start + table.entry(7).size == 4 * 2**30
 
     # One byte of a file on p2 changes (p2 is never written by the device: the image file is).
     target = "liveng/image.json"
-    offset, length = file_extent(fresh_copy, table.entry(2).start, target)
-    with open(fresh_copy, "r+b") as f:
+    offset, length = file_extent(disk, table.entry(2).start, target)
+    with open(disk, "r+b") as f:
         f.seek(offset + length // 2)
         byte = f.read(1)
         f.seek(offset + length // 2)
         f.write(bytes([byte[0] ^ 0x01]))
 
     # The boot menu's factory reset: "no" first would boot on; "yes" resets. Then verify.
-    with Vm(fresh_copy, log) as vm:
+    with Vm(disk, log) as vm:
         choose_menu_reset(vm, "yes")
         vm.wait_shell()
         assert "liveng.reset=yes" in vm.sh("cat /proc/cmdline")

@@ -12,12 +12,13 @@ import pytest
 
 from liveng import layout
 from liveng.host.disk import check_layout, read_table
+from tests.boot import golden
+from tests.boot.conftest import INSTALL_TARGET_SIZE as TARGET_SIZE
 from tests.boot.conftest import partition_hash
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("luks")]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("install")]
 
-TARGET_SIZE = 4 * 1024 * layout.MiB
 
 
 def check_runs_from(vm: Vm, image_id: str, disk_bytes: int) -> None:
@@ -32,17 +33,18 @@ def check_runs_from(vm: Vm, image_id: str, disk_bytes: int) -> None:
     assert vm.sh(f"blkid -s LABEL -o value {upper_dev}") == layout.persistence_label(image_id)
 
 
-def test_install_to_a_second_disk(fresh_copy: Path, tmp_path: Path) -> None:
-    image_id = read_table(fresh_copy).image_id
-    target = tmp_path / "target.img"
-    with open(target, "wb") as f:
-        f.truncate(TARGET_SIZE)
+def test_install_to_a_second_disk(pc_golden: golden.Golden, tmp_path: Path) -> None:
+    fresh_copy = tmp_path / "disk.img"
+    target = golden.blank(tmp_path / "target.img", TARGET_SIZE)
     # A disk that was used before: an old partition table the kernel will know about.
     subprocess.run(["sfdisk", "--quiet", str(target)], input=b"label: dos\n,512M,83\n,,83\n", check=True)
     carried, kept = secrets.token_hex(8), secrets.token_hex(8)
     log = tmp_path / "console.log"
-    with Vm(fresh_copy, log, disks=(target,)) as vm:
-        vm.wait_shell()
+    with golden.resume(pc_golden, fresh_copy, log, disks=(target,)) as vm:
+        image_id = read_table(fresh_copy).image_id
+        # The saved VM knew the disk blank: it reads the old table now, as at a boot.
+        vm.sh("blockdev --rereadpt /dev/vdb && udevadm settle")
+        assert vm.sh("ls /sys/block/vdb/ | grep -c '^vdb[0-9]' || true") == "2"
         disks = dict(line.split() for line in vm.sh("lsblk -dbno NAME,SIZE").splitlines())
         name = next(n for n, size in disks.items() if int(size) == TARGET_SIZE)
         assert name != "vda"

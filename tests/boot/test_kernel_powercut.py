@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.boot import golden
 from tests.boot.test_kernel_slots import settle, slot_kernel
 from tests.vm import Vm
 
-# CI runs two workers: the power-cut test on one, the other boot tests together on the other.
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("powercut")]
 
 ROUNDS = int(os.environ.get("LIVENG_POWERCUT_ROUNDS", "20"))
@@ -40,33 +40,29 @@ def check_consistent(st: dict[str, object], kernels: set[str]) -> None:
     assert st["running"] in order or st["running"] == "factory", st
 
 
-def test_power_cuts_during_kernel_updates(fresh_copy: Path, tmp_path: Path) -> None:
+def test_power_cuts_during_kernel_updates(bios_golden: golden.Golden, tmp_path: Path) -> None:
     """Each round rewrites the slot that is not running (the same kernel package each time: the slot
     written, the order switched and the boot that follows are what a cut can break, not the version)
-    and cuts the power at a random moment of it."""
+    and cuts the power at a random moment of it; then boots with nobody at the console."""
     seed = int(os.environ.get("LIVENG_POWERCUT_SEED", str(time.time_ns())))
     rng = random.Random(seed)
     print(f"power-cut seed {seed}, {ROUNDS} rounds")
+    disk = tmp_path / "disk.img"
     log = tmp_path / "console.log"
-    with Vm(fresh_copy, log, bios=True) as vm:
-        vm.wait_shell()
-        settle(vm)
-        kernel = vm.sh("uname -r")
-        # How long one update takes, to spread the cuts over it; afterwards both slots hold a kernel.
-        start = time.monotonic()
-        assert "slot B" in vm.sh(f"liveng kernel install --force {kernel}")
-        duration = time.monotonic() - start
-        vm.poweroff()
+    vm = golden.resume(bios_golden, disk, log)
+    settle(vm)
+    kernel = vm.sh("uname -r")
+    # How long one update takes, to spread the cuts over it; afterwards both slots hold a kernel.
+    start = time.monotonic()
+    assert "slot B" in vm.sh(f"liveng kernel install --force {kernel}")
+    duration = time.monotonic() - start
     print(f"one slot update takes {duration:.1f} s seen from the host")
     kernels = {kernel}
     outcomes: list[str] = []
     for i in range(ROUNDS):
-        vm = Vm(fresh_copy, log, bios=True)
-        vm.wait_shell(timeout=900)
         st = settle(vm)
         check_consistent(st, kernels)
         assert vm.sh("uname -r") == kernel
-        outcomes.append(str(st["running"]))
         written_before = {name: slot_written(st, name) for name in ("a", "b")}
         delay = rng.uniform(0, duration * 1.2)
         vm.proc.sendline(f"liveng kernel install --force {kernel}")
@@ -74,11 +70,11 @@ def test_power_cuts_during_kernel_updates(fresh_copy: Path, tmp_path: Path) -> N
         vm.power_cut()
         print(f"round {i + 1}: running {st['running']} (slots written {written_before}), cut {delay:.2f} s "
               "into the update")
-    with Vm(fresh_copy, log, bios=True) as vm:
+        vm = Vm(disk, log, bios=True)
         vm.wait_shell(timeout=900)
-        st = settle(vm)
-        check_consistent(st, kernels)
-        assert vm.sh("uname -r") == kernel
-        outcomes.append(str(st["running"]))
-        vm.poweroff()
-    print("entries booted after each cut:", " ".join(outcomes[1:]))
+        outcomes.append(str(settle(vm)["running"]))
+    st = settle(vm)
+    check_consistent(st, kernels)
+    assert vm.sh("uname -r") == kernel
+    vm.poweroff()
+    print("entries booted after each cut:", " ".join(outcomes))

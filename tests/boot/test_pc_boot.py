@@ -10,11 +10,11 @@ import pytest
 
 from liveng import layout
 from liveng.host.disk import read_table
+from tests.boot import golden
 from tests.boot.conftest import build_image, partition_hash
 from tests.vm import Vm
 
-# CI runs two workers: the power-cut test on one, the other boot tests together on the other.
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("pc")]
 
 
 def check_live_layout(vm: Vm, image_id: str) -> None:
@@ -38,14 +38,16 @@ def check_live_layout(vm: Vm, image_id: str) -> None:
     assert status["persistence_device"] == upper_dev
 
 
-def test_uefi_then_bios_boot_keep_the_delta(fresh_copy: Path, tmp_path: Path) -> None:
-    image_id = read_table(fresh_copy).image_id
-    system_before = partition_hash(fresh_copy, layout.Role.SYSTEM)
-    token = secrets.token_hex(8)
+def test_uefi_then_bios_boot_keep_the_delta(pc_golden: golden.Golden, boot_dir: Path, tmp_path: Path) -> None:
+    """The golden's boot is this image's UEFI cold boot; then a real reboot, and a BIOS cold boot of the
+    same disk with a second liveng disk attached (same labels and files: only the id tells them apart)."""
+    disk = tmp_path / "disk.img"
     log = tmp_path / "console.log"
-    with Vm(fresh_copy, log) as vm:
-        seconds = vm.wait_shell()
-        print(f"UEFI power-on to shell: {seconds:.1f} s")
+    print(f"UEFI power-on to shell: {pc_golden.boot_seconds:.1f} s (the golden's boot)")
+    token = secrets.token_hex(8)
+    with golden.resume(pc_golden, disk, log) as vm:
+        image_id = read_table(disk).image_id
+        system_before = partition_hash(disk, layout.Role.SYSTEM)
         check_live_layout(vm, image_id)
         assert vm.sh("cat /proc/cmdline").count("liveng.boot=slot-a") == 1
         assert vm.sh("test -d /sys/firmware/efi && echo efi") == "efi"
@@ -55,27 +57,19 @@ def test_uefi_then_bios_boot_keep_the_delta(fresh_copy: Path, tmp_path: Path) ->
         assert vm.sh(f"cat {upper}/rw/root/liveng-token") == token  # the write landed in the delta on p7
         print(f"UEFI reboot to shell: {vm.reboot():.1f} s")
         assert vm.sh("cat /root/liveng-token") == token
+        check_live_layout(vm, image_id)
         vm.poweroff()
-    with Vm(fresh_copy, log, bios=True) as vm:
-        print(f"BIOS power-on to shell: {vm.wait_shell():.1f} s")
+    other = build_image(boot_dir, "trixie", "other")
+    other_id = read_table(other).image_id
+    assert other_id != image_id
+    with Vm(disk, log, bios=True, disks=(other,)) as vm:
+        print(f"BIOS power-on to shell (another liveng disk attached): {vm.wait_shell():.1f} s")
         assert vm.sh("test -d /sys/firmware/efi || echo bios") == "bios"
         check_live_layout(vm, image_id)
+        assert vm.sh("blkid -s PARTUUID -o value /dev/vdb2") == layout.partuuid(other_id, 2)
         assert vm.sh("cat /root/liveng-token") == token
         vm.poweroff()
-    assert partition_hash(fresh_copy, layout.Role.SYSTEM) == system_before
-
-
-def test_boots_its_own_partitions_with_another_liveng_disk_attached(
-        fresh_copy: Path, boot_dir: Path, tmp_path: Path) -> None:
-    other = build_image(boot_dir, "trixie", "other")
-    own_id, other_id = read_table(fresh_copy).image_id, read_table(other).image_id
-    assert own_id != other_id
-    # Same labels, same files: only the image id tells the two disks apart.
-    with Vm(fresh_copy, tmp_path / "console.log", bios=True, disks=(other,)) as vm:
-        vm.wait_shell()
-        check_live_layout(vm, own_id)
-        assert vm.sh("blkid -s PARTUUID -o value /dev/vdb2") == layout.partuuid(other_id, 2)
-        vm.poweroff()
+    assert partition_hash(disk, layout.Role.SYSTEM) == system_before
 
 
 def test_bookworm_image_boots(boot_dir: Path, tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from liveng.host.qmp import Qmp
+from tests.boot import golden
+from tests.boot.conftest import RAM_MEMORY as MEMORY
 from tests.vm import Vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("ram")]
 
-MEMORY = 2048  # MiB: the squashfs (uncompressed in test images) is copied into RAM
 PACKAGE = "hello"  # installed in RAM, then committed
 AFTER_REMOVAL = "figlet"  # installed with the card removed
 DEVICE_PATH = "/var/lib/liveng-test"  # a persistent path of the device's own (liveng mode paths --add)
@@ -33,11 +34,11 @@ def exists(vm: Vm, path: str) -> bool:
     return vm.sh(f"test -e {path} && echo yes || echo no") == "yes"
 
 
-def test_ram_modes(ram_copy: Path, tmp_path: Path) -> None:
+def test_ram_modes(ram_golden: golden.Golden, tmp_path: Path) -> None:
+    """The golden's boot is the first ram-mode boot of the image; the later boots are real."""
     log = tmp_path / "console.log"
-    sock = tmp_path / "qmp.sock"
-    with Vm(ram_copy, log, memory=MEMORY, qmp=sock) as vm:
-        vm.wait_shell()
+    ram_copy = tmp_path / "ram-disk.img"
+    with golden.resume(ram_golden, ram_copy, log) as vm:
         settle(vm)
         assert "liveng.mode=ram " in vm.sh("cat /proc/cmdline") + " "
         assert json.loads(vm.sh("liveng mode show --json"))["running"] == "ram"
@@ -55,7 +56,8 @@ def test_ram_modes(ram_copy: Path, tmp_path: Path) -> None:
         out = vm.sh("fallocate -l 400M /root/big; echo rc=$?; rm -f /root/big")
         assert "No space left on device" in out and "rc=1" in out
 
-        qmp = Qmp(sock)
+        assert vm.qmp_path is not None
+        qmp = Qmp(vm.qmp_path)
         before = qmp.written()
         vm.sh("apt-get update -q", timeout=900)
         vm.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {PACKAGE}", timeout=900)
