@@ -122,6 +122,10 @@ SLOT_INFO_PATH = "liveng/slot.json"
 GRUB_DIR = "boot/grub"
 GRUB_CFG_PATH = "boot/grub/grub.cfg"
 GRUBENV_PATH = "boot/grub/grubenv"
+# The boot state's second copy (same 1024-byte format). Every writer, GRUB and the device alike,
+# writes GRUBENV_PATH first and this second, so a torn write damages at most one of them; readers
+# take the primary when it is valid, else this one (liveng/grubenv.py choose()).
+GRUBENV_BACKUP_PATH = "boot/grub/grubenv.bak"
 EFI_BOOT_DIR = "EFI/BOOT"
 # Settings the owner edits on p1 after flashing (liveng/settings.py), applied at boot by
 # liveng-settings.service; a file that cannot be applied gets the reason written beside it.
@@ -364,3 +368,8 @@ def mode_args(image_id: str, mode: str, delta_cap: str, paths: tuple[str, ...] =
         args.append(f"{KERNEL_ARG_PATHS}={','.join(check_persistent_path(p) for p in paths)}")
     check_image_id(image_id)
     return " ".join(args)
+
+
+def fresh_env(order: str, mode: str) -> dict[str, str]:
+    """The boot state of a newly made disk (build, liveng install): ``order`` with fresh tries."""
+    return {ENV_ORDER: order, ENV_TRIES: str(TRIES), ENV_MODE: mode}
