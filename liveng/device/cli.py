@@ -159,7 +159,7 @@ def cmd_kernel_status(args: argparse.Namespace) -> int:
 
 def cmd_kernel_install(args: argparse.Namespace) -> int:
     try:
-        result = kernel.install(args.version, args.initrd, force=args.force)
+        result = kernel.install(args.version, args.initrd, force=args.force, from_hook=args.from_hook)
     except DeviceError as exc:
         if args.from_hook:
             # A package operation must not fail because of the slot: say it loudly, exit 0.

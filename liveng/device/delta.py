@@ -13,14 +13,13 @@ import contextlib
 import dataclasses
 import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootstate, system
+from liveng.device import bootstate, runner, system
 from liveng.device.bootstate import DeviceError
 
 _KEY_RE = re.compile(r"^[a-z_]+$")
@@ -80,7 +79,7 @@ def now() -> str:
 def remove_tree(path: Path) -> None:
     # rm knows every file type a delta holds (whiteouts are device nodes) and is what the initramfs uses.
     if path.exists() or path.is_symlink():
-        bootstate.run(["rm", "-rf", "--one-file-system", str(path)])
+        runner.run(["rm", "-rf", "--one-file-system", str(path)])
 
 
 @contextlib.contextmanager
@@ -159,10 +158,9 @@ def used_bytes(path: Path) -> int | None:
     """Disk usage of a tree (du: it counts hard links once and sparse files by their blocks)."""
     if not path.is_dir():
         return None
-    proc = subprocess.run(["du", "-s", "-x", "-B1", str(path)], capture_output=True, text=True, check=False)
     try:
-        return int(proc.stdout.split()[0])
-    except (IndexError, ValueError):
+        return int(runner.run(["du", "-s", "-x", "-B1", str(path)]).split()[0])
+    except (DeviceError, IndexError, ValueError):
         return None
 
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import layout, settings
-from liveng.device import bootstate
+from liveng.device import bootstate, runner
 from liveng.settings import Settings, SettingsError, User
 
 STATE_PATH = "var/lib/liveng/settings.json"
@@ -42,7 +42,7 @@ Runner = Callable[[list[str], str | None], str]
 
 
 def _run(argv: list[str], input_text: str | None = None) -> str:
-    return bootstate.run(argv, input_text)
+    return runner.run(argv, input_text)
 
 
 @dataclass

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootstate, delta, kernel, resize, snapshot, system
-from liveng.device.bootstate import DeviceError, run
+from liveng.device import bootenv, bootstate, delta, kernel, resize, snapshot, system
+from liveng.device.bootstate import DeviceError
+from liveng.device.runner import run
 
 CHUNK = 4 * layout.MiB
 MIN_PERSISTENCE = 256 * layout.MiB
@@ -125,6 +126,11 @@ def source() -> Source:
         order = bootstate.read_state().order
         booted = next((s for s in (kernel.slot_of(e) for e in order) if s), "a")
     return Source(disk=disk, image_id=ident, extents=extents, slot=booted)
+
+
+def new_env(slot: str, mode: str) -> dict[str, str]:
+    """The installed copy's boot state: its copied slot, then the factory kernel, in this system's mode."""
+    return layout.fresh_env(layout.order_to_env([layout.ENTRY_SLOT[slot], layout.ENTRY_FACTORY]), mode)
 
 
 def other_disks_with_id(ident: str, allowed: set[str]) -> list[str]:
@@ -303,10 +309,10 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
                 with delta.persistence_root() as current:
                     snapshot.copy_tree(current / layout.DELTA_DIR, root / layout.DELTA_DIR)
     p1 = by_role[layout.Role.BOOT]
+    mode = bootstate.read_state().mode  # the copy keeps `liveng mode set`
     with _loop(disk, p1.start, p1.size) as dev, _mount(dev, "vfat") as boot:
         # A fresh boot state: the copied slot, then the factory kernel.
-        order = layout.order_to_env([layout.ENTRY_SLOT[src.slot], layout.ENTRY_FACTORY])
-        bootstate.write_env(boot, {layout.ENV_ORDER: order, layout.ENV_TRIES: str(layout.TRIES)})
+        bootenv.write(boot, new_env(src.slot, mode))
     say("writing the boot code and the partition table")
     with open(src.disk, "rb") as f:
         mbr = f.read(layout.ALIGN)
@@ -315,8 +321,9 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         os.pwrite(fd, mbr[layout.SECTOR:p1.start], layout.SECTOR)  # GRUB's core.img, for BIOS
         os.fsync(fd)
         # --no-tell-kernel: this system must not see a second disk with its own partition ids.
-        resize.run_input(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions",
-                          "never", str(disk)], layout.sfdisk_script(src.image_id, extents))
+        run(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions",
+             "never", str(disk)], layout.sfdisk_script(src.image_id, extents))
+        os.sync()
         os.pwrite(fd, mbr[:BOOT_CODE], 0)
         os.fsync(fd)
     finally:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
 from liveng.device import bootstate, system
-from liveng.device.bootstate import DeviceError, run
+from liveng.device.runner import DeviceError, run
 
 ALIGN_SECTORS = layout.ALIGN // layout.SECTOR
 # Less than this to gain is not worth a partition-table write.
@@ -103,17 +102,8 @@ def _sys_block_number(node: str) -> str:
 def _set_size(disk: Path, number: int, size: int) -> None:
     # -N: only this partition's entry changes (one sector: the MBR for p3, p7's EBR for p7).
     # --no-reread: the disk is in use; the kernel is told below, for p7 only.
-    run_input(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
-               "-N", str(number), str(disk)], f",{size}\n")
-
-
-def run_input(argv: list[str], text: str) -> None:
-    try:
-        proc = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise DeviceError(f"{argv[0]} is not installed: this image lacks a package liveng needs") from None
-    if proc.returncode != 0:
-        raise DeviceError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
+         "-N", str(number), str(disk)], f",{size}\n")
     os.sync()
 
 

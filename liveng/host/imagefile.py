@@ -10,7 +10,7 @@ from typing import Any
 from liveng import layout
 from liveng.host import disk
 from liveng.host.errors import CommandError, ImageError
-from liveng.host.runner import output
+from liveng.host.runner import run
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,12 @@ class ImageFile:
 
 
 def fat_file(image: Path, offset: int, path: str) -> bytes:
-    """One file from the FAT partition at ``offset`` (mtools reads the image in place)."""
+    """One file from the FAT partition at ``offset`` (mtools reads the image in place), as bytes."""
     try:
-        text = output(["mtype", "-i", f"{image}@@{offset}", f"::/{path}"], env={"MTOOLS_SKIP_CHECK": "1"})
+        return run(["mtype", "-i", f"{image}@@{offset}", f"::/{path}"], env={"MTOOLS_SKIP_CHECK": "1"},
+                   capture=True).stdout
     except CommandError as exc:
         raise ImageError(f"{image}: cannot read {path} from the boot partition: {exc.stderr.strip()}") from None
-    return text.encode()
 
 
 def open_image(path: Path) -> ImageFile:

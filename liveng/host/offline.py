@@ -146,12 +146,20 @@ def status(image: ImageFile) -> dict[str, Any]:
     table = image.table
     report: dict[str, Any] = {"image_id": table.image_id, "errors": []}
     boot = table.entry(layout.partition(layout.Role.BOOT).number)
-    try:
-        env = grubenv.parse(fat_file(image.path, boot.start, layout.GRUBENV_PATH))
-        report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),
-                          "tries": env.get(layout.ENV_TRIES), "good": env.get(layout.ENV_GOOD)}
-    except (ImageError, grubenv.GrubEnvError) as exc:
-        report["errors"].append(f"boot state: {exc}")
+    copies: list[bytes | None] = []
+    for path in (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH):
+        try:
+            copies.append(fat_file(image.path, boot.start, path))
+        except ImageError:
+            copies.append(None)  # missing (or unreadable): grubenv.choose says so
+    choice = grubenv.choose(*copies)
+    env = choice.env
+    report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),
+                      "tries": env.get(layout.ENV_TRIES), "good": env.get(layout.ENV_GOOD),
+                      "source": choice.source, "damaged": choice.damaged}
+    for copy, why in choice.damaged.items():
+        report["errors"].append(f"boot state: the {copy} copy is damaged ({why}); the device repairs it at "
+                                "its next boot-state change")
     report["settings"] = settings_status(image.path, boot.start)
     slots = {}
     for name, role in layout.SLOTS.items():
@@ -179,7 +187,8 @@ def lines(report: dict[str, Any]) -> list[str]:
     out = []
     if "boot" in report:
         b = report["boot"]
-        out.append(f"boot:    order {' '.join(b['order'])}, tries {b['tries']}, last good {b['good'] or 'none'}")
+        out.append(f"boot:    order {' '.join(b['order'])}, tries {b['tries']}, last good {b['good'] or 'none'} "
+                   f"(from the {b['source']} copy)")
     st = report.get("settings")
     if st:
         if not st["present"]:
