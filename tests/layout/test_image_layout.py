@@ -179,6 +179,9 @@ def test_boot_partition(built: Built) -> None:
     env_block = subprocess.run(["mtype", "-i", spec, "::/boot/grub/grubenv"], capture_output=True, check=True,
                                env=env).stdout
     assert grubenv.parse(env_block) == {"liveng_order": "0 2", "liveng_tries": "3", "liveng_mode": "persistent"}
+    backup = subprocess.run(["mtype", "-i", spec, f"::/{layout.GRUBENV_BACKUP_PATH}"], capture_output=True,
+                            check=True, env=env).stdout
+    assert backup == env_block and len(backup) == grubenv.SIZE
 
 
 def test_bios_boot_code(built: Built) -> None:
@@ -301,6 +304,13 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert main(["inspect", str(image)]) == 0
     assert "settings: INVALID, the device will apply none of it: liveng-settings.toml: hostname: 'X'" in \
         capsys.readouterr().out
+    # A damaged primary grubenv (not UTF-8): the backup is read, and inspect says so.
+    (files / "grubenv").write_bytes(b"\xff" * grubenv.SIZE)
+    sh("mcopy", "-o", "-i", p1, files / "grubenv", f"::/{layout.GRUBENV_PATH}")
+    assert main(["inspect", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "boot:    order slot-a factory, tries 3, last good none (from the backup copy)" in out
+    assert "the primary copy is damaged" in out
 
 
 def test_inspect_rejects_non_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
