@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from liveng import grubenv, layout, settings
-from liveng.device.bootstate import DeviceError
-from liveng.device.delta import parse_request
 from liveng.host.errors import CommandError, ImageError
 from liveng.host.imagefile import ImageFile, fat_file
 from liveng.host.runner import output
+from liveng.requests import RequestError, parse_request
 
 ISO_BLOCK = 2048
 
@@ -110,7 +109,7 @@ def persistence_status(image: Path, offset: int) -> dict[str, Any]:
         body = "\n".join(line for line in text.splitlines() if not line.startswith("debugfs"))
         try:
             pending = parse_request(body).describe().replace(", applied at the next boot", "")
-        except DeviceError as exc:
+        except RequestError as exc:
             pending = str(exc)
     root_names = {name for _, _, name, _ in top.get("/", [])}
     return {"size": size, "free": free,

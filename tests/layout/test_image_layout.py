@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from liveng import grubenv, layout, settings
-from liveng.device.delta import Request
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
 from liveng.host.cli import main
+from liveng.requests import Request
 from tests.layout import fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="liveng build needs root")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
-from liveng.device.delta import Request
+from liveng.requests import Request
 
 SCRIPT = Path(str(resources.files("liveng.device").joinpath("data/initramfs/live-premount/liveng-delta")))
 WRAPPED = ("mv", "rm", "mkdir", "sync")
