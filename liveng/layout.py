@@ -145,11 +145,15 @@ SNAPSHOT_SUFFIX = ".tar.zst"
 # A restore or reset is staged by the running system and switched in by the initramfs at the
 # next boot (liveng/device/data/initramfs/live-premount/liveng-delta), before the overlay exists:
 #   STAGED_DIR   the complete new delta, made and synced before PENDING_PATH is written
-#   PENDING_PATH the request (key=value lines: action=restore|reset, snapshot=, delete_snapshots=0|1)
-#   SWITCH_PATH  the journal: once it exists the switch is rolled forward at every boot until done
+#   PENDING_PATH the request (liveng/requests.py: key=value lines)
+#   SWITCH_PATH  the journal: the request renamed (nothing written, so it works on a full p7); once
+#                the old delta is set aside the switch is rolled forward at every boot until done
 #   OLD_DELTA_DIR the delta being replaced, deleted last
+#   RESET_DELTA_DIR a factory reset confirmed at the boot menu renames the delta here first (no new
+#                inode or block, so it works on a full p7); while it exists every boot finishes the reset
 STAGED_DIR = "liveng/rw.new"
 OLD_DELTA_DIR = "liveng/rw.old"
+RESET_DELTA_DIR = "liveng/rw.reset"
 PENDING_PATH = "liveng/pending"
 SWITCH_PATH = "liveng/switch"
 ACTION_RESTORE = "restore"

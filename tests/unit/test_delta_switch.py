@@ -15,11 +15,13 @@ from liveng import layout
 from liveng.requests import Request
 
 SCRIPT = Path(str(resources.files("liveng.device").joinpath("data/initramfs/live-premount/liveng-delta")))
-WRAPPED = ("mv", "rm", "mkdir", "sync")
-# Each wrapped command counts itself; at CRASH_AT it kills the script (the power goes) instead of running.
+WRAPPED = ("mv", "rm", "mkdir", "sync", "chmod", "chown")
+# Each wrapped command counts itself; at CRASH_AT it kills the script (the power goes) instead of running;
+# at FAIL_AT it fails without doing anything (an I/O error, a full disk).
 WRAPPER = """#!/bin/sh
 n=$(cat "$COUNTER"); n=$((n + 1)); echo "$n" >"$COUNTER"
 if [ "$n" -ge "$CRASH_AT" ]; then kill -9 "$PPID"; exit 1; fi
+if [ "$n" -eq "${{FAIL_AT:-0}}" ]; then echo "{name}: injected failure" >&2; exit 1; fi
 exec /bin/{name} "$@"
 """
 
@@ -52,17 +54,22 @@ def make_p7(root: Path, *, pending: Request | None, staged: bool, cmdline: str =
     return p7
 
 
-def run(root: Path, bin_dir: Path, crash_at: int) -> bool:
-    """Run the script; True if it ran to the end (no simulated power cut)."""
+def run_output(root: Path, bin_dir: Path, crash_at: int = 10**6, fail_at: int = 0) -> str | None:
+    """Run the script; its output if it ran to the end, None if cut by a simulated power cut."""
     counter = root / "counter"
     counter.write_text("0")
     env = {**os.environ, "LIVENG_DELTA_TEST_ROOT": str(root), "COUNTER": str(counter), "CRASH_AT": str(crash_at),
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+           "FAIL_AT": str(fail_at), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
     if proc.returncode == 0:
-        return True
+        return proc.stdout + proc.stderr
     assert proc.returncode == -9, proc.stderr
-    return False
+    return None
+
+
+def run(root: Path, bin_dir: Path, crash_at: int) -> bool:
+    """Run the script; True if it ran to the end (no simulated power cut)."""
+    return run_output(root, bin_dir, crash_at) is not None
 
 
 def delta_state(p7: Path) -> str:
@@ -71,6 +78,7 @@ def delta_state(p7: Path) -> str:
     assert not (p7 / layout.PENDING_PATH).exists()
     assert not (p7 / layout.STAGED_DIR).exists()
     assert not (p7 / layout.OLD_DELTA_DIR).exists()
+    assert not (p7 / layout.RESET_DELTA_DIR).exists()
     files = sorted(str(p.relative_to(p7 / "rw")) for p in (p7 / "rw").rglob("*"))
     if files == ["etc", "etc/marker", "etc/only-old"] and (p7 / "rw/etc/marker").read_text() == "old\n":
         assert (p7 / "work/work").is_dir()  # untouched
