@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
+from liveng.host.rootfs import initramfs_functions
 from liveng.requests import Request
 
 SCRIPT = Path(str(resources.files("liveng.device").joinpath("data/initramfs/live-premount/liveng-delta")))
@@ -51,6 +52,8 @@ def make_p7(root: Path, *, pending: Request | None, staged: bool, cmdline: str =
     if pending:
         (p7 / layout.PENDING_PATH).write_text(pending.text())
     (root / "cmdline").write_text(f"boot=live liveng.id=12ab34cd {cmdline}\n")
+    (root / "scripts").mkdir()
+    (root / "scripts/liveng-functions").write_bytes(initramfs_functions())  # what the image build writes
     return p7
 
 
