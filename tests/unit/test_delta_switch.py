@@ -22,7 +22,7 @@ WRAPPED = ("mv", "rm", "mkdir", "sync", "chmod", "chown")
 WRAPPER = """#!/bin/sh
 n=$(cat "$COUNTER"); n=$((n + 1)); echo "$n" >"$COUNTER"
 if [ "$n" -ge "$CRASH_AT" ]; then kill -9 "$PPID"; exit 1; fi
-if [ "$n" -eq "${{FAIL_AT:-0}}" ]; then echo "{name}: injected failure" >&2; exit 1; fi
+if [ "$n" -eq "${{FAIL_AT:-0}}" ]; then echo "{name}: injected failure" >&2; : >"$COUNTER.failed"; exit 1; fi
 exec /bin/{name} "$@"
 """
 
