@@ -2,7 +2,7 @@
 
 A request is staged whole by the running system: the new delta is made in STAGED_DIR and synced,
 and only then is PENDING_PATH written (temporary name, fsync, rename). The initramfs script
-live-premount/liveng-delta turns it into the journal SWITCH_PATH and switches with renames; it
+live-premount/liveng-delta renames it to the journal SWITCH_PATH and switches with renames; it
 rolls forward from any point a power cut leaves behind, so the next boot has the old delta or the
 new one, never a mix.
 """
@@ -67,7 +67,8 @@ def read_pending(root: Path) -> Request | None:
 
 
 def switch_in_progress(root: Path) -> bool:
-    return (root / layout.SWITCH_PATH).exists()
+    # A boot-menu reset not finished (RESET_DELTA_DIR) is one too: its next boot finishes it first.
+    return (root / layout.SWITCH_PATH).exists() or (root / layout.RESET_DELTA_DIR).exists()
 
 
 def drop_pending(root: Path) -> Request | None:

@@ -159,3 +159,10 @@ def test_status_lines() -> None:
     assert "snapshots:    1 (1.0 MiB), last: s1 2026-01-01T00:00:00Z" in text
     assert "pending:      factory reset" in text and "liveng cancel" in text
     assert "slot B:       empty" in text
+
+
+def test_stage_waits_for_an_unfinished_menu_reset(tmp_path: Path) -> None:
+    (tmp_path / layout.DELTA_DIR).mkdir()
+    (tmp_path / layout.RESET_DELTA_DIR).mkdir(parents=True)
+    with pytest.raises(DeviceError, match="reboot first"):
+        delta.stage(tmp_path, Request(action="reset"), lambda staged: None)

@@ -185,3 +185,17 @@ def test_commit_keeps_the_persistent_paths_through_power_cuts(tmp_path: Path, bi
         if finished:
             break
     assert cuts >= 5
+
+
+def test_a_request_made_after_an_unfinished_reset_is_kept(tmp_path: Path, bin_dir: Path) -> None:
+    """A menu reset made rw but could not delete rw.reset; the reset system then staged a restore:
+    the next boot finishes the reset without taking the newer request with it."""
+    p7 = make_p7(tmp_path, pending=RESTORE, staged=True)
+    (p7 / layout.RESET_DELTA_DIR).mkdir()
+    (p7 / "rw/etc").rename(p7 / layout.RESET_DELTA_DIR / "etc")
+    out = run_output(tmp_path, bin_dir)
+    assert out is not None and "factory reset done" in out
+    assert (p7 / layout.PENDING_PATH).exists() and (p7 / layout.STAGED_DIR).is_dir()
+    assert not any((p7 / "rw").iterdir())
+    assert run(tmp_path, bin_dir, 10**6)
+    assert delta_state(p7) == "new"
