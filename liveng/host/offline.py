@@ -104,7 +104,7 @@ def persistence_status(image: Path, offset: int) -> dict[str, Any]:
         f"/{layout.SNAPSHOT_DIR}", []) if name.endswith(layout.SNAPSHOT_SUFFIX) and not name.startswith("."))
     state = {name for _, _, name, _ in top.get(f"/{layout.DELTA_STATE_DIR}", [])}
     pending = None
-    if "pending" in state:
+    if Path(layout.PENDING_PATH).name in state:
         text = _debugfs(image, offset, [f"cat /{layout.PENDING_PATH}"])
         body = "\n".join(line for line in text.splitlines() if not line.startswith("debugfs"))
         try:
@@ -116,7 +116,9 @@ def persistence_status(image: Path, offset: int) -> dict[str, Any]:
             "delta_bytes": delta_bytes(image, offset) if layout.DELTA_DIR in root_names else 0,
             "booted": layout.DELTA_DIR in root_names,
             "snapshots": [{"name": n, "size": s} for n, s in snaps],
-            "pending": pending, "switch_in_progress": "switch" in state}
+            "pending": pending,
+            # The journal, or a boot-menu reset not finished: the next boot finishes either.
+            "switch_in_progress": bool(state & {Path(layout.SWITCH_PATH).name, Path(layout.RESET_DELTA_DIR).name})}
 
 
 def settings_status(image: Path, offset: int) -> dict[str, Any]:
