@@ -199,3 +199,29 @@ def test_a_request_made_after_an_unfinished_reset_is_kept(tmp_path: Path, bin_di
     assert not any((p7 / "rw").iterdir())
     assert run(tmp_path, bin_dir, 10**6)
     assert delta_state(p7) == "new"
+
+
+@pytest.mark.parametrize("keep", ["/srv/keep/inner,/srv/keep", "/srv/keep,/srv/keep/inner"])
+def test_nested_kept_paths(tmp_path: Path, bin_dir: Path, keep: str) -> None:
+    """A kept path inside another one moves with it, in either order (the inner one moved first
+    was deleted with the outer one's destination)."""
+    commit = Request(action=layout.ACTION_COMMIT, created="2026-01-01T00:00:00Z", keep=keep)
+    p7 = make_p7(tmp_path, pending=commit, staged=True)
+    (p7 / "rw/srv/keep/inner").mkdir(parents=True)
+    (p7 / "rw/srv/keep/data").write_text("outer\n")
+    (p7 / "rw/srv/keep/inner/data").write_text("inner\n")
+    out = run_output(tmp_path, bin_dir)
+    assert out is not None and "commit done" in out
+    assert (p7 / "rw/srv/keep/data").read_text() == "outer\n"
+    assert (p7 / "rw/srv/keep/inner/data").read_text() == "inner\n"
+
+
+def test_journal_without_staged_delta_keeps_the_old_one(tmp_path: Path, bin_dir: Path) -> None:
+    """The journal and the old delta set aside, but the staged one gone: the old one comes back and
+    the switch is not reported done."""
+    p7 = make_p7(tmp_path, pending=None, staged=False)
+    (p7 / layout.SWITCH_PATH).write_text(RESTORE.text())
+    (p7 / "rw").rename(p7 / layout.OLD_DELTA_DIR)
+    out = run_output(tmp_path, bin_dir)
+    assert out is not None and "restore done" not in out and "staged delta is missing" in out
+    assert delta_state(p7) == "old"
