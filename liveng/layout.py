@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import secrets
+import shlex
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -149,11 +150,15 @@ SNAPSHOT_SUFFIX = ".tar.zst"
 # A restore or reset is staged by the running system and switched in by the initramfs at the
 # next boot (liveng/device/data/initramfs/live-premount/liveng-delta), before the overlay exists:
 #   STAGED_DIR   the complete new delta, made and synced before PENDING_PATH is written
-#   PENDING_PATH the request (key=value lines: action=restore|reset, snapshot=, delete_snapshots=0|1)
-#   SWITCH_PATH  the journal: once it exists the switch is rolled forward at every boot until done
+#   PENDING_PATH the request (liveng/requests.py: key=value lines)
+#   SWITCH_PATH  the journal: the request renamed (nothing written, so it works on a full p7); once
+#                the old delta is set aside the switch is rolled forward at every boot until done
 #   OLD_DELTA_DIR the delta being replaced, deleted last
+#   RESET_DELTA_DIR a factory reset confirmed at the boot menu renames the delta here first (no new
+#                inode or block, so it works on a full p7); while it exists every boot finishes the reset
 STAGED_DIR = "liveng/rw.new"
 OLD_DELTA_DIR = "liveng/rw.old"
+RESET_DELTA_DIR = "liveng/rw.reset"
 PENDING_PATH = "liveng/pending"
 SWITCH_PATH = "liveng/switch"
 ACTION_RESTORE = "restore"
@@ -203,6 +208,11 @@ KERNEL_ARG_RESET = "liveng.reset"
 KERNEL_ARG_DTB = "liveng.devicetree"
 
 
+# Where the image keeps the LUKS key file of an encrypted p7 (recipe: persistence.key_file): the
+# initramfs hook puts it into every initramfs made on the device, live-premount/liveng-luks reads it.
+KEY_FILE_PATH = "etc/liveng/persistence.key"
+
+
 class LayoutError(ValueError):
     """An id, label or size that does not fit the layout contract."""
 
@@ -231,12 +241,19 @@ def persistence_label(image_id: str) -> str:
     return PERSISTENCE_LABEL_PREFIX + check_image_id(image_id)
 
 
+PARTUUID_DIR = "/dev/disk/by-partuuid"
+
+
+def partuuid_suffix(number: int) -> str:
+    return f"-{number:02x}"
+
+
 def partuuid(image_id: str, number: int) -> str:
-    return f"{check_image_id(image_id)}-{number:02x}"
+    return f"{check_image_id(image_id)}{partuuid_suffix(number)}"
 
 
 def partuuid_path(image_id: str, role: Role) -> str:
-    return f"/dev/disk/by-partuuid/{partuuid(image_id, partition(role).number)}"
+    return f"{PARTUUID_DIR}/{partuuid(image_id, partition(role).number)}"
 
 
 @dataclass(frozen=True)
@@ -373,3 +390,24 @@ def mode_args(image_id: str, mode: str, delta_cap: str, paths: tuple[str, ...] =
 def fresh_env(order: str, mode: str) -> dict[str, str]:
     """The boot state of a newly made disk (build, liveng install): ``order`` with fresh tries."""
     return {ENV_ORDER: order, ENV_TRIES: str(TRIES), ENV_MODE: mode}
+
+
+def initramfs_constants() -> str:
+    """The layout as shell assignments: the front of the file liveng's initramfs scripts source
+    (written at image build, liveng/host/rootfs.py), so that the shell retypes none of it."""
+    values = {
+        "LIVENG_ARG_ID": KERNEL_ARG_ID, "LIVENG_ARG_MODE": KERNEL_ARG_MODE, "LIVENG_ARG_PATHS": KERNEL_ARG_PATHS,
+        "LIVENG_ARG_RESET": KERNEL_ARG_RESET,
+        "LIVENG_PARTUUID_DIR": PARTUUID_DIR,
+        "LIVENG_SYSTEM_SUFFIX": partuuid_suffix(partition(Role.SYSTEM).number),
+        "LIVENG_PERSISTENCE_SUFFIX": partuuid_suffix(partition(Role.PERSISTENCE).number),
+        "LIVENG_DELTA_DIR": DELTA_DIR, "LIVENG_WORK_DIR": DELTA_WORK_DIR, "LIVENG_STATE_DIR": DELTA_STATE_DIR,
+        "LIVENG_SNAPSHOT_DIR": SNAPSHOT_DIR,
+        "LIVENG_STAGED_DIR": STAGED_DIR, "LIVENG_OLD_DELTA_DIR": OLD_DELTA_DIR,
+        "LIVENG_RESET_DELTA_DIR": RESET_DELTA_DIR, "LIVENG_PENDING_PATH": PENDING_PATH,
+        "LIVENG_SWITCH_PATH": SWITCH_PATH, "LIVENG_PATHS_PATH": PATHS_PATH, "LIVENG_PATHS_WORK_DIR": PATHS_WORK_DIR,
+        "LIVENG_RAM_PERSISTENCE_MOUNT": RAM_PERSISTENCE_MOUNT,
+        "LIVENG_MODE_RAM": MODE_RAM, "LIVENG_MODE_RAM_PATHS": MODE_RAM_PATHS,
+        "LIVENG_KEY_FILE": f"/{KEY_FILE_PATH}",
+    }
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())

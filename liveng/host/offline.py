@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from liveng import grubenv, layout, settings
-from liveng.device.bootstate import DeviceError
-from liveng.device.delta import parse_request
 from liveng.host.errors import CommandError, ImageError
 from liveng.host.imagefile import ImageFile, fat_file
 from liveng.host.runner import output
+from liveng.requests import RequestError, parse_request
 
 ISO_BLOCK = 2048
 
@@ -105,19 +104,21 @@ def persistence_status(image: Path, offset: int) -> dict[str, Any]:
         f"/{layout.SNAPSHOT_DIR}", []) if name.endswith(layout.SNAPSHOT_SUFFIX) and not name.startswith("."))
     state = {name for _, _, name, _ in top.get(f"/{layout.DELTA_STATE_DIR}", [])}
     pending = None
-    if "pending" in state:
+    if Path(layout.PENDING_PATH).name in state:
         text = _debugfs(image, offset, [f"cat /{layout.PENDING_PATH}"])
         body = "\n".join(line for line in text.splitlines() if not line.startswith("debugfs"))
         try:
             pending = parse_request(body).describe().replace(", applied at the next boot", "")
-        except DeviceError as exc:
+        except RequestError as exc:
             pending = str(exc)
     root_names = {name for _, _, name, _ in top.get("/", [])}
     return {"size": size, "free": free,
             "delta_bytes": delta_bytes(image, offset) if layout.DELTA_DIR in root_names else 0,
             "booted": layout.DELTA_DIR in root_names,
             "snapshots": [{"name": n, "size": s} for n, s in snaps],
-            "pending": pending, "switch_in_progress": "switch" in state}
+            "pending": pending,
+            # The journal, or a boot-menu reset not finished: the next boot finishes either.
+            "switch_in_progress": bool(state & {Path(layout.SWITCH_PATH).name, Path(layout.RESET_DELTA_DIR).name})}
 
 
 def settings_status(image: Path, offset: int) -> dict[str, Any]:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from liveng import grubenv, layout, settings
-from liveng.device.delta import Request
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
 from liveng.host.cli import main
+from liveng.requests import Request
 from tests.layout import fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="liveng build needs root")
@@ -291,7 +291,12 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert st["persistence"]["delta_bytes"] == 5000 and st["persistence"]["booted"]
     assert st["persistence"]["snapshots"] == [{"name": "s1", "size": 3000}]
     assert st["persistence"]["pending"].startswith("restore of snapshot s1")
-    assert st["errors"] == []
+    assert st["errors"] == [] and not st["persistence"]["switch_in_progress"]
+    # A boot-menu reset not finished (its rw.reset left) is a switch the next boot finishes.
+    script.write_text(f"mkdir {layout.RESET_DELTA_DIR}\n")
+    sh("debugfs", "-w", "-f", script, target)
+    assert main(["inspect", "--json", str(image)]) == 0
+    assert json.loads(capsys.readouterr().out)["status"]["persistence"]["switch_in_progress"]
     # The owner's settings on p1, as inspect sees them: what they set, secrets not yet applied, invalid.
     p1 = f"{image}@@{int(str(partitions(image)[1]['start'])) * 512}"
     (files / "settings").write_text('hostname = "x"\n[[users]]\nname = "pi"\npassword_hash = "$6$a$b"\n')
