@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import layout, settings
-from liveng.device import bootstate
+from liveng.device import bootstate, userfiles
 from liveng.settings import Settings, SettingsError, User
 
 STATE_PATH = "var/lib/liveng/settings.json"
@@ -221,16 +221,15 @@ def _authorized_keys(user: User, system: System) -> None:
     if account is None:
         raise SettingsError(f"user {user.name} was not created (useradd)")
     owner = (account.uid, account.gid)
-    ssh_dir = f"{account.home.strip('/')}/.ssh"
-    directory = system.path(ssh_dir)
-    if not directory.is_dir():
-        directory.mkdir(mode=0o700, parents=True)
-        os.chown(directory, *owner)
-    keys = system.path(f"{ssh_dir}/authorized_keys")
-    lines = keys.read_text().splitlines() if keys.exists() else []
-    missing = [k for k in user.ssh_keys if k not in lines]
-    if missing:
-        _write(system, f"{ssh_dir}/authorized_keys", "\n".join(lines + missing) + "\n", 0o600, owner)
+    # The user owns ~ and ~/.ssh: nothing in there is followed (userfiles).
+    with userfiles.user_dir(system.root, account.home, ".ssh", owner) as ssh_dir:
+        keys = f"{account.home.rstrip('/')}/.ssh/authorized_keys"
+        lines = userfiles.read_text(ssh_dir, "authorized_keys", keys).splitlines()
+        missing = [k for k in user.ssh_keys if k not in lines]
+        if missing:
+            userfiles.write_file(ssh_dir, "authorized_keys", ("\n".join(lines + missing) + "\n").encode(), 0o600,
+                                 owner)
+            system.changes.append(keys)
 
 
 def _wifi(s: Settings, system: System) -> None:
