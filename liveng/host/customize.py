@@ -12,6 +12,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from liveng import settings
+from liveng.host import treecopy
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Ram, Recipe, User
@@ -180,14 +181,7 @@ def memory(tree: Path, ram: Ram) -> None:
 
 def copy_files(tree: Path, recipe: Recipe) -> None:
     for f in recipe.files:
-        dest = tree / f.destination.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if f.source.is_dir():
-            shutil.copytree(f.source, dest, symlinks=True, dirs_exist_ok=True)
-        else:
-            shutil.copy2(f.source, dest)
-        if f.mode is not None:
-            dest.chmod(f.mode)
+        treecopy.copy_into(tree, f.source, f.destination, f.mode)
 
 
 def first_boot_identity(tree: Path) -> None:
