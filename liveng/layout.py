@@ -212,7 +212,7 @@ def new_image_id() -> str:
 
 
 def check_image_id(image_id: str) -> str:
-    if not ID_RE.match(image_id):
+    if not ID_RE.fullmatch(image_id):
         raise LayoutError(f"image id {image_id!r} is not 8 lowercase hex digits")
     return image_id
 
@@ -340,11 +340,20 @@ def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:
     return " ".join(args)
 
 
+def reserved_arg(arg: str) -> bool:
+    """A kernel argument that liveng sets itself (kernel_cmdline, mode_args) or reads (liveng.*): a recipe
+    that adds one would change the boot (liveng.reset=yes: a reset at every boot)."""
+    name = arg.split("=", 1)[0]
+    sample = kernel_cmdline("00000001") + " " + mode_args("00000001", MODE_RAM_PATHS, "50%", ("/srv",))
+    own = {a.split("=", 1)[0] for a in sample.split()}
+    return name in own or name.startswith(("liveng.", "persistence", "live-media")) or name in ("toram", "boot")
+
+
 def check_persistent_path(path: str) -> str:
     """An absolute directory path that can be a persistent path (no /, no .., nothing a shell or the
     kernel command line would split)."""
     parts = path.split("/")[1:]
-    if not PATH_RE.match(path) or any(p in (".", "..") for p in parts):
+    if not PATH_RE.fullmatch(path) or any(p in (".", "..") for p in parts):
         raise LayoutError(f"{path!r} is not an absolute directory path made of letters, digits and . _ @ + -")
     if parts[0] in ("proc", "sys", "dev", "run", "tmp", "boot"):
         raise LayoutError(f"{path!r}: /{parts[0]} is not part of the delta and cannot be a persistent path")

@@ -31,7 +31,7 @@ def run(argv: list[str], input_text: str | None = None) -> str:
 
 def image_id() -> str:
     value = system.cmdline_args().get(layout.KERNEL_ARG_ID)
-    if not value or not layout.ID_RE.match(value):
+    if not value or not layout.ID_RE.fullmatch(value):
         raise DeviceError("this system was not booted by a liveng boot loader (no liveng.id= on the kernel "
                           "command line)")
     return value

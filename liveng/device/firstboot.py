@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from liveng import layout, settings
+from liveng import boundedread, layout, settings
 from liveng.device import bootstate, userfiles
 from liveng.settings import Settings, SettingsError, User
 
@@ -333,8 +333,15 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
     source = f"{layout.SETTINGS_PATH} on the boot partition"
     with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
         path = boot / layout.SETTINGS_PATH
-        raw = path.read_bytes() if path.is_file() else None
+        try:
+            raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP) if path.is_file() else None
+            unreadable = None
+        except boundedread.ReadError as exc:
+            raw, unreadable = None, SettingsError(f"{source}: {exc.reason}")
         error_note = (boot / layout.SETTINGS_ERROR_PATH).exists()
+    if unreadable is not None:
+        _note_error(str(unreadable))
+        raise unreadable
     if raw is None:
         return Outcome(False, f"no {layout.SETTINGS_PATH} on the boot partition: nothing to apply")
     digest = settings.digest(raw)
@@ -383,7 +390,11 @@ def check_file(path: Path | None, system: System | None = None) -> Settings:
             raw = (boot / layout.SETTINGS_PATH).read_bytes()
         source = f"{layout.SETTINGS_PATH} on the boot partition"
     else:
-        raw, source = path.read_bytes(), str(path)
+        try:
+            raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP)
+        except boundedread.ReadError as exc:
+            raise SettingsError(str(exc)) from None
+        source = str(path)
     _, s = decode_file(raw, source)
     check(s, system, source)
     return s

@@ -150,13 +150,21 @@ def status(image: ImageFile) -> dict[str, Any]:
         env = grubenv.parse(fat_file(image.path, boot.start, layout.GRUBENV_PATH))
         report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),
                           "tries": env.get(layout.ENV_TRIES), "good": env.get(layout.ENV_GOOD)}
-    except (ImageError, grubenv.GrubEnvError) as exc:
-        report["errors"].append(f"boot state: {exc}")
+    except (ImageError, ValueError) as exc:  # GrubEnvError, and a file that is not UTF-8
+        report["errors"].append(f"boot state: {layout.GRUBENV_PATH} is damaged ({exc}); GRUB falls back to "
+                                "slot A until the device rewrites it")
     report["settings"] = settings_status(image.path, boot.start)
     slots = {}
     for name, role in layout.SLOTS.items():
         raw = iso_file(image.path, table.entry(layout.partition(role).number).start, layout.SLOT_INFO_PATH)
-        info = json.loads(raw) if raw else {}
+        try:
+            info = json.loads(raw) if raw else {}
+        except ValueError as exc:
+            info = exc
+        if not isinstance(info, dict):
+            report["errors"].append(f"slot {name}: {layout.SLOT_INFO_PATH} is damaged: the slot cannot be trusted "
+                                    "(a kernel update rewrites it)")
+            info = {}
         slots[name] = {"kernel": info.get("kernel"), "written": info.get("written")}
     report["slots"] = slots
     p7 = table.entry(layout.partition(layout.Role.PERSISTENCE).number).start

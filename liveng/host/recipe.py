@@ -155,6 +155,9 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         for i, a in enumerate(args):
             if not a or any(ch.isspace() for ch in a) or any(ch in a for ch in "\"'$;{}"):
                 raise c.fail(f"cmdline[{i}]", f"{a!r} must be one kernel argument without spaces, quotes, $ ; {{ }}")
+            if layout.reserved_arg(a):
+                raise c.fail(f"cmdline[{i}]", f"{a!r} is an argument liveng sets itself (boot, persistence, modes, "
+                             "liveng.*): use the recipe's own keys ([ram] mode...) instead")
         kw["cmdline"] = args
     if "autologin" in data:
         kw["autologin"] = c.boolean("autologin", data["autologin"])
