@@ -33,6 +33,9 @@ MiB = 1024 * 1024
 ALIGN = MiB
 
 LAYOUT_VERSION = 1
+# An MBR entry holds 32-bit sector numbers: nothing of liveng's may end past 2 TiB. On a bigger disk
+# the rest stays unused (sfdisk would silently wrap a larger size).
+MBR_MAX_SECTORS = 2**32
 
 
 class Role(Enum):
