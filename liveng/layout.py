@@ -130,6 +130,9 @@ EFI_BOOT_DIR = "EFI/BOOT"
 # liveng-settings.service; a file that cannot be applied gets the reason written beside it.
 SETTINGS_PATH = "liveng-settings.toml"
 SETTINGS_ERROR_PATH = "liveng-settings-error.txt"
+# On p7 in DELTA_STATE_DIR (outside the delta, which a reset discards): what applying the file again
+# after a reset needs and p1 no longer holds (the Wi-Fi key derived from the removed passphrase).
+SETTINGS_KEPT_NAME = "settings-kept.json"
 # arm64: the kernel's device trees beside it (in each slot and on p2), as dtbs/<vendor>/<board>.dtb,
 # so that a kernel update also updates the device tree. Only the boards liveng boots by itself
 # (the Raspberry Pi family); other arm64 machines bring their own device tree or ACPI.

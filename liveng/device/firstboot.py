@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import boundedread, layout, settings
-from liveng.device import bootstate, userfiles
+from liveng.device import bootstate, settingsfiles, userfiles
 from liveng.settings import Settings, SettingsError, User
 
 STATE_PATH = "var/lib/liveng/settings.json"
@@ -52,6 +52,7 @@ class System:
     root: Path = Path("/")
     run: Runner = _run
     live: bool = True  # set the host name now, start and stop services
+    kept: Path | None = None  # liveng's directory on p7, outside the delta (settingsfiles)
     changes: list[str] = field(default_factory=list)
 
     def path(self, rel: str) -> Path:
@@ -126,7 +127,8 @@ def _supported_line(system: System, locale: str) -> str | None:
 
 def _kept_psk(system: System, ssid: str) -> str | None:
     conf = system.path(settings.WIFI_CONF_PATH)
-    return settings.existing_psk(conf.read_text(), ssid) if conf.exists() else None
+    psk = settings.existing_psk(conf.read_text(), ssid) if conf.exists() else None
+    return psk or settingsfiles.kept_psk(system.kept, ssid)  # after a reset: from p7, outside the delta
 
 
 def _write(system: System, rel: str, text: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
@@ -239,6 +241,8 @@ def _wifi(s: Settings, system: System) -> None:
         psk = _kept_psk(system, wifi.ssid)
     else:
         psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+        if psk is not None:
+            settingsfiles.keep_psk(system.kept, wifi.ssid, psk)
     if _write(system, settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600) and system.live:
         # Interfaces already up take the new network; at boot none is up yet (they wait for this service).
         for iface in sorted(p.parent.name for p in Path("/sys/class/net").glob("*/wireless")):
@@ -330,18 +334,18 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
     except bootstate.DeviceError as exc:  # the settings still get their turn
         print(f"liveng: warning: the configured locale could not be generated: {exc}", file=sys.stderr)
     _wait_for_boot_partition()
+    with settingsfiles.kept_dir(system.live and system.kept is None) as kept:
+        system.kept = system.kept or kept
+        return _apply_from(system, force)
+
+
+def _apply_from(system: System, force: bool) -> Outcome:
     source = f"{layout.SETTINGS_PATH} on the boot partition"
-    with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
-        path = boot / layout.SETTINGS_PATH
-        try:
-            raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP) if path.is_file() else None
-            unreadable = None
-        except boundedread.ReadError as exc:
-            raw, unreadable = None, SettingsError(f"{source}: {exc.reason}")
-        error_note = (boot / layout.SETTINGS_ERROR_PATH).exists()
-    if unreadable is not None:
-        _note_error(str(unreadable))
-        raise unreadable
+    try:
+        raw, error_note = settingsfiles.read_boot_file()
+    except boundedread.ReadError as exc:
+        _note_error(f"{source}: {exc.reason}")
+        raise SettingsError(f"{source}: {exc.reason}") from None
     if raw is None:
         return Outcome(False, f"no {layout.SETTINGS_PATH} on the boot partition: nothing to apply")
     digest = settings.digest(raw)
@@ -362,7 +366,7 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
         with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
             if secrets:
                 redacted = settings.redact(text, f"applied {now()} and removed from this file")
-                bootstate.write_atomic(boot / layout.SETTINGS_PATH, redacted.encode())
+                settingsfiles.replace_wiping(boot, redacted.encode())
                 digest = settings.digest(redacted.encode())
             (boot / layout.SETTINGS_ERROR_PATH).unlink(missing_ok=True)
     write_state(system, {"digest": digest, "applied": now(), "changes": changes})
