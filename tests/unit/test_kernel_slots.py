@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from liveng.device.bootstate import BootState
+import pytest
+
+from liveng.device import bootstate, kernel, slots
+from liveng.device.bootstate import BootState, DeviceError
 from liveng.device.kernel import confirmed_order, normalized, target_slot
 
 
@@ -39,3 +42,18 @@ def test_good_boot_drops_only_broken_entries_in_front() -> None:
     assert confirmed_order(order, "slot-a", lambda e: False) == order
     # An entry the order does not list (chosen by hand) does not become the preferred one.
     assert confirmed_order(("slot-a", "factory"), "slot-b", lambda e: True) == ("slot-a", "factory")
+
+
+def test_rollback_refuses_a_damaged_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    updates: list[dict[str, object]] = []
+    monkeypatch.setattr(bootstate, "read_state", lambda: state("slot-a slot-b factory"))
+    monkeypatch.setattr(bootstate, "update_state", lambda **kw: updates.append(kw))
+    monkeypatch.setattr(kernel, "booted_entry", lambda: "slot-a")
+    monkeypatch.setattr(slots, "read_slot", lambda name: slots.SlotInfo(name, "6.12.9", "now", {"x": "0" * 64}))
+    monkeypatch.setattr(slots, "intact", lambda name: False)
+    with pytest.raises(DeviceError, match=r"slot B .* is damaged: its files do not match"):
+        kernel.rollback()
+    assert updates == []
+    monkeypatch.setattr(slots, "intact", lambda name: name == "b")
+    assert "slot B (kernel 6.12.9) boots next" in kernel.rollback()
+    assert updates and updates[0]["order"][0] == "slot-b"  # type: ignore[index]
