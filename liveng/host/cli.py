@@ -99,7 +99,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_flash(args: argparse.Namespace) -> int:
     from liveng.host.flash import flash
 
-    print(f"liveng: {flash(args.image, args.device, force=args.force)}")
+    print(f"liveng: {flash(args.image, args.device, force=args.force, yes=args.yes)}")
     return 0
 
 
@@ -161,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("device", type=Path, help="the whole disk, e.g. /dev/sdb or /dev/mmcblk0 (see lsblk), or a file")
     p.add_argument("--force", action="store_true",
                    help="write even a disk that is in use or holds the running system")
+    p.add_argument("--yes", action="store_true",
+                   help="write a fixed (non-removable) disk without asking")
     p.set_defaults(func=cmd_flash)
 
     st = sub.add_parser("settings", help="first-boot settings files (liveng-settings.toml on p1)")
