@@ -133,6 +133,8 @@ SETTINGS_ERROR_PATH = "liveng-settings-error.txt"
 # On p7 in DELTA_STATE_DIR (outside the delta, which a reset discards): what applying the file again
 # after a reset needs and p1 no longer holds (the Wi-Fi key derived from the removed passphrase).
 SETTINGS_KEPT_NAME = "settings-kept.json"
+# In the image: "no" when the recipe turned the settings file on p1 off ([settings] from_boot_partition).
+SETTINGS_POLICY_PATH = "etc/liveng/settings-from-boot-partition"
 # arm64: the kernel's device trees beside it (in each slot and on p2), as dtbs/<vendor>/<board>.dtb,
 # so that a kernel update also updates the device tree. Only the boards liveng boots by itself
 # (the Raspberry Pi family); other arm64 machines bring their own device tree or ACPI.

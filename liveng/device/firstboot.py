@@ -333,10 +333,20 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
         ensure_locale(system)
     except bootstate.DeviceError as exc:  # the settings still get their turn
         print(f"liveng: warning: the configured locale could not be generated: {exc}", file=sys.stderr)
+    if not boot_partition_allowed(system):
+        return Outcome(False, f"this image was built with [settings] from_boot_partition = false: "
+                       f"{layout.SETTINGS_PATH} on the boot partition is ignored (change settings on the system)")
     _wait_for_boot_partition()
     with settingsfiles.kept_dir(system.live and system.kept is None) as kept:
         system.kept = system.kept or kept
         return _apply_from(system, force)
+
+
+def boot_partition_allowed(system: System) -> bool:
+    try:
+        return system.path(layout.SETTINGS_POLICY_PATH).read_text().strip() != "no"
+    except FileNotFoundError:  # an image built before the switch existed
+        return True
 
 
 def _apply_from(system: System, force: bool) -> Outcome:

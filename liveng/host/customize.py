@@ -11,7 +11,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from liveng import settings
+from liveng import layout, settings
 from liveng.host import treecopy
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
@@ -317,6 +317,9 @@ def device_settings(tree: Path, recipe: Recipe) -> None:
         wifi = recipe.wifi
         psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
         _write(tree / settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600)
+    policy = tree / layout.SETTINGS_POLICY_PATH
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    _write(policy, "yes\n" if recipe.settings_from_boot_partition else "no\n")
 
 
 def _enable_locale(tree: Path, locale: str) -> None:

@@ -107,6 +107,13 @@ class Recipe:
     wifi: Wifi | None = None
     ssh: Ssh | None = None
     persistence: Persistence = field(default_factory=Persistence)
+    boot_settings: bool | None = None  # [settings] from_boot_partition; None: the default below
+
+    @property
+    def settings_from_boot_partition(self) -> bool:
+        """Whether the device applies liveng-settings.toml from p1. Default: yes, but not with encrypted
+        persistence, where the file would let anyone holding the card for a minute add a root key."""
+        return self.boot_settings if self.boot_settings is not None else not self.persistence.encrypted
 
     @property
     def arch(self) -> str:
@@ -118,7 +125,7 @@ class Recipe:
         return Settings(**{name: getattr(self, name) for name in settings.KEYS})
 
 
-_TOP_KEYS = {f.name for f in fields(Recipe)} - {"path"}
+_TOP_KEYS = ({f.name for f in fields(Recipe)} - {"path", "boot_settings"}) | {"settings"}
 
 
 def _checker(path: str) -> Checker:
@@ -171,6 +178,11 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["files"] = tuple(_file(c, f"files[{i}]", t, base) for i, t in enumerate(c.tables("files", data["files"])))
     if "persistence" in data:
         kw["persistence"] = _persistence(c, c.table("persistence", data["persistence"]), base)
+    if "settings" in data:
+        table = c.table("settings", data["settings"])
+        c.unknown(table, {"from_boot_partition"}, "settings")
+        if "from_boot_partition" in table:
+            kw["boot_settings"] = c.boolean("settings.from_boot_partition", table["from_boot_partition"])
     return Recipe(**kw)
 
 

@@ -83,3 +83,25 @@ def test_no_secret_stays_in_the_free_clusters(tmp_path: Path, monkeypatch: pytes
     raw = image.read_bytes()
     assert b"very secret" not in raw and b"$6$salt$hash" not in raw
     assert b'hostname = "kiosk"' in raw
+
+
+def test_recipe_can_turn_the_settings_file_off(tmp_path: Path, p1: BootPartition) -> None:
+    from liveng.host import customize, recipe
+
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 64)
+    luks = f'[persistence]\nencryption = "luks2"\nkey_file = "{key}"\n'
+    assert recipe.loads("", "r.toml", None).settings_from_boot_partition
+    assert not recipe.loads(luks, "r.toml", None).settings_from_boot_partition  # encrypted: off by default
+    assert recipe.loads(luks + "[settings]\nfrom_boot_partition = true\n", "r.toml", None).settings_from_boot_partition
+    off = recipe.loads("[settings]\nfrom_boot_partition = false\n", "r.toml", None)
+    root = make_root(tmp_path)
+    customize.device_settings(root, off)
+    assert (root / layout.SETTINGS_POLICY_PATH).read_text() == "no\n"
+    (p1.path / layout.SETTINGS_PATH).write_text(GOOD)
+    sys_, rec = system(root)
+    outcome = firstboot.apply_boot_partition(system=sys_)
+    assert not outcome.applied and "from_boot_partition = false" in outcome.message
+    assert rec.calls == [] and p1.writable == [] and (root / "etc/hostname").read_text() == "liveng\n"
+    customize.device_settings(root, recipe.loads("", "r.toml", None))
+    assert firstboot.apply_boot_partition(system=sys_).applied
