@@ -116,6 +116,10 @@ def check(s: Settings, system: System, source: str) -> None:
                        "name")
         if user.sudo and SUDO_GROUP not in groups(system):
             raise fail(f"users[{i}].sudo", "this image has no sudo: build it with sudo in the recipe's packages")
+        if account is not None and user.ssh_keys:
+            problem = userfiles.unsafe(system.root, account.home, account.uid)
+            if problem:
+                raise fail(f"users[{i}].ssh_keys", problem)
 
 
 def _supported_line(system: System, locale: str) -> str | None:
@@ -354,7 +358,7 @@ def _apply_from(system: System, force: bool) -> Outcome:
     try:
         raw, error_note = settingsfiles.read_boot_file()
     except boundedread.ReadError as exc:
-        _note_error(f"{source}: {exc.reason}")
+        settingsfiles.note_error(now(), f"{source}: {exc.reason}")
         raise SettingsError(f"{source}: {exc.reason}") from None
     if raw is None:
         return Outcome(False, f"no {layout.SETTINGS_PATH} on the boot partition: nothing to apply")
@@ -366,7 +370,7 @@ def _apply_from(system: System, force: bool) -> Outcome:
         text, s = decode_file(raw, source)
         check(s, system, source)
     except SettingsError as exc:
-        _note_error(str(exc))
+        settingsfiles.note_error(now(), str(exc))
         raise
     changes = apply(s, system)
     os.sync()  # the applied settings are on p7 before the secrets leave p1
@@ -383,17 +387,6 @@ def _apply_from(system: System, force: bool) -> Outcome:
     os.sync()
     what = ", ".join(changes) if changes else "nothing needed changing"
     return Outcome(True, f"applied {layout.SETTINGS_PATH}: {what}")
-
-
-def _note_error(message: str) -> None:
-    """The reason, next to the file on p1, for an owner who has no console."""
-    text = (f"liveng did NOT apply {layout.SETTINGS_PATH} at {now()}: nothing was changed.\r\n{message}\r\n"
-            "Fix the file and boot again.\r\n")
-    try:
-        with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
-            bootstate.write_atomic(boot / layout.SETTINGS_ERROR_PATH, text.encode())
-    except (bootstate.DeviceError, OSError):
-        pass  # the console and the journal have it anyway
 
 
 def check_file(path: Path | None, system: System | None = None) -> Settings:

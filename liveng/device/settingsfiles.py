@@ -117,3 +117,14 @@ def _read(boot: Path) -> tuple[bytes | None, bool]:
     path = boot / layout.SETTINGS_PATH
     raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP) if path.is_file() else None
     return raw, (boot / layout.SETTINGS_ERROR_PATH).exists()
+
+
+def note_error(when: str, message: str) -> None:
+    """The reason, next to the file on p1, for an owner who has no console."""
+    text = (f"liveng did NOT apply {layout.SETTINGS_PATH} at {when}: nothing was changed.\r\n{message}\r\n"
+            "Fix the file and boot again.\r\n")
+    try:
+        with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
+            bootstate.write_atomic(boot / layout.SETTINGS_ERROR_PATH, text.encode())
+    except (bootstate.DeviceError, OSError):
+        pass  # the console and the journal have it anyway

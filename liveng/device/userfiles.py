@@ -97,3 +97,16 @@ def write_file(dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int,
             os.unlink(tmp, dir_fd=dir_fd)
         raise
     os.fsync(dir_fd)
+
+
+def unsafe(root: Path, home: str, uid: int) -> str | None:
+    """Why keys cannot be added under ``home`` (a link or someone else's ~/.ssh), checked before anything
+    is applied; write_file refuses the same things again, race or not."""
+    ssh = root / home.strip("/") / ".ssh"
+    for path, shown in ((root / home.strip("/"), home), (ssh, f"{home}/.ssh"),
+                        (ssh / "authorized_keys", f"{home}/.ssh/authorized_keys")):
+        if path.is_symlink():
+            return f"{shown} is a symbolic link: move it away"
+    if ssh.is_dir() and ssh.lstat().st_uid != uid:
+        return f"{home}/.ssh belongs to uid {ssh.lstat().st_uid}, not to its user (uid {uid}): fix its owner"
+    return None

@@ -200,7 +200,7 @@ def lines(report: dict[str, Any]) -> list[str]:
             secrets = "; holds secrets: not applied yet" if st["secrets"] else ""
             out.append(f"settings: {layout.SETTINGS_PATH} sets {', '.join(st['sets'])}{secrets}")
         if st["device_error"]:
-            why = st["device_error"].splitlines()  # when, the reason, what to do (firstboot._note_error)
+            why = st["device_error"].splitlines()  # when, the reason, what to do (settingsfiles.note_error)
             out.append(f"settings: the device could not apply it: {why[1] if len(why) > 1 else why[0]}")
     for name, s in report["slots"].items():
         out.append(f"slot {name.upper()}:  " + (f"kernel {s['kernel']}, written {s['written']}" if s["kernel"]

@@ -268,3 +268,13 @@ def test_authorized_keys_never_follow_the_users_links(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"/home/pi/\.ssh belongs to uid 2000"):
         firstboot.apply(s, system(root)[0])
     assert list(ssh.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another user")
+def test_check_refuses_a_linked_ssh_dir_before_applying_anything(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    home = _user_pi(root)
+    (home / ".ssh").symlink_to(root / "etc")
+    s = settings.loads(f'hostname = "x"\n[[users]]\nname = "pi"\nssh_keys = ["{KEY}"]', "f")
+    with pytest.raises(SettingsError, match=r"users\[0\]\.ssh_keys: /home/pi/\.ssh is a symbolic link"):
+        firstboot.check(s, system(root)[0], "f")
