@@ -104,13 +104,16 @@ def cmd_flash(args: argparse.Namespace) -> int:
 
 
 def cmd_settings_check(args: argparse.Namespace) -> int:
-    from liveng import settings
+    from liveng import boundedread, settings
     from liveng.host.errors import UsageError
 
     try:
-        parsed = settings.loads(args.file.read_text(encoding="utf-8"), str(args.file))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{args.file}: cannot read it: {exc}") from None
+        raw = boundedread.read_regular(args.file, boundedread.SETTINGS_CAP)
+        parsed = settings.loads(raw.decode("utf-8"), str(args.file))
+    except boundedread.ReadError as exc:
+        raise UsageError(f"{args.file}: cannot read it: {exc.reason}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file}: not UTF-8 text: save it as UTF-8") from None
     except settings.SettingsError as exc:
         raise UsageError(str(exc)) from None
     print(f"liveng: {args.file}: valid" + (" (sets nothing)" if parsed.empty else "") +

@@ -85,3 +85,10 @@ def test_inspect_reports_damaged_files(tmp_path: Path, monkeypatch: pytest.Monke
     report = offline.status(imagefile.open_image(image))
     assert any(e.startswith("boot state: boot/grub/grubenv is damaged") for e in report["errors"])
     assert any(e.startswith("slot a: liveng/slot.json is damaged") for e in report["errors"])
+
+
+def test_host_settings_check_refuses_special_files(capsys: pytest.CaptureFixture[str]) -> None:
+    from liveng.host.cli import main
+
+    assert main(["settings", "check", "/dev/zero"]) == 2
+    assert "/dev/zero: cannot read it: not a regular file" in capsys.readouterr().err
