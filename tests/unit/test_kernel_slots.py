@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from liveng import layout
 from liveng.device import bootstate, kernel, slots
 from liveng.device.bootstate import BootState, DeviceError
 from liveng.device.kernel import confirmed_order, normalized, target_slot
@@ -57,3 +62,19 @@ def test_rollback_refuses_a_damaged_slot(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(slots, "intact", lambda name: name == "b")
     assert "slot B (kernel 6.12.9) boots next" in kernel.rollback()
     assert updates and updates[0]["order"][0] == "slot-b"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("text", ["[]", '{"files": 3}', "{not json"])
+def test_a_damaged_slot_json_reads_as_an_empty_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    text: str) -> None:
+    (tmp_path / "liveng").mkdir()
+    (tmp_path / layout.SLOT_INFO_PATH).write_text(text)
+
+    @contextlib.contextmanager
+    def mounted(role: layout.Role, fstype: str) -> Iterator[Path]:
+        yield tmp_path
+
+    monkeypatch.setattr(slots, "device_path", lambda role: tmp_path / "dev")
+    monkeypatch.setattr(slots, "run", lambda argv: "iso9660\n")
+    monkeypatch.setattr(slots, "mounted", mounted)
+    assert slots.read_slot("b") == slots.SlotInfo("b", None, None, {})
