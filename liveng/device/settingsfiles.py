@@ -71,7 +71,8 @@ def keep_psk(kept: Path | None, ssid: str, psk: str) -> None:
 
 
 def _pending(boot: Path) -> Path:
-    return boot / f".{layout.SETTINGS_PATH}.redacted"
+    # No leading dot: write_atomic adds its own, and a name starting with ".." is best kept off FAT.
+    return boot / f"{layout.SETTINGS_PATH.removesuffix('.toml')}.redacted"
 
 
 def replace_wiping(boot: Path, data: bytes) -> None:

@@ -41,7 +41,7 @@ def test_a_reset_device_comes_back_reachable(tmp_path: Path, p1: BootPartition) 
 
 def test_an_interrupted_redaction_is_finished(tmp_path: Path) -> None:
     (tmp_path / layout.SETTINGS_PATH).write_text("secret = 1\n")
-    (tmp_path / f".{layout.SETTINGS_PATH}.redacted").write_text("# redacted\n")
+    (tmp_path / "liveng-settings.redacted").write_text("# redacted\n")
     assert settingsfiles.finish_redaction(tmp_path)
     assert (tmp_path / layout.SETTINGS_PATH).read_text() == "# redacted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [layout.SETTINGS_PATH]
