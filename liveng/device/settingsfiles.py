@@ -28,17 +28,16 @@ from liveng.device.bootstate import DeviceError
 @contextlib.contextmanager
 def kept_dir(live: bool) -> Iterator[Path | None]:
     """liveng's directory on p7 (outside the delta), or None when p7 cannot be reached (locked...)."""
-    if not live:
-        yield None
-        return
-    try:
-        # Read-only unless live-boot mounted it writable (persistent mode): a RAM boot leaves p7 alone.
-        with delta.persistence_root(writable=False) as root:
-            yield root / layout.DELTA_STATE_DIR
-            return
-    except DeviceError as exc:
-        print(f"liveng: warning: {exc}: the Wi-Fi key is not kept for a reset", file=sys.stderr)
-    yield None
+    with contextlib.ExitStack() as stack:
+        root = None
+        if live:
+            try:
+                # Read-only unless live-boot mounted it writable (persistent mode): a RAM boot leaves p7 alone.
+                root = stack.enter_context(delta.persistence_root(writable=False))
+            except DeviceError as exc:
+                print(f"liveng: warning: {exc}: the Wi-Fi key is not kept for a reset", file=sys.stderr)
+        # Outside the try: an error of the caller's goes out as it came.
+        yield root / layout.DELTA_STATE_DIR if root is not None else None
 
 
 def kept_psk(kept: Path | None, ssid: str) -> str | None:

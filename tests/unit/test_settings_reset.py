@@ -105,3 +105,24 @@ def test_recipe_can_turn_the_settings_file_off(tmp_path: Path, p1: BootPartition
     assert rec.calls == [] and p1.writable == [] and (root / "etc/hostname").read_text() == "liveng\n"
     customize.device_settings(root, recipe.loads("", "r.toml", None))
     assert firstboot.apply_boot_partition(system=sys_).applied
+
+
+def test_kept_dir_lets_the_callers_errors_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from liveng.device import delta
+
+    @contextlib.contextmanager
+    def p7(writable: bool = True) -> Iterator[Path]:
+        yield tmp_path
+
+    monkeypatch.setattr(delta, "persistence_root", p7)
+    with pytest.raises(bootstate.DeviceError, match="the boot partition is missing"), \
+            settingsfiles.kept_dir(True) as kept:
+        assert kept == tmp_path / layout.DELTA_STATE_DIR
+        raise bootstate.DeviceError("the boot partition is missing")
+
+    def locked(writable: bool = True) -> Iterator[Path]:
+        raise bootstate.DeviceError("p7 is locked")
+
+    monkeypatch.setattr(delta, "persistence_root", locked)
+    with settingsfiles.kept_dir(True) as kept:
+        assert kept is None
