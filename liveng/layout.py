@@ -34,6 +34,9 @@ MiB = 1024 * 1024
 ALIGN = MiB
 
 LAYOUT_VERSION = 1
+# An MBR entry holds 32-bit sector numbers: nothing of liveng's may end past 2 TiB. On a bigger disk
+# the rest stays unused (sfdisk would silently wrap a larger size).
+MBR_MAX_SECTORS = 2**32
 
 
 class Role(Enum):
@@ -132,6 +135,11 @@ EFI_BOOT_DIR = "EFI/BOOT"
 # liveng-settings.service; a file that cannot be applied gets the reason written beside it.
 SETTINGS_PATH = "liveng-settings.toml"
 SETTINGS_ERROR_PATH = "liveng-settings-error.txt"
+# On p7 in DELTA_STATE_DIR (outside the delta, which a reset discards): what applying the file again
+# after a reset needs and p1 no longer holds (the Wi-Fi key derived from the removed passphrase).
+SETTINGS_KEPT_NAME = "settings-kept.json"
+# In the image: "no" when the recipe turned the settings file on p1 off ([settings] from_boot_partition).
+SETTINGS_POLICY_PATH = "etc/liveng/settings-from-boot-partition"
 # arm64: the kernel's device trees beside it (in each slot and on p2), as dtbs/<vendor>/<board>.dtb,
 # so that a kernel update also updates the device tree. Only the boards liveng boots by itself
 # (the Raspberry Pi family); other arm64 machines bring their own device tree or ACPI.
@@ -226,7 +234,7 @@ def new_image_id() -> str:
 
 
 def check_image_id(image_id: str) -> str:
-    if not ID_RE.match(image_id):
+    if not ID_RE.fullmatch(image_id):
         raise LayoutError(f"image id {image_id!r} is not 8 lowercase hex digits")
     return image_id
 
@@ -361,11 +369,20 @@ def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:
     return " ".join(args)
 
 
+def reserved_arg(arg: str) -> bool:
+    """A kernel argument that liveng sets itself (kernel_cmdline, mode_args) or reads (liveng.*): a recipe
+    that adds one would change the boot (liveng.reset=yes: a reset at every boot)."""
+    name = arg.split("=", 1)[0]
+    sample = kernel_cmdline("00000001") + " " + mode_args("00000001", MODE_RAM_PATHS, "50%", ("/srv",))
+    own = {a.split("=", 1)[0] for a in sample.split()}
+    return name in own or name.startswith(("liveng.", "persistence", "live-media")) or name in ("toram", "boot")
+
+
 def check_persistent_path(path: str) -> str:
     """An absolute directory path that can be a persistent path (no /, no .., nothing a shell or the
     kernel command line would split)."""
     parts = path.split("/")[1:]
-    if not PATH_RE.match(path) or any(p in (".", "..") for p in parts):
+    if not PATH_RE.fullmatch(path) or any(p in (".", "..") for p in parts):
         raise LayoutError(f"{path!r} is not an absolute directory path made of letters, digits and . _ @ + -")
     if parts[0] in ("proc", "sys", "dev", "run", "tmp", "boot"):
         raise LayoutError(f"{path!r}: /{parts[0]} is not part of the delta and cannot be a persistent path")

@@ -51,7 +51,7 @@ def parse_request(text: str) -> Request:
         if not line.strip():
             continue
         key, sep, value = line.partition("=")
-        if not sep or not _KEY_RE.match(key) or "\n" in value:
+        if not sep or not _KEY_RE.fullmatch(key) or "\n" in value:
             raise RequestError(f"{layout.PENDING_PATH}: malformed line {line!r}; cancel it with 'liveng cancel'")
         fields[key] = value
     action = fields.get("action", "")

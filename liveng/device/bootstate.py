@@ -19,7 +19,7 @@ __all__ = ["DeviceError", "run"]  # the device modules' shared names, from runne
 
 def image_id() -> str:
     value = system.cmdline_args().get(layout.KERNEL_ARG_ID)
-    if not value or not layout.ID_RE.match(value):
+    if not value or not layout.ID_RE.fullmatch(value):
         raise DeviceError("this system was not booted by a liveng boot loader (no liveng.id= on the kernel "
                           "command line)")
     return value

@@ -314,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as exc:
         print(f"liveng: error: {exc}: run liveng as root", file=sys.stderr)
         return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"liveng: error:{where}: {exc.strerror or exc}: check that the card is in and healthy (dmesg), "
+              "then run the command again", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ def whole_disk(path: Path) -> Path:
 
 
 def plan(extents: dict[int, tuple[int, int]], disk_bytes: int, need: int = MIN_PERSISTENCE) -> list[layout.Extent]:
-    """The new disk's table: p1-p6 where they are on this disk, p3 and p7 up to the end of the disk."""
-    end = disk_bytes // layout.ALIGN * layout.ALIGN
+    """The new disk's table: p1-p6 where they are on this disk, p3 and p7 up to the end of the disk (at
+    most 2 TiB: what an MBR addresses)."""
+    end = min(disk_bytes, layout.MBR_MAX_SECTORS * layout.SECTOR) // layout.ALIGN * layout.ALIGN
     p7_start = extents[layout.partition(layout.Role.PERSISTENCE).number][0]
     if end - p7_start < need:
         raise DeviceError(f"the disk has {disk_bytes // layout.MiB} MiB; this system needs at least "
@@ -73,6 +74,9 @@ def plan(extents: dict[int, tuple[int, int]], disk_bytes: int, need: int = MIN_P
         start, size = extents[part.number]
         if part.role is layout.Role.EXTENDED or part.role is layout.Role.PERSISTENCE:
             size = end - start
+        if start % layout.SECTOR or size % layout.SECTOR or (start + size) // layout.SECTOR > layout.MBR_MAX_SECTORS:
+            raise DeviceError(f"partition {part.number} ({start} + {size} bytes) does not fit an MBR partition "
+                              "table: nothing was written")
         out.append(layout.Extent(part.number, part.role, start, size))
     return out
 
@@ -272,7 +276,13 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         with delta.persistence_root() as root:
             need += int((delta.used_bytes(root / layout.DELTA_DIR) or 0) * 1.2)
     extents = plan(src.extents, _disk_bytes(disk), need)
+    # sfdisk checks the new table before anything is wiped (it refuses what it would not write).
+    resize.run_input(["sfdisk", "--no-act", "--no-reread", "--no-tell-kernel", "--wipe", "never",
+                      "--wipe-partitions", "never", str(disk)], layout.sfdisk_script(src.image_id, extents))
     size_gib = _disk_bytes(disk) / 2**30
+    if _disk_bytes(disk) > layout.MBR_MAX_SECTORS * layout.SECTOR:
+        say(f"{target} is larger than 2 TiB: an MBR partition table addresses only the first 2 TiB; the rest "
+            "stays unused")
     if not confirm(f"Erase everything on {target} ({size_gib:.1f} GiB) and install this system there? "
                    "Type yes to confirm:"):
         return False

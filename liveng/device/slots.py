@@ -47,7 +47,7 @@ def read_slot(name: str) -> SlotInfo:
         with mounted(layout.SLOTS[name], "iso9660") as root:
             info = json.loads((root / layout.SLOT_INFO_PATH).read_text())
             return SlotInfo(name, info.get("kernel"), info.get("written"), dict(info.get("files", {})))
-    except (DeviceError, OSError, ValueError):
+    except (DeviceError, OSError, ValueError, AttributeError, TypeError):  # missing, or not slot.json's shape
         return SlotInfo(name, None, None, {})
 
 

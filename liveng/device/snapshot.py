@@ -48,7 +48,7 @@ class Snapshot:
 
 def check_name(name: str) -> str:
     name = name.removesuffix(layout.SNAPSHOT_SUFFIX)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise DeviceError(f"snapshot name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not starting "
                           "with '.' or '-'")
     return name

@@ -116,6 +116,7 @@ def _persistence_key(ctx: Context, key: bytes) -> None:
     appended as a second archive; on the device liveng's initramfs hook adds it to new ones)."""
     dest = ctx.tree / luks.KEY_FILE_PATH
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.parent.chmod(0o700)  # made 0755 already for the settings switch (customize.device_settings)
     dest.write_bytes(key)
     dest.chmod(0o400)
     # Initramfs files that hold the key are for root only (initramfs-tools' UMASK, cryptsetup's advice).

@@ -165,7 +165,14 @@ def status(image: ImageFile) -> dict[str, Any]:
     slots = {}
     for name, role in layout.SLOTS.items():
         raw = iso_file(image.path, table.entry(layout.partition(role).number).start, layout.SLOT_INFO_PATH)
-        info = json.loads(raw) if raw else {}
+        try:
+            info = json.loads(raw) if raw else {}
+        except ValueError as exc:
+            info = exc
+        if not isinstance(info, dict):
+            report["errors"].append(f"slot {name}: {layout.SLOT_INFO_PATH} is damaged: the slot cannot be trusted "
+                                    "(a kernel update rewrites it)")
+            info = {}
         slots[name] = {"kernel": info.get("kernel"), "written": info.get("written")}
     report["slots"] = slots
     p7 = table.entry(layout.partition(layout.Role.PERSISTENCE).number).start
@@ -202,7 +209,7 @@ def lines(report: dict[str, Any]) -> list[str]:
             secrets = "; holds secrets: not applied yet" if st["secrets"] else ""
             out.append(f"settings: {layout.SETTINGS_PATH} sets {', '.join(st['sets'])}{secrets}")
         if st["device_error"]:
-            why = st["device_error"].splitlines()  # when, the reason, what to do (firstboot._note_error)
+            why = st["device_error"].splitlines()  # when, the reason, what to do (settingsfiles.note_error)
             out.append(f"settings: the device could not apply it: {why[1] if len(why) > 1 else why[0]}")
     for name, s in report["slots"].items():
         out.append(f"slot {name.upper()}:  " + (f"kernel {s['kernel']}, written {s['written']}" if s["kernel"]

@@ -166,3 +166,24 @@ def test_stage_waits_for_an_unfinished_menu_reset(tmp_path: Path) -> None:
     (tmp_path / layout.RESET_DELTA_DIR).mkdir(parents=True)
     with pytest.raises(DeviceError, match="reboot first"):
         delta.stage(tmp_path, Request(action="reset"), lambda staged: None)
+
+
+def test_grow_plan_stops_at_the_mbr_limit() -> None:
+    g = resize.Geometry(**{**IMAGE.__dict__, "disk": 3 * 2**32 // 2})  # 3 TiB
+    p = resize.plan(g)
+    assert p.end == 2**32 and p.extended_size == 2**32 - g.extended_start  # sfdisk would wrap anything more
+    assert p.persistence_size is not None and g.persistence_start + p.persistence_size == 2**32
+    assert len(p.notes) == 1 and "larger than 2 TiB" in p.notes[0]
+    grown = resize.Geometry(**{**g.__dict__, "extended_size": p.extended_size, "persistence_size": p.persistence_size})
+    assert not resize.plan(grown).needed
+
+
+def test_grow_plan_stops_at_a_partition_after_p3() -> None:
+    # Someone added a primary p4 at 3000 MiB on a 4 GiB disk.
+    g = resize.Geometry(**{**IMAGE.__dict__, "disk": 4096 * MiB_S, "others": ((4, 3000 * MiB_S, 1000 * MiB_S),)})
+    p = resize.plan(g)
+    assert p.extended_size == (3000 - 1281) * MiB_S and p.persistence_size == (3000 - 1794) * MiB_S
+    assert "partition 4 lies after the extended partition" in p.notes[0]
+    # Right after p3: nothing to grow, no error at every boot.
+    g = resize.Geometry(**{**IMAGE.__dict__, "disk": 4096 * MiB_S, "others": ((4, 2048 * MiB_S, 2048 * MiB_S),)})
+    assert not resize.plan(g).needed
