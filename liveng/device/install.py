@@ -277,8 +277,8 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
             need += int((delta.used_bytes(root / layout.DELTA_DIR) or 0) * 1.2)
     extents = plan(src.extents, _disk_bytes(disk), need)
     # sfdisk checks the new table before anything is wiped (it refuses what it would not write).
-    resize.run_input(["sfdisk", "--no-act", "--no-reread", "--no-tell-kernel", "--wipe", "never",
-                      "--wipe-partitions", "never", str(disk)], layout.sfdisk_script(src.image_id, extents))
+    run(["sfdisk", "--no-act", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
+         str(disk)], layout.sfdisk_script(src.image_id, extents))
     size_gib = _disk_bytes(disk) / 2**30
     if _disk_bytes(disk) > layout.MBR_MAX_SECTORS * layout.SECTOR:
         say(f"{target} is larger than 2 TiB: an MBR partition table addresses only the first 2 TiB; the rest "

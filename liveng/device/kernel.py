@@ -188,7 +188,7 @@ def _rollback() -> str:
     info = slots.read_slot(other)
     if info.kernel is None:
         raise DeviceError(f"slot {other.upper()} holds no kernel to roll back to")
-    if not slots.intact(other):
+    if not verify.intact(other):
         raise DeviceError(f"slot {other.upper()} (kernel {info.kernel}) is damaged: its files do not match its "
                           "manifest (liveng verify shows which); the boot order is unchanged")
     bootstate.update_state(order=normalized([info.entry, *state.order]), tries=layout.TRIES)

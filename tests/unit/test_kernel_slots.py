@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
-from liveng.device import bootstate, kernel, slots
+from liveng.device import bootstate, kernel, slots, verify
 from liveng.device.bootstate import BootState, DeviceError
 from liveng.device.kernel import confirmed_order, normalized, target_slot
 
@@ -55,11 +55,11 @@ def test_rollback_refuses_a_damaged_slot(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(bootstate, "update_state", lambda **kw: updates.append(kw))
     monkeypatch.setattr(kernel, "booted_entry", lambda: "slot-a")
     monkeypatch.setattr(slots, "read_slot", lambda name: slots.SlotInfo(name, "6.12.9", "now", {"x": "0" * 64}))
-    monkeypatch.setattr(slots, "intact", lambda name: False)
+    monkeypatch.setattr(verify, "intact", lambda name: False)
     with pytest.raises(DeviceError, match=r"slot B .* is damaged: its files do not match"):
         kernel.rollback()
     assert updates == []
-    monkeypatch.setattr(slots, "intact", lambda name: name == "b")
+    monkeypatch.setattr(verify, "intact", lambda name: name == "b")
     assert "slot B (kernel 6.12.9) boots next" in kernel.rollback()
     assert updates and updates[0]["order"][0] == "slot-b"  # type: ignore[index]
 

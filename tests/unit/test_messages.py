@@ -73,8 +73,13 @@ def test_inspect_reports_damaged_files(tmp_path: Path, monkeypatch: pytest.Monke
         f.write(b"LUKS\xba\xbe")  # encrypted: the persistence is not read
     files = {layout.GRUBENV_PATH: b"# GRUB Environment Block\nliveng_order=\xff\n",
              layout.IMAGE_INFO_PATH: b"[]"}
-    monkeypatch.setattr(imagefile, "fat_file", lambda _i, _o, path: files[path])
-    monkeypatch.setattr(offline, "fat_file", lambda _i, _o, path: files[path])
+    def fat_file(_image: Path, _offset: int, path: str) -> bytes:
+        if path not in files:
+            raise ImageError(f"no {path}")  # as mtype's failure for a missing file
+        return files[path]
+
+    monkeypatch.setattr(imagefile, "fat_file", fat_file)
+    monkeypatch.setattr(offline, "fat_file", fat_file)
     monkeypatch.setattr(offline, "iso_file", lambda _i, _o, _p: b"{not json")
     monkeypatch.setattr(disk, "read_table", lambda _p: _table())
     monkeypatch.setattr(disk, "check_layout", lambda _t: None)
@@ -83,7 +88,9 @@ def test_inspect_reports_damaged_files(tmp_path: Path, monkeypatch: pytest.Monke
     files[layout.IMAGE_INFO_PATH] = json.dumps({"id": ID}).encode()
     files[layout.SETTINGS_PATH] = files[layout.SETTINGS_ERROR_PATH] = b""
     report = offline.status(imagefile.open_image(image))
-    assert any(e.startswith("boot state: boot/grub/grubenv is damaged") for e in report["errors"])
+    # Both copies are bad (the primary is not UTF-8, the backup missing): said, no traceback.
+    assert any(e.startswith("boot state: the primary copy is damaged") for e in report["errors"])
+    assert any(e.startswith("boot state: the backup copy is damaged") for e in report["errors"])
     assert any(e.startswith("slot a: liveng/slot.json is damaged") for e in report["errors"])
 
 
