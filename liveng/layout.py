@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import secrets
+import shlex
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,9 @@ MiB = 1024 * 1024
 ALIGN = MiB
 
 LAYOUT_VERSION = 1
+# An MBR entry holds 32-bit sector numbers: nothing of liveng's may end past 2 TiB. On a bigger disk
+# the rest stays unused (sfdisk would silently wrap a larger size).
+MBR_MAX_SECTORS = 2**32
 
 
 class Role(Enum):
@@ -122,11 +126,20 @@ SLOT_INFO_PATH = "liveng/slot.json"
 GRUB_DIR = "boot/grub"
 GRUB_CFG_PATH = "boot/grub/grub.cfg"
 GRUBENV_PATH = "boot/grub/grubenv"
+# The boot state's second copy (same 1024-byte format). Every writer, GRUB and the device alike,
+# writes GRUBENV_PATH first and this second, so a torn write damages at most one of them; readers
+# take the primary when it is valid, else this one (liveng/grubenv.py choose()).
+GRUBENV_BACKUP_PATH = "boot/grub/grubenv.bak"
 EFI_BOOT_DIR = "EFI/BOOT"
 # Settings the owner edits on p1 after flashing (liveng/settings.py), applied at boot by
 # liveng-settings.service; a file that cannot be applied gets the reason written beside it.
 SETTINGS_PATH = "liveng-settings.toml"
 SETTINGS_ERROR_PATH = "liveng-settings-error.txt"
+# On p7 in DELTA_STATE_DIR (outside the delta, which a reset discards): what applying the file again
+# after a reset needs and p1 no longer holds (the Wi-Fi key derived from the removed passphrase).
+SETTINGS_KEPT_NAME = "settings-kept.json"
+# In the image: "no" when the recipe turned the settings file on p1 off ([settings] from_boot_partition).
+SETTINGS_POLICY_PATH = "etc/liveng/settings-from-boot-partition"
 # arm64: the kernel's device trees beside it (in each slot and on p2), as dtbs/<vendor>/<board>.dtb,
 # so that a kernel update also updates the device tree. Only the boards liveng boots by itself
 # (the Raspberry Pi family); other arm64 machines bring their own device tree or ACPI.
@@ -145,11 +158,15 @@ SNAPSHOT_SUFFIX = ".tar.zst"
 # A restore or reset is staged by the running system and switched in by the initramfs at the
 # next boot (liveng/device/data/initramfs/live-premount/liveng-delta), before the overlay exists:
 #   STAGED_DIR   the complete new delta, made and synced before PENDING_PATH is written
-#   PENDING_PATH the request (key=value lines: action=restore|reset, snapshot=, delete_snapshots=0|1)
-#   SWITCH_PATH  the journal: once it exists the switch is rolled forward at every boot until done
+#   PENDING_PATH the request (liveng/requests.py: key=value lines)
+#   SWITCH_PATH  the journal: the request renamed (nothing written, so it works on a full p7); once
+#                the old delta is set aside the switch is rolled forward at every boot until done
 #   OLD_DELTA_DIR the delta being replaced, deleted last
+#   RESET_DELTA_DIR a factory reset confirmed at the boot menu renames the delta here first (no new
+#                inode or block, so it works on a full p7); while it exists every boot finishes the reset
 STAGED_DIR = "liveng/rw.new"
 OLD_DELTA_DIR = "liveng/rw.old"
+RESET_DELTA_DIR = "liveng/rw.reset"
 PENDING_PATH = "liveng/pending"
 SWITCH_PATH = "liveng/switch"
 ACTION_RESTORE = "restore"
@@ -199,6 +216,11 @@ KERNEL_ARG_RESET = "liveng.reset"
 KERNEL_ARG_DTB = "liveng.devicetree"
 
 
+# Where the image keeps the LUKS key file of an encrypted p7 (recipe: persistence.key_file): the
+# initramfs hook puts it into every initramfs made on the device, live-premount/liveng-luks reads it.
+KEY_FILE_PATH = "etc/liveng/persistence.key"
+
+
 class LayoutError(ValueError):
     """An id, label or size that does not fit the layout contract."""
 
@@ -212,7 +234,7 @@ def new_image_id() -> str:
 
 
 def check_image_id(image_id: str) -> str:
-    if not ID_RE.match(image_id):
+    if not ID_RE.fullmatch(image_id):
         raise LayoutError(f"image id {image_id!r} is not 8 lowercase hex digits")
     return image_id
 
@@ -227,12 +249,19 @@ def persistence_label(image_id: str) -> str:
     return PERSISTENCE_LABEL_PREFIX + check_image_id(image_id)
 
 
+PARTUUID_DIR = "/dev/disk/by-partuuid"
+
+
+def partuuid_suffix(number: int) -> str:
+    return f"-{number:02x}"
+
+
 def partuuid(image_id: str, number: int) -> str:
-    return f"{check_image_id(image_id)}-{number:02x}"
+    return f"{check_image_id(image_id)}{partuuid_suffix(number)}"
 
 
 def partuuid_path(image_id: str, role: Role) -> str:
-    return f"/dev/disk/by-partuuid/{partuuid(image_id, partition(role).number)}"
+    return f"{PARTUUID_DIR}/{partuuid(image_id, partition(role).number)}"
 
 
 @dataclass(frozen=True)
@@ -340,11 +369,20 @@ def kernel_cmdline(image_id: str, extra: tuple[str, ...] = ()) -> str:
     return " ".join(args)
 
 
+def reserved_arg(arg: str) -> bool:
+    """A kernel argument that liveng sets itself (kernel_cmdline, mode_args) or reads (liveng.*): a recipe
+    that adds one would change the boot (liveng.reset=yes: a reset at every boot)."""
+    name = arg.split("=", 1)[0]
+    sample = kernel_cmdline("00000001") + " " + mode_args("00000001", MODE_RAM_PATHS, "50%", ("/srv",))
+    own = {a.split("=", 1)[0] for a in sample.split()}
+    return name in own or name.startswith(("liveng.", "persistence", "live-media")) or name in ("toram", "boot")
+
+
 def check_persistent_path(path: str) -> str:
     """An absolute directory path that can be a persistent path (no /, no .., nothing a shell or the
     kernel command line would split)."""
     parts = path.split("/")[1:]
-    if not PATH_RE.match(path) or any(p in (".", "..") for p in parts):
+    if not PATH_RE.fullmatch(path) or any(p in (".", "..") for p in parts):
         raise LayoutError(f"{path!r} is not an absolute directory path made of letters, digits and . _ @ + -")
     if parts[0] in ("proc", "sys", "dev", "run", "tmp", "boot"):
         raise LayoutError(f"{path!r}: /{parts[0]} is not part of the delta and cannot be a persistent path")
@@ -364,3 +402,29 @@ def mode_args(image_id: str, mode: str, delta_cap: str, paths: tuple[str, ...] =
         args.append(f"{KERNEL_ARG_PATHS}={','.join(check_persistent_path(p) for p in paths)}")
     check_image_id(image_id)
     return " ".join(args)
+
+
+def fresh_env(order: str, mode: str) -> dict[str, str]:
+    """The boot state of a newly made disk (build, liveng install): ``order`` with fresh tries."""
+    return {ENV_ORDER: order, ENV_TRIES: str(TRIES), ENV_MODE: mode}
+
+
+def initramfs_constants() -> str:
+    """The layout as shell assignments: the front of the file liveng's initramfs scripts source
+    (written at image build, liveng/host/rootfs.py), so that the shell retypes none of it."""
+    values = {
+        "LIVENG_ARG_ID": KERNEL_ARG_ID, "LIVENG_ARG_MODE": KERNEL_ARG_MODE, "LIVENG_ARG_PATHS": KERNEL_ARG_PATHS,
+        "LIVENG_ARG_RESET": KERNEL_ARG_RESET,
+        "LIVENG_PARTUUID_DIR": PARTUUID_DIR,
+        "LIVENG_SYSTEM_SUFFIX": partuuid_suffix(partition(Role.SYSTEM).number),
+        "LIVENG_PERSISTENCE_SUFFIX": partuuid_suffix(partition(Role.PERSISTENCE).number),
+        "LIVENG_DELTA_DIR": DELTA_DIR, "LIVENG_WORK_DIR": DELTA_WORK_DIR, "LIVENG_STATE_DIR": DELTA_STATE_DIR,
+        "LIVENG_SNAPSHOT_DIR": SNAPSHOT_DIR,
+        "LIVENG_STAGED_DIR": STAGED_DIR, "LIVENG_OLD_DELTA_DIR": OLD_DELTA_DIR,
+        "LIVENG_RESET_DELTA_DIR": RESET_DELTA_DIR, "LIVENG_PENDING_PATH": PENDING_PATH,
+        "LIVENG_SWITCH_PATH": SWITCH_PATH, "LIVENG_PATHS_PATH": PATHS_PATH, "LIVENG_PATHS_WORK_DIR": PATHS_WORK_DIR,
+        "LIVENG_RAM_PERSISTENCE_MOUNT": RAM_PERSISTENCE_MOUNT,
+        "LIVENG_MODE_RAM": MODE_RAM, "LIVENG_MODE_RAM_PATHS": MODE_RAM_PATHS,
+        "LIVENG_KEY_FILE": f"/{KEY_FILE_PATH}",
+    }
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())

@@ -95,7 +95,7 @@ class Checker:
 
     def pattern(self, key: str, value: Any, regex: re.Pattern[str], what: str) -> str:
         text = self.string(key, value)
-        if not regex.match(text):
+        if not regex.fullmatch(text):
             raise self.fail(key, f"{text!r} is not {what}")
         return text
 
@@ -368,7 +368,7 @@ def locale_text(locale: str) -> str:
 
 
 def keyboard_text(keyboard: str) -> str:
-    m = KEYBOARD_RE.match(keyboard)
+    m = KEYBOARD_RE.fullmatch(keyboard)
     if not m:
         raise SettingsError(f"keyboard {keyboard!r} is not an XKB layout")
     layout, variant = m.group(1), m.group(3) or ""

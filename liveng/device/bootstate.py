@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import grubenv, layout
-from liveng.device import system
+from liveng import layout
+from liveng.device import bootenv, system
+from liveng.device.runner import DeviceError, run
 
-
-class DeviceError(Exception):
-    """A device command could not do its work; the message says why and what to do."""
-
-
-def run(argv: list[str], input_text: str | None = None) -> str:
-    try:
-        proc = subprocess.run(argv, input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL,
-                              capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise DeviceError(f"{argv[0]} is not installed: this image lacks a package liveng needs") from None
-    if proc.returncode != 0:
-        raise DeviceError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
+__all__ = ["DeviceError", "run"]  # the device modules' shared names, from runner
 
 
 def image_id() -> str:
     value = system.cmdline_args().get(layout.KERNEL_ARG_ID)
-    if not value or not layout.ID_RE.match(value):
+    if not value or not layout.ID_RE.fullmatch(value):
         raise DeviceError("this system was not booted by a liveng boot loader (no liveng.id= on the kernel "
                           "command line)")
     return value
@@ -102,6 +90,7 @@ class BootState:
     good: str | None
     confirmed: str | None = None  # ENV_CONFIRMED: the order the last good boot confirmed
     mode: str = layout.MODE_PERSISTENT  # ENV_MODE: the boot mode GRUB uses by default
+    damaged: tuple[str, ...] = ()  # copies of the env found damaged ("backup", "primary")
 
     @property
     def preferred(self) -> str:
@@ -117,70 +106,40 @@ def _state(env: dict[str, str]) -> BootState:
                      mode=mode if mode in layout.MODES else layout.MODE_PERSISTENT)
 
 
-def read_env(boot: Path) -> dict[str, str]:
-    path = boot / layout.GRUBENV_PATH
-    try:
-        return grubenv.parse(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except grubenv.GrubEnvError as exc:
-        raise DeviceError(f"{layout.GRUBENV_PATH} on the boot partition is damaged ({exc}); "
-                          "GRUB falls back to slot A until it is rewritten") from None
-
-
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    bootenv.fsync_dir(path)
 
 
 def write_atomic(path: Path, data: bytes, mode: int | None = None, owner: tuple[int, int] | None = None) -> None:
-    """Replace ``path`` whole: a power cut leaves the old content or the new, never a part.
-
-    ``mode`` and ``owner`` are set before the rename (not on FAT, which has neither: leave them None).
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else 0o600)
-    try:
-        os.write(fd, data)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        if mode is not None:
-            os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def write_env(boot: Path, env: dict[str, str]) -> None:
-    """Replace grubenv whole (GRUB reads either the old file or the new one)."""
-    write_atomic(boot / layout.GRUBENV_PATH, grubenv.serialize(env))
-    os.sync()
+    bootenv.write_atomic(path, data, mode, owner)
 
 
 def read_state() -> BootState:
-    with mounted(layout.Role.BOOT, "vfat") as boot:
-        return _state(read_env(boot))
+    """The boot state (read-only: a RAM-mode boot must not write the card just to look). A damaged
+    copy is reported on stderr and repaired by the next update_state (mark-good is one)."""
+    with bootenv.locked(), mounted(layout.Role.BOOT, "vfat") as boot:
+        choice = bootenv.read(boot)
+    return dataclasses.replace(_state(choice.env), damaged=tuple(sorted(choice.damaged)))
 
 
 def update_state(order: tuple[str, ...] | None = None, tries: int | None = None, good: str | None = None,
                  confirmed: str | None = None, mode: str | None = None) -> BootState:
     """Change some of the boot state; what is not given stays as it is."""
-    with mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
-        env = read_env(boot)
-        if order is not None:
-            env[layout.ENV_ORDER] = layout.order_to_env(order)
-        if tries is not None:
-            env[layout.ENV_TRIES] = str(tries)
-        if good is not None:
-            env[layout.ENV_GOOD] = good
-        if confirmed is not None:
-            env[layout.ENV_CONFIRMED] = confirmed
-        if mode is not None:
-            env[layout.ENV_MODE] = mode
-        write_env(boot, env)
-        return _state(env)
+    changes: dict[str, str] = {}
+    if order is not None:
+        changes[layout.ENV_ORDER] = layout.order_to_env(order)
+    if tries is not None:
+        changes[layout.ENV_TRIES] = str(tries)
+    if good is not None:
+        changes[layout.ENV_GOOD] = good
+    if confirmed is not None:
+        changes[layout.ENV_CONFIRMED] = confirmed
+    if mode is not None:
+        changes[layout.ENV_MODE] = mode
+    with bootenv.locked(), mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
+        return _state(bootenv.update(boot, changes))
+
+
+def repair() -> BootState:
+    """Rewrite both copies from the one that counts (or the defaults): update_state with no change."""
+    return update_state()

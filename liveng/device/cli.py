@@ -159,7 +159,7 @@ def cmd_kernel_status(args: argparse.Namespace) -> int:
 
 def cmd_kernel_install(args: argparse.Namespace) -> int:
     try:
-        result = kernel.install(args.version, args.initrd, force=args.force)
+        result = kernel.install(args.version, args.initrd, force=args.force, from_hook=args.from_hook)
     except DeviceError as exc:
         if args.from_hook:
             # A package operation must not fail because of the slot: say it loudly, exit 0.
@@ -313,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except PermissionError as exc:
         print(f"liveng: error: {exc}: run liveng as root", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"liveng: error:{where}: {exc.strerror or exc}: check that the card is in and healthy (dmesg), "
+              "then run the command again", file=sys.stderr)
         return 1
 
 

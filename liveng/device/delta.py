@@ -2,7 +2,7 @@
 
 A request is staged whole by the running system: the new delta is made in STAGED_DIR and synced,
 and only then is PENDING_PATH written (temporary name, fsync, rename). The initramfs script
-live-premount/liveng-delta turns it into the journal SWITCH_PATH and switches with renames; it
+live-premount/liveng-delta renames it to the journal SWITCH_PATH and switches with renames; it
 rolls forward from any point a power cut leaves behind, so the next boot has the old delta or the
 new one, never a mix.
 """
@@ -12,65 +12,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
-import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from liveng import layout
-from liveng.device import bootstate, system
+from liveng import layout, requests
+from liveng.device import bootstate, runner, system
 from liveng.device.bootstate import DeviceError
-
-_KEY_RE = re.compile(r"^[a-z_]+$")
-
-
-@dataclass(frozen=True)
-class Request:
-    action: str  # layout.ACTION_RESTORE or layout.ACTION_RESET
-    snapshot: str = ""  # what a restore restores: a snapshot name or an archive path
-    delete_snapshots: bool = False
-    created: str = ""
-    order: str = ""  # the boot order (grubenv numbers) before the request, put back by a cancel
-    keep: str = ""  # a commit in ram-paths mode: the persistent paths (comma-separated), kept from the old delta
-
-    def text(self) -> str:
-        # key=value lines: the initramfs reads them with the shell's read, no JSON parser there.
-        return (f"action={self.action}\nsnapshot={self.snapshot}\n"
-                f"delete_snapshots={int(self.delete_snapshots)}\ncreated={self.created}\norder={self.order}\n"
-                f"keep={self.keep}\n")
-
-    def describe(self) -> str:
-        if self.action == layout.ACTION_COMMIT:
-            what = "commit of the RAM delta" + (f" ({self.snapshot})" if self.snapshot else "")
-            return f"{what}, made {self.created or 'at an unknown time'}, switched in at the next boot"
-        if self.action == layout.ACTION_RESTORE:
-            what = f"restore of snapshot {self.snapshot}"
-        else:
-            what = "factory reset" + (" (snapshots deleted too)" if self.delete_snapshots else "")
-        return f"{what}, requested {self.created or 'at an unknown time'}, applied at the next boot"
+from liveng.requests import Request
 
 
 def parse_request(text: str) -> Request:
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not _KEY_RE.match(key) or "\n" in value:
-            raise DeviceError(f"{layout.PENDING_PATH}: malformed line {line!r}; cancel it with 'liveng cancel'")
-        fields[key] = value
-    action = fields.get("action", "")
-    if action not in (layout.ACTION_RESTORE, layout.ACTION_RESET, layout.ACTION_COMMIT):
-        raise DeviceError(f"{layout.PENDING_PATH}: unknown action {action!r}; cancel it with 'liveng cancel'")
-    if action == layout.ACTION_RESTORE and not fields.get("snapshot"):
-        raise DeviceError(f"{layout.PENDING_PATH}: a restore without a snapshot; cancel it with 'liveng cancel'")
-    if fields.get("delete_snapshots", "0") not in ("0", "1"):
-        raise DeviceError(f"{layout.PENDING_PATH}: delete_snapshots must be 0 or 1")
-    return Request(action=action, snapshot=fields.get("snapshot", ""),
-                   delete_snapshots=fields.get("delete_snapshots") == "1", created=fields.get("created", ""),
-                   order=fields.get("order", ""), keep=fields.get("keep", ""))
+    """The shared format's parser (liveng/requests.py), with the device's error type."""
+    try:
+        return requests.parse_request(text)
+    except requests.RequestError as exc:
+        raise DeviceError(str(exc)) from None
 
 
 def now() -> str:
@@ -80,7 +37,7 @@ def now() -> str:
 def remove_tree(path: Path) -> None:
     # rm knows every file type a delta holds (whiteouts are device nodes) and is what the initramfs uses.
     if path.exists() or path.is_symlink():
-        bootstate.run(["rm", "-rf", "--one-file-system", str(path)])
+        runner.run(["rm", "-rf", "--one-file-system", str(path)])
 
 
 @contextlib.contextmanager
@@ -109,7 +66,8 @@ def read_pending(root: Path) -> Request | None:
 
 
 def switch_in_progress(root: Path) -> bool:
-    return (root / layout.SWITCH_PATH).exists()
+    # A boot-menu reset not finished (RESET_DELTA_DIR) is one too: its next boot finishes it first.
+    return (root / layout.SWITCH_PATH).exists() or (root / layout.RESET_DELTA_DIR).exists()
 
 
 def drop_pending(root: Path) -> Request | None:
@@ -159,10 +117,9 @@ def used_bytes(path: Path) -> int | None:
     """Disk usage of a tree (du: it counts hard links once and sparse files by their blocks)."""
     if not path.is_dir():
         return None
-    proc = subprocess.run(["du", "-s", "-x", "-B1", str(path)], capture_output=True, text=True, check=False)
     try:
-        return int(proc.stdout.split()[0])
-    except (IndexError, ValueError):
+        return int(runner.run(["du", "-s", "-x", "-B1", str(path)]).split()[0])
+    except (DeviceError, IndexError, ValueError):
         return None
 
 

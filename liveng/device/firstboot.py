@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from liveng import layout, settings
-from liveng.device import bootstate
+from liveng import boundedread, layout, settings
+from liveng.device import bootstate, runner, settingsfiles, userfiles
 from liveng.settings import Settings, SettingsError, User
 
 STATE_PATH = "var/lib/liveng/settings.json"
@@ -42,7 +42,7 @@ Runner = Callable[[list[str], str | None], str]
 
 
 def _run(argv: list[str], input_text: str | None = None) -> str:
-    return bootstate.run(argv, input_text)
+    return runner.run(argv, input_text)
 
 
 @dataclass
@@ -52,6 +52,7 @@ class System:
     root: Path = Path("/")
     run: Runner = _run
     live: bool = True  # set the host name now, start and stop services
+    kept: Path | None = None  # liveng's directory on p7, outside the delta (settingsfiles)
     changes: list[str] = field(default_factory=list)
 
     def path(self, rel: str) -> Path:
@@ -115,6 +116,10 @@ def check(s: Settings, system: System, source: str) -> None:
                        "name")
         if user.sudo and SUDO_GROUP not in groups(system):
             raise fail(f"users[{i}].sudo", "this image has no sudo: build it with sudo in the recipe's packages")
+        if account is not None and user.ssh_keys:
+            problem = userfiles.unsafe(system.root, account.home, account.uid)
+            if problem:
+                raise fail(f"users[{i}].ssh_keys", problem)
 
 
 def _supported_line(system: System, locale: str) -> str | None:
@@ -126,7 +131,8 @@ def _supported_line(system: System, locale: str) -> str | None:
 
 def _kept_psk(system: System, ssid: str) -> str | None:
     conf = system.path(settings.WIFI_CONF_PATH)
-    return settings.existing_psk(conf.read_text(), ssid) if conf.exists() else None
+    psk = settings.existing_psk(conf.read_text(), ssid) if conf.exists() else None
+    return psk or settingsfiles.kept_psk(system.kept, ssid)  # after a reset: from p7, outside the delta
 
 
 def _write(system: System, rel: str, text: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
@@ -221,16 +227,15 @@ def _authorized_keys(user: User, system: System) -> None:
     if account is None:
         raise SettingsError(f"user {user.name} was not created (useradd)")
     owner = (account.uid, account.gid)
-    ssh_dir = f"{account.home.strip('/')}/.ssh"
-    directory = system.path(ssh_dir)
-    if not directory.is_dir():
-        directory.mkdir(mode=0o700, parents=True)
-        os.chown(directory, *owner)
-    keys = system.path(f"{ssh_dir}/authorized_keys")
-    lines = keys.read_text().splitlines() if keys.exists() else []
-    missing = [k for k in user.ssh_keys if k not in lines]
-    if missing:
-        _write(system, f"{ssh_dir}/authorized_keys", "\n".join(lines + missing) + "\n", 0o600, owner)
+    # The user owns ~ and ~/.ssh: nothing in there is followed (userfiles).
+    with userfiles.user_dir(system.root, account.home, ".ssh", owner) as ssh_dir:
+        keys = f"{account.home.rstrip('/')}/.ssh/authorized_keys"
+        lines = userfiles.read_text(ssh_dir, "authorized_keys", keys).splitlines()
+        missing = [k for k in user.ssh_keys if k not in lines]
+        if missing:
+            userfiles.write_file(ssh_dir, "authorized_keys", ("\n".join(lines + missing) + "\n").encode(), 0o600,
+                                 owner)
+            system.changes.append(keys)
 
 
 def _wifi(s: Settings, system: System) -> None:
@@ -240,6 +245,8 @@ def _wifi(s: Settings, system: System) -> None:
         psk = _kept_psk(system, wifi.ssid)
     else:
         psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+        if psk is not None:
+            settingsfiles.keep_psk(system.kept, wifi.ssid, psk)
     if _write(system, settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600) and system.live:
         # Interfaces already up take the new network; at boot none is up yet (they wait for this service).
         for iface in sorted(p.parent.name for p in Path("/sys/class/net").glob("*/wireless")):
@@ -330,12 +337,29 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
         ensure_locale(system)
     except bootstate.DeviceError as exc:  # the settings still get their turn
         print(f"liveng: warning: the configured locale could not be generated: {exc}", file=sys.stderr)
+    if not boot_partition_allowed(system):
+        return Outcome(False, f"this image was built with [settings] from_boot_partition = false: "
+                       f"{layout.SETTINGS_PATH} on the boot partition is ignored (change settings on the system)")
     _wait_for_boot_partition()
+    with settingsfiles.kept_dir(system.live and system.kept is None) as kept:
+        system.kept = system.kept or kept
+        return _apply_from(system, force)
+
+
+def boot_partition_allowed(system: System) -> bool:
+    try:
+        return system.path(layout.SETTINGS_POLICY_PATH).read_text().strip() != "no"
+    except FileNotFoundError:  # an image built before the switch existed
+        return True
+
+
+def _apply_from(system: System, force: bool) -> Outcome:
     source = f"{layout.SETTINGS_PATH} on the boot partition"
-    with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
-        path = boot / layout.SETTINGS_PATH
-        raw = path.read_bytes() if path.is_file() else None
-        error_note = (boot / layout.SETTINGS_ERROR_PATH).exists()
+    try:
+        raw, error_note = settingsfiles.read_boot_file()
+    except boundedread.ReadError as exc:
+        settingsfiles.note_error(now(), f"{source}: {exc.reason}")
+        raise SettingsError(f"{source}: {exc.reason}") from None
     if raw is None:
         return Outcome(False, f"no {layout.SETTINGS_PATH} on the boot partition: nothing to apply")
     digest = settings.digest(raw)
@@ -346,7 +370,7 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
         text, s = decode_file(raw, source)
         check(s, system, source)
     except SettingsError as exc:
-        _note_error(str(exc))
+        settingsfiles.note_error(now(), str(exc))
         raise
     changes = apply(s, system)
     os.sync()  # the applied settings are on p7 before the secrets leave p1
@@ -356,24 +380,13 @@ def apply_boot_partition(force: bool = False, system: System | None = None) -> O
         with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
             if secrets:
                 redacted = settings.redact(text, f"applied {now()} and removed from this file")
-                bootstate.write_atomic(boot / layout.SETTINGS_PATH, redacted.encode())
+                settingsfiles.replace_wiping(boot, redacted.encode())
                 digest = settings.digest(redacted.encode())
             (boot / layout.SETTINGS_ERROR_PATH).unlink(missing_ok=True)
     write_state(system, {"digest": digest, "applied": now(), "changes": changes})
     os.sync()
     what = ", ".join(changes) if changes else "nothing needed changing"
     return Outcome(True, f"applied {layout.SETTINGS_PATH}: {what}")
-
-
-def _note_error(message: str) -> None:
-    """The reason, next to the file on p1, for an owner who has no console."""
-    text = (f"liveng did NOT apply {layout.SETTINGS_PATH} at {now()}: nothing was changed.\r\n{message}\r\n"
-            "Fix the file and boot again.\r\n")
-    try:
-        with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
-            bootstate.write_atomic(boot / layout.SETTINGS_ERROR_PATH, text.encode())
-    except (bootstate.DeviceError, OSError):
-        pass  # the console and the journal have it anyway
 
 
 def check_file(path: Path | None, system: System | None = None) -> Settings:
@@ -384,7 +397,11 @@ def check_file(path: Path | None, system: System | None = None) -> Settings:
             raw = (boot / layout.SETTINGS_PATH).read_bytes()
         source = f"{layout.SETTINGS_PATH} on the boot partition"
     else:
-        raw, source = path.read_bytes(), str(path)
+        try:
+            raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP)
+        except boundedread.ReadError as exc:
+            raise SettingsError(str(exc)) from None
+        source = str(path)
     _, s = decode_file(raw, source)
     check(s, system, source)
     return s

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootstate, delta, kernel, resize, snapshot, system
-from liveng.device.bootstate import DeviceError, run
+from liveng.device import bootenv, bootstate, delta, kernel, resize, snapshot, system
+from liveng.device.bootstate import DeviceError
+from liveng.device.runner import run
 
 CHUNK = 4 * layout.MiB
 MIN_PERSISTENCE = 256 * layout.MiB
@@ -61,8 +62,9 @@ def whole_disk(path: Path) -> Path:
 
 
 def plan(extents: dict[int, tuple[int, int]], disk_bytes: int, need: int = MIN_PERSISTENCE) -> list[layout.Extent]:
-    """The new disk's table: p1-p6 where they are on this disk, p3 and p7 up to the end of the disk."""
-    end = disk_bytes // layout.ALIGN * layout.ALIGN
+    """The new disk's table: p1-p6 where they are on this disk, p3 and p7 up to the end of the disk (at
+    most 2 TiB: what an MBR addresses)."""
+    end = min(disk_bytes, layout.MBR_MAX_SECTORS * layout.SECTOR) // layout.ALIGN * layout.ALIGN
     p7_start = extents[layout.partition(layout.Role.PERSISTENCE).number][0]
     if end - p7_start < need:
         raise DeviceError(f"the disk has {disk_bytes // layout.MiB} MiB; this system needs at least "
@@ -72,6 +74,9 @@ def plan(extents: dict[int, tuple[int, int]], disk_bytes: int, need: int = MIN_P
         start, size = extents[part.number]
         if part.role is layout.Role.EXTENDED or part.role is layout.Role.PERSISTENCE:
             size = end - start
+        if start % layout.SECTOR or size % layout.SECTOR or (start + size) // layout.SECTOR > layout.MBR_MAX_SECTORS:
+            raise DeviceError(f"partition {part.number} ({start} + {size} bytes) does not fit an MBR partition "
+                              "table: nothing was written")
         out.append(layout.Extent(part.number, part.role, start, size))
     return out
 
@@ -125,6 +130,11 @@ def source() -> Source:
         order = bootstate.read_state().order
         booted = next((s for s in (kernel.slot_of(e) for e in order) if s), "a")
     return Source(disk=disk, image_id=ident, extents=extents, slot=booted)
+
+
+def new_env(slot: str, mode: str) -> dict[str, str]:
+    """The installed copy's boot state: its copied slot, then the factory kernel, in this system's mode."""
+    return layout.fresh_env(layout.order_to_env([layout.ENTRY_SLOT[slot], layout.ENTRY_FACTORY]), mode)
 
 
 def other_disks_with_id(ident: str, allowed: set[str]) -> list[str]:
@@ -266,7 +276,13 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         with delta.persistence_root() as root:
             need += int((delta.used_bytes(root / layout.DELTA_DIR) or 0) * 1.2)
     extents = plan(src.extents, _disk_bytes(disk), need)
+    # sfdisk checks the new table before anything is wiped (it refuses what it would not write).
+    run(["sfdisk", "--no-act", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
+         str(disk)], layout.sfdisk_script(src.image_id, extents))
     size_gib = _disk_bytes(disk) / 2**30
+    if _disk_bytes(disk) > layout.MBR_MAX_SECTORS * layout.SECTOR:
+        say(f"{target} is larger than 2 TiB: an MBR partition table addresses only the first 2 TiB; the rest "
+            "stays unused")
     if not confirm(f"Erase everything on {target} ({size_gib:.1f} GiB) and install this system there? "
                    "Type yes to confirm:"):
         return False
@@ -303,10 +319,10 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
                 with delta.persistence_root() as current:
                     snapshot.copy_tree(current / layout.DELTA_DIR, root / layout.DELTA_DIR)
     p1 = by_role[layout.Role.BOOT]
+    mode = bootstate.read_state().mode  # the copy keeps `liveng mode set`
     with _loop(disk, p1.start, p1.size) as dev, _mount(dev, "vfat") as boot:
         # A fresh boot state: the copied slot, then the factory kernel.
-        order = layout.order_to_env([layout.ENTRY_SLOT[src.slot], layout.ENTRY_FACTORY])
-        bootstate.write_env(boot, {layout.ENV_ORDER: order, layout.ENV_TRIES: str(layout.TRIES)})
+        bootenv.write(boot, new_env(src.slot, mode))
     say("writing the boot code and the partition table")
     with open(src.disk, "rb") as f:
         mbr = f.read(layout.ALIGN)
@@ -315,8 +331,9 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         os.pwrite(fd, mbr[layout.SECTOR:p1.start], layout.SECTOR)  # GRUB's core.img, for BIOS
         os.fsync(fd)
         # --no-tell-kernel: this system must not see a second disk with its own partition ids.
-        resize.run_input(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions",
-                          "never", str(disk)], layout.sfdisk_script(src.image_id, extents))
+        run(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions",
+             "never", str(disk)], layout.sfdisk_script(src.image_id, extents))
+        os.sync()
         os.pwrite(fd, mbr[:BOOT_CODE], 0)
         os.fsync(fd)
     finally:

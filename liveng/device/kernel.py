@@ -9,16 +9,16 @@ permanent. A slot that never gets there is dropped by GRUB after its tries.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootstate, slots, system
+from liveng.device import bootenv, bootstate, runner, slots, system, verify
 from liveng.device.bootstate import BootState, DeviceError
 
 HEALTH_DIR = Path("/etc/liveng/health.d")
+MODULES_DIR = Path("/lib/modules")  # the running kernel's modules: /lib/modules/$(uname -r)
 FACTORY = layout.ENTRY_FACTORY
 
 
@@ -61,7 +61,37 @@ class InstallResult:
     message: str
 
 
-def install(kernel: str, initrd: Path | None = None, force: bool = False) -> InstallResult:
+def newer_installed(kernel: str, boot: Path = Path("/boot")) -> str | None:
+    """The newest kernel in ``boot`` with its initramfs made, if newer than ``kernel`` (Debian's
+    version order, by linux-version sort)."""
+    versions = {p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*")
+                if (boot / f"initrd.img-{p.name.removeprefix('vmlinuz-')}").is_file()}
+    if not versions or versions == {kernel}:
+        return None
+    ordered = runner.run(["linux-version", "sort", *sorted(versions | {kernel})]).split()
+    newest = ordered[-1] if ordered else kernel
+    return newest if newest != kernel else None
+
+
+def install(kernel: str, initrd: Path | None = None, force: bool = False, from_hook: bool = False) -> InstallResult:
+    """Write ``kernel`` to the slot that is not running and put it first in the boot order.
+
+    The boot-state lock is held throughout, so two installs (an apt hook and a person) run one
+    after the other, and the second chooses its slot from the order the first left. From a
+    package hook, a kernel older than the newest installed one is left alone:
+    ``update-initramfs -u -k all`` calls the hook once per kernel, newest first, and the
+    newest must stay first in the boot order.
+    """
+    if from_hook:
+        newer = newer_installed(kernel)
+        if newer is not None:
+            return InstallResult(None, f"kernel {kernel} is older than the installed {newer}: the kernel "
+                                       "slots keep the newest ('liveng kernel install' writes it anyway)")
+    with bootenv.locked():
+        return _install(kernel, initrd, force)
+
+
+def _install(kernel: str, initrd: Path | None, force: bool) -> InstallResult:
     vmlinuz = Path(f"/boot/vmlinuz-{kernel}")
     initrd = initrd or Path(f"/boot/initrd.img-{kernel}")
     for f in (vmlinuz, initrd):
@@ -99,12 +129,15 @@ def install(kernel: str, initrd: Path | None = None, force: bool = False) -> Ins
 def health_checks() -> list[str]:
     """Run the executables in /etc/liveng/health.d; return the names of those that failed."""
     failed = []
+    # Built in: the running kernel has its modules. A kernel installed in a RAM mode has them only
+    # in the RAM delta; booted without a commit it has none and must not be confirmed.
+    if not (MODULES_DIR / os.uname().release).is_dir():
+        failed.append(f"built-in: no {MODULES_DIR / os.uname().release} (a kernel installed in a RAM mode "
+                      "without 'liveng commit'?)")
     if HEALTH_DIR.is_dir():
         for check in sorted(HEALTH_DIR.iterdir()):
-            if check.is_file() and os.access(check, os.X_OK):
-                proc = subprocess.run([str(check)], stdin=subprocess.DEVNULL, check=False)
-                if proc.returncode != 0:
-                    failed.append(check.name)
+            if check.is_file() and os.access(check, os.X_OK) and runner.returncode([str(check)]) != 0:
+                failed.append(check.name)
     return failed
 
 
@@ -116,13 +149,15 @@ def mark_good() -> str:
     if failed:
         raise DeviceError(f"health checks failed: {', '.join(failed)}; this boot is not marked good, so GRUB "
                           "falls back after the remaining tries")
-    state = bootstate.read_state()
-    order = confirmed_order(state.order, booted, lambda e: (name := slot_of(e)) is None or slots.intact(name))
-    confirmed = layout.order_to_env(order)
-    if (order, layout.TRIES, booted, confirmed) == (state.order, state.tries, state.good, state.confirmed):
-        # Nothing to record (a RAM-mode boot GRUB did not count): the card is not written.
-        return booted
-    bootstate.update_state(order=order, tries=layout.TRIES, good=booted, confirmed=confirmed)
+    with bootenv.locked():
+        state = bootstate.read_state()
+        order = confirmed_order(state.order, booted, lambda e: (name := slot_of(e)) is None or verify.intact(name))
+        confirmed = layout.order_to_env(order)
+        if (order, layout.TRIES, booted, confirmed) == (state.order, state.tries, state.good, state.confirmed) \
+                and not state.damaged:
+            # Nothing to record (a RAM-mode boot GRUB did not count): the card is not written.
+            return booted
+        bootstate.update_state(order=order, tries=layout.TRIES, good=booted, confirmed=confirmed)
     return booted
 
 
@@ -141,6 +176,11 @@ def confirmed_order(order: tuple[str, ...], booted: str, intact: Callable[[str],
 
 
 def rollback() -> str:
+    with bootenv.locked():
+        return _rollback()
+
+
+def _rollback() -> str:
     state = bootstate.read_state()
     booted = booted_entry()
     current = slot_of(state.preferred) or slot_of(booted)
@@ -148,6 +188,9 @@ def rollback() -> str:
     info = slots.read_slot(other)
     if info.kernel is None:
         raise DeviceError(f"slot {other.upper()} holds no kernel to roll back to")
+    if not verify.intact(other):
+        raise DeviceError(f"slot {other.upper()} (kernel {info.kernel}) is damaged: its files do not match its "
+                          "manifest (liveng verify shows which); the boot order is unchanged")
     bootstate.update_state(order=normalized([info.entry, *state.order]), tries=layout.TRIES)
     return f"slot {other.upper()} (kernel {info.kernel}) boots next"
 
@@ -159,6 +202,8 @@ def status_lines() -> list[str]:
              f"boot order: {' '.join(state.order)}   tries left for {state.preferred}: "
              f"{state.tries if state.tries is not None else '?'}",
              f"last good: {state.good or 'none yet'}"]
+    if state.damaged:
+        lines.append(f"boot env:  {' and '.join(state.damaged)} copy damaged; repaired at the next change")
     for name in layout.ENTRY_SLOT:
         info = slots.read_slot(name)
         what = f"kernel {info.kernel}, written {info.written}" if info.kernel else "empty"
@@ -174,6 +219,8 @@ def status_dict() -> dict[str, object]:
         "order": list(state.order),
         "tries": state.tries,
         "good": state.good,
+        # Copies of p1's env found damaged now (repaired at the next change, mark-good included).
+        "env_damaged": list(state.damaged),
         "slots": {name: {"kernel": i.kernel, "written": i.written}
                   for name in layout.ENTRY_SLOT for i in [slots.read_slot(name)]},
     }

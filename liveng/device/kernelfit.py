@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootstate, kernel, slots, system
+from liveng.device import bootenv, bootstate, kernel, slots, system
 
 
 def factory_kernel() -> str | None:
@@ -42,12 +42,13 @@ def fitting_order(order: tuple[str, ...], slot_kernel: Callable[[str], str | Non
 
 def adjust_order(new_delta: Path) -> str:
     """Point the boot order at kernels that run on ``new_delta``; returns the previous order (grubenv text)."""
-    state = bootstate.read_state()
     factory = factory_kernel()
-    order = fitting_order(state.order, lambda name: slots.read_slot(name).kernel,
-                          lambda v: v == factory or has_modules(new_delta, v))
-    if order != state.order:
-        bootstate.update_state(order=order, tries=layout.TRIES)
+    with bootenv.locked():
+        state = bootstate.read_state()
+        order = fitting_order(state.order, lambda name: slots.read_slot(name).kernel,
+                              lambda v: v == factory or has_modules(new_delta, v))
+        if order != state.order:
+            bootstate.update_state(order=order, tries=layout.TRIES)
     return layout.order_to_env(state.order)
 
 

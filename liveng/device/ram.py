@@ -19,6 +19,7 @@ from pathlib import Path
 from liveng import layout
 from liveng.device import bootstate, delta, snapshot, system
 from liveng.device.bootstate import DeviceError
+from liveng.requests import Request
 
 
 def running_mode() -> str:
@@ -111,7 +112,7 @@ def stage_paths(staged: Path, base: Path, upper: Path, paths: list[str], kept: l
 
 
 def commit(root: Path, paths: list[str], upper: Path = Path(layout.RAM_UPPER),
-           adjust_order: Callable[[Path], str] | None = None) -> delta.Request:
+           adjust_order: Callable[[Path], str] | None = None) -> Request:
     """Stage the RAM delta (or ``paths`` of it) to replace p7's delta at the next boot."""
     mode = running_mode()
     if mode == layout.MODE_PERSISTENT:
@@ -126,7 +127,7 @@ def commit(root: Path, paths: list[str], upper: Path = Path(layout.RAM_UPPER),
     if not full and pending is not None and pending.action == layout.ACTION_COMMIT:
         raise DeviceError("a commit is already staged for the next boot: commit everything (liveng commit "
                           "without paths), which includes it, or reboot first")
-    request = delta.Request(action=layout.ACTION_COMMIT, snapshot="" if full else ",".join(targets),
+    request = Request(action=layout.ACTION_COMMIT, snapshot="" if full else ",".join(targets),
                             created=delta.now(), keep=",".join(kept))
     base = root / layout.DELTA_DIR
 

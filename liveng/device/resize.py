@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
 from liveng.device import bootstate, system
-from liveng.device.bootstate import DeviceError, run
+from liveng.device.runner import DeviceError, run
 
 ALIGN_SECTORS = layout.ALIGN // layout.SECTOR
 # Less than this to gain is not worth a partition-table write.
@@ -38,6 +37,9 @@ class Geometry:
     extended_size: int
     persistence_start: int
     persistence_size: int
+    # Primary partitions other than p3, as (number, start, size): one after p3 (a p4 someone added)
+    # is where p3 must stop growing.
+    others: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Plan:
     end: int  # where p3 and p7 should end (exclusive), aligned down to ALIGN
     extended_size: int | None  # new size, or None when nothing to do
     persistence_size: int | None
+    notes: tuple[str, ...] = ()  # why p7 grows less than the disk allows (2 TiB, a partition after p3)
 
     @property
     def needed(self) -> bool:
@@ -53,17 +56,27 @@ class Plan:
 
 def plan(g: Geometry) -> Plan:
     end = g.disk // ALIGN_SECTORS * ALIGN_SECTORS
+    notes = []
+    if end > layout.MBR_MAX_SECTORS:
+        end = layout.MBR_MAX_SECTORS // ALIGN_SECTORS * ALIGN_SECTORS
+        notes.append(f"the disk is larger than 2 TiB: an MBR partition table cannot address more, the "
+                     f"{(g.disk - end) * layout.SECTOR // 2**30} GiB beyond stay unused")
     if g.extended_start + g.extended_size > g.disk or g.persistence_start + g.persistence_size > g.disk:
         raise DeviceError(f"the partition table reaches past the end of the disk ({g.disk} sectors): the image "
                           "was written to a smaller disk than it was made for")
     if not g.extended_start < g.persistence_start < g.extended_start + g.extended_size:
         raise DeviceError("p7 does not lie inside the extended partition p3: not a liveng layout")
     ext_end = g.extended_start + g.extended_size
+    after = sorted((start, number) for number, start, _ in g.others if start >= ext_end)
+    if after and after[0][0] < end:
+        end = max(after[0][0] // ALIGN_SECTORS * ALIGN_SECTORS, ext_end)
+        notes.append(f"partition {after[0][1]} lies after the extended partition p3 (from sector {after[0][0]}): "
+                     "the persistence partition grows only up to it; remove that partition to use the rest")
     p7_end = g.persistence_start + g.persistence_size
     new_ext = end - g.extended_start if end - ext_end >= MIN_GAIN_SECTORS else None
     target_ext_end = end if new_ext is not None else ext_end
     new_p7 = target_ext_end - g.persistence_start if target_ext_end - p7_end >= MIN_GAIN_SECTORS else None
-    return Plan(end=end, extended_size=new_ext, persistence_size=new_p7)
+    return Plan(end=end, extended_size=new_ext, persistence_size=new_p7, notes=tuple(notes))
 
 
 def _sys_block(dev: Path) -> Path:
@@ -88,7 +101,8 @@ def read_geometry(disk: Path) -> Geometry:
         raise DeviceError(f"{disk} has no partitions {ext} and {p7}: not a liveng layout")
     return Geometry(disk=int((Path("/sys/block") / disk.name / "size").read_text()),
                     extended_start=parts[ext][0], extended_size=parts[ext][1],
-                    persistence_start=parts[p7][0], persistence_size=parts[p7][1])
+                    persistence_start=parts[p7][0], persistence_size=parts[p7][1],
+                    others=tuple((n, st, size) for n, (st, size) in sorted(parts.items()) if n < 5 and n != ext))
 
 
 def _sys_block_number(node: str) -> str:
@@ -103,17 +117,8 @@ def _sys_block_number(node: str) -> str:
 def _set_size(disk: Path, number: int, size: int) -> None:
     # -N: only this partition's entry changes (one sector: the MBR for p3, p7's EBR for p7).
     # --no-reread: the disk is in use; the kernel is told below, for p7 only.
-    run_input(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
-               "-N", str(number), str(disk)], f",{size}\n")
-
-
-def run_input(argv: list[str], text: str) -> None:
-    try:
-        proc = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise DeviceError(f"{argv[0]} is not installed: this image lacks a package liveng needs") from None
-    if proc.returncode != 0:
-        raise DeviceError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
+         "-N", str(number), str(disk)], f",{size}\n")
     os.sync()
 
 
@@ -137,7 +142,9 @@ def resize(say: Callable[[str], None] = print) -> bool:
     p = plan(g)
     changed = False
     if p.needed:
-        say(f"growing the persistence partition to the end of {disk} ({p.end * layout.SECTOR // layout.MiB} MiB)")
+        say(f"growing the persistence partition to {p.end * layout.SECTOR // layout.MiB} MiB of {disk}")
+        for note in p.notes:  # once: the next boot has nothing to grow and says nothing
+            say(note)
     if p.extended_size is not None:
         _set_size(disk, layout.partition(layout.Role.EXTENDED).number, p.extended_size)
         changed = True

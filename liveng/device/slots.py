@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import verify
-from liveng.device.bootstate import DeviceError, device_path, mounted, run
+from liveng.device.bootstate import DeviceError, device_path, mounted
+from liveng.device.runner import run
 
 BLKFLSBUF = 0x1261  # linux/fs.h: drop the buffer cache of a block device
 CHUNK = 4 * 1024 * 1024
@@ -47,7 +47,7 @@ def read_slot(name: str) -> SlotInfo:
         with mounted(layout.SLOTS[name], "iso9660") as root:
             info = json.loads((root / layout.SLOT_INFO_PATH).read_text())
             return SlotInfo(name, info.get("kernel"), info.get("written"), dict(info.get("files", {})))
-    except (DeviceError, OSError, ValueError):
+    except (DeviceError, OSError, ValueError, AttributeError, TypeError):  # missing, or not slot.json's shape
         return SlotInfo(name, None, None, {})
 
 
@@ -120,15 +120,3 @@ def write_slot(name: str, kernel: str, files: dict[str, Path], hashes: dict[str,
         iso = build_iso(name, kernel, files, hashes, Path(tmp))
         write_and_verify(iso, dev)
 
-
-def intact(name: str) -> bool:
-    """Whether a slot holds a kernel whose files all match the slot's manifest."""
-    if read_slot(name).kernel is None:
-        return False
-    report = verify.Report()
-    try:
-        with mounted(layout.SLOTS[name], "iso9660") as root:
-            verify.verify_tree(root, f"slot {name.upper()}", report)
-    except DeviceError:
-        return False
-    return report.ok

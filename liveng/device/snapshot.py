@@ -26,6 +26,7 @@ from typing import IO
 from liveng import layout
 from liveng.device import bootstate, delta
 from liveng.device.bootstate import DeviceError
+from liveng.requests import Request
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # --format=posix: pax headers carry the xattrs, ACLs and sparse maps. --numeric-owner: the ids
@@ -47,7 +48,7 @@ class Snapshot:
 
 def check_name(name: str) -> str:
     name = name.removesuffix(layout.SNAPSHOT_SUFFIX)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise DeviceError(f"snapshot name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not starting "
                           "with '.' or '-'")
     return name
@@ -275,10 +276,10 @@ def delete(root: Path, name: str) -> None:
 
 
 def request_restore(root: Path, name_or_path: str,
-                    adjust_order: Callable[[Path], str] | None = None) -> delta.Request:
+                    adjust_order: Callable[[Path], str] | None = None) -> Request:
     path = find(root, name_or_path)
     label = path.name.removesuffix(layout.SNAPSHOT_SUFFIX) if path.parent == _snapshot_dir(root) else str(path)
-    request = delta.Request(action=layout.ACTION_RESTORE, snapshot=label, created=delta.now())
+    request = Request(action=layout.ACTION_RESTORE, snapshot=label, created=delta.now())
     try:
         return delta.stage(root, request, lambda staged: extract(path, staged), adjust_order)
     except OSError as exc:
@@ -286,6 +287,6 @@ def request_restore(root: Path, name_or_path: str,
 
 
 def request_reset(root: Path, delete_snapshots: bool,
-                  adjust_order: Callable[[Path], str] | None = None) -> delta.Request:
-    request = delta.Request(action=layout.ACTION_RESET, delete_snapshots=delete_snapshots, created=delta.now())
+                  adjust_order: Callable[[Path], str] | None = None) -> Request:
+    request = Request(action=layout.ACTION_RESET, delete_snapshots=delete_snapshots, created=delta.now())
     return delta.stage(root, request, lambda staged: None, adjust_order)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from liveng import layout
+from liveng.device import bootstate, slots, system
+from liveng.device.runner import DeviceError
 
 
 @dataclass
@@ -51,8 +53,6 @@ def verify_tree(root: Path, label: str, report: Report) -> None:
 
 def verify_system(report: Report) -> None:
     """p2: live-boot has it mounted at /run/live/medium; otherwise mount it read-only."""
-    from liveng.device import bootstate, system
-
     own = bootstate.device_path(layout.Role.SYSTEM).resolve()
     for m in system.mounts():
         if m.mountpoint == layout.LIVE_MEDIUM_MOUNT and Path(m.device).resolve() == own:
@@ -63,10 +63,21 @@ def verify_system(report: Report) -> None:
 
 
 def verify_slots(report: Report) -> None:
-    from liveng.device import bootstate, slots
-
     for name, role in layout.SLOTS.items():
         if slots.read_slot(name).kernel is None:
             continue  # an empty slot has nothing to verify
         with bootstate.mounted(role, "iso9660") as root:
             verify_tree(root, f"kernel slot {name.upper()}", report)
+
+
+def intact(name: str) -> bool:
+    """Whether a slot holds a kernel whose files all match the slot's manifest."""
+    if slots.read_slot(name).kernel is None:
+        return False
+    report = Report()
+    try:
+        with bootstate.mounted(layout.SLOTS[name], "iso9660") as root:
+            verify_tree(root, f"slot {name.upper()}", report)
+    except DeviceError:
+        return False
+    return report.ok

@@ -116,6 +116,7 @@ def _persistence_key(ctx: Context, key: bytes) -> None:
     appended as a second archive; on the device liveng's initramfs hook adds it to new ones)."""
     dest = ctx.tree / luks.KEY_FILE_PATH
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.parent.chmod(0o700)  # made 0755 already for the settings switch (customize.device_settings)
     dest.write_bytes(key)
     dest.chmod(0o400)
     # Initramfs files that hold the key are for root only (initramfs-tools' UMASK, cryptsetup's advice).
@@ -207,8 +208,9 @@ def step_boot_partition(ctx: Context) -> None:
     modes = {m: layout.mode_args(ctx.image_id, m, ram.delta_cap, ram.persistent_paths) for m in layout.MODES}
     cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs,
                                  ram.mode, modes))
-    (staging / layout.GRUBENV_PATH).write_bytes(grubenv.serialize(
-        {layout.ENV_ORDER: layout.INITIAL_ORDER, layout.ENV_TRIES: str(layout.TRIES), layout.ENV_MODE: ram.mode}))
+    primary, backup = grubenv.copies(layout.fresh_env(layout.INITIAL_ORDER, ram.mode))
+    (staging / layout.GRUBENV_PATH).write_bytes(primary)
+    (staging / layout.GRUBENV_BACKUP_PATH).write_bytes(backup)
     info = staging / layout.IMAGE_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
     info.write_text(json.dumps(ctx.image_info(), indent=1) + "\n")

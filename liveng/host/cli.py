@@ -99,18 +99,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_flash(args: argparse.Namespace) -> int:
     from liveng.host.flash import flash
 
-    print(f"liveng: {flash(args.image, args.device, force=args.force)}")
+    print(f"liveng: {flash(args.image, args.device, force=args.force, yes=args.yes)}")
     return 0
 
 
 def cmd_settings_check(args: argparse.Namespace) -> int:
-    from liveng import settings
+    from liveng import boundedread, settings
     from liveng.host.errors import UsageError
 
     try:
-        parsed = settings.loads(args.file.read_text(encoding="utf-8"), str(args.file))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{args.file}: cannot read it: {exc}") from None
+        raw = boundedread.read_regular(args.file, boundedread.SETTINGS_CAP)
+        parsed = settings.loads(raw.decode("utf-8"), str(args.file))
+    except boundedread.ReadError as exc:
+        raise UsageError(f"{args.file}: cannot read it: {exc.reason}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file}: not UTF-8 text: save it as UTF-8") from None
     except settings.SettingsError as exc:
         raise UsageError(str(exc)) from None
     print(f"liveng: {args.file}: valid" + (" (sets nothing)" if parsed.empty else "") +
@@ -163,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("device", type=Path, help="the whole disk, e.g. /dev/sdb or /dev/mmcblk0 (see lsblk), or a file")
     p.add_argument("--force", action="store_true",
                    help="write even a disk that is in use or holds the running system")
+    p.add_argument("--yes", action="store_true",
+                   help="write a fixed (non-removable) disk without asking")
     p.set_defaults(func=cmd_flash)
 
     st = sub.add_parser("settings", help="first-boot settings files (liveng-settings.toml on p1)")

@@ -11,7 +11,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from liveng import settings
+from liveng import layout, settings
+from liveng.host import treecopy
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Ram, Recipe, User
@@ -22,7 +23,7 @@ DEVICE_ENTRY = "usr/sbin/liveng"
 UNIT_DIR = "usr/lib/systemd/system"
 SSH_GENERATOR = "usr/lib/systemd/system-generators/systemd-ssh-generator"
 # What the device side shares with the host: the layout contract, the boot-state format, the settings schema.
-SHARED_MODULES = ("__init__.py", "layout.py", "grubenv.py", "settings.py")
+SHARED_MODULES = ("__init__.py", "layout.py", "grubenv.py", "settings.py", "requests.py", "boundedread.py")
 
 _ENTRY_SCRIPT = """#!/usr/bin/python3
 # liveng device tool (installed by liveng build).
@@ -180,14 +181,7 @@ def memory(tree: Path, ram: Ram) -> None:
 
 def copy_files(tree: Path, recipe: Recipe) -> None:
     for f in recipe.files:
-        dest = tree / f.destination.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if f.source.is_dir():
-            shutil.copytree(f.source, dest, symlinks=True, dirs_exist_ok=True)
-        else:
-            shutil.copy2(f.source, dest)
-        if f.mode is not None:
-            dest.chmod(f.mode)
+        treecopy.copy_into(tree, f.source, f.destination, f.mode)
 
 
 def first_boot_identity(tree: Path) -> None:
@@ -323,6 +317,9 @@ def device_settings(tree: Path, recipe: Recipe) -> None:
         wifi = recipe.wifi
         psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
         _write(tree / settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600)
+    policy = tree / layout.SETTINGS_POLICY_PATH
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    _write(policy, "yes\n" if recipe.settings_from_boot_partition else "no\n")
 
 
 def _enable_locale(tree: Path, locale: str) -> None:

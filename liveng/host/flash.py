@@ -3,7 +3,8 @@
 The target is a whole disk (or a regular file). Before a byte is written it is refused when it is
 a partition, write-protected, smaller than the image, in use (a partition mounted, swap, a holder
 such as device mapper or md) or one of the disks the running system lives on (/, /boot, /usr,
-/var, the liveng cache...); --force overrides the last two only. Disks are found through sysfs
+/var, the liveng cache...); --force overrides the last two only. A fixed disk (not removable, not USB
+or MMC) is written only after "yes" typed on a terminal, or with --yes. Disks are found through sysfs
 and /proc, so the checks are testable on a directory that stands in for /sys and /proc.
 """
 
@@ -15,6 +16,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -235,6 +237,29 @@ def check_block_target(target: Path, rdev: int, image_size: int, force: bool, ho
     return disk
 
 
+def fixed(disk: Disk) -> bool:
+    """A disk built into the machine (not removable, not on USB or an SD/MMC slot, not a loop device)."""
+    real = str(disk.sysdir.resolve())
+    return not (disk.removable or "/usb" in real or disk.name.startswith("mmcblk") or (disk.sysdir / "loop").is_dir())
+
+
+def confirm_fixed(target: Path, disk: Disk, yes: bool, ask: Callable[[str], str] | None) -> None:
+    """A fixed disk is written only when the user says so: --yes, or "yes" typed on a terminal."""
+    if yes or not fixed(disk):
+        return
+    question = (f"{target} ({disk.describe()}) is a fixed disk, not a card or a USB stick: everything on it "
+                "is erased. Type yes to write it: ")
+    if ask is None:
+        raise UsageError(f"{target} ({disk.describe()}) is a fixed disk, not a card or a USB stick: pass --yes to "
+                         "write it anyway")
+    if ask(question).strip() != "yes":
+        raise UsageError(f"{target}: not confirmed; nothing was written")
+
+
+def _terminal_ask() -> Callable[[str], str] | None:
+    return input if sys.stdin.isatty() else None
+
+
 class Progress:
     """Bytes, percent and speed on stderr: one line redrawn on a terminal, a line every 5 s otherwise."""
 
@@ -316,7 +341,7 @@ def verify(image: Path, target: Path, size: int, progress: Progress) -> None:
         os.close(fd)
 
 
-def flash(image: Path, target: Path, force: bool = False, host: Host | None = None) -> str:
+def flash(image: Path, target: Path, force: bool = False, host: Host | None = None, yes: bool = False) -> str:
     """Write and verify; returns a one-line summary."""
     host = host or Host()
     if not image.is_file():
@@ -329,6 +354,7 @@ def flash(image: Path, target: Path, force: bool = False, host: Host | None = No
         st = None
     if st is not None and stat.S_ISBLK(st.st_mode):
         disk = check_block_target(target, st.st_rdev, size, force, host)
+        confirm_fixed(target, disk, yes or force, _terminal_ask())
         print(f"liveng: writing {image} (id {info.table.image_id}, {human(size)}) to {target}: {disk.describe()}",
               file=sys.stderr)
         flags = os.O_WRONLY | os.O_CLOEXEC | (0 if force else os.O_EXCL)

@@ -22,9 +22,8 @@ from liveng.host.runner import run
 
 # Room for the LUKS2 header in front of the data (reencrypt moves the data behind it).
 HEADER_ROOM_MIB = 16
-# Where the image keeps the key file: liveng's initramfs hook puts it into every initramfs made
-# on the device (kernel updates), the build appends it to the initramfs it ships.
-KEY_FILE_PATH = "etc/liveng/persistence.key"
+# The build also appends the key file to the initramfs it ships.
+KEY_FILE_PATH = layout.KEY_FILE_PATH
 KERNEL_ARG = "persistence-encryption=luks"
 # argon2id with fixed costs: no benchmark at build time (the build host is not the device), and
 # an unlock costs the same everywhere: memory from the recipe, 4 passes.

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from liveng import grubenv, layout, settings
-from liveng.device.bootstate import DeviceError
-from liveng.device.delta import parse_request
 from liveng.host.errors import CommandError, ImageError
 from liveng.host.imagefile import ImageFile, fat_file
 from liveng.host.runner import output
+from liveng.requests import RequestError, parse_request
 
 ISO_BLOCK = 2048
 
@@ -105,19 +104,21 @@ def persistence_status(image: Path, offset: int) -> dict[str, Any]:
         f"/{layout.SNAPSHOT_DIR}", []) if name.endswith(layout.SNAPSHOT_SUFFIX) and not name.startswith("."))
     state = {name for _, _, name, _ in top.get(f"/{layout.DELTA_STATE_DIR}", [])}
     pending = None
-    if "pending" in state:
+    if Path(layout.PENDING_PATH).name in state:
         text = _debugfs(image, offset, [f"cat /{layout.PENDING_PATH}"])
         body = "\n".join(line for line in text.splitlines() if not line.startswith("debugfs"))
         try:
             pending = parse_request(body).describe().replace(", applied at the next boot", "")
-        except DeviceError as exc:
+        except RequestError as exc:
             pending = str(exc)
     root_names = {name for _, _, name, _ in top.get("/", [])}
     return {"size": size, "free": free,
             "delta_bytes": delta_bytes(image, offset) if layout.DELTA_DIR in root_names else 0,
             "booted": layout.DELTA_DIR in root_names,
             "snapshots": [{"name": n, "size": s} for n, s in snaps],
-            "pending": pending, "switch_in_progress": "switch" in state}
+            "pending": pending,
+            # The journal, or a boot-menu reset not finished: the next boot finishes either.
+            "switch_in_progress": bool(state & {Path(layout.SWITCH_PATH).name, Path(layout.RESET_DELTA_DIR).name})}
 
 
 def settings_status(image: Path, offset: int) -> dict[str, Any]:
@@ -146,17 +147,32 @@ def status(image: ImageFile) -> dict[str, Any]:
     table = image.table
     report: dict[str, Any] = {"image_id": table.image_id, "errors": []}
     boot = table.entry(layout.partition(layout.Role.BOOT).number)
-    try:
-        env = grubenv.parse(fat_file(image.path, boot.start, layout.GRUBENV_PATH))
-        report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),
-                          "tries": env.get(layout.ENV_TRIES), "good": env.get(layout.ENV_GOOD)}
-    except (ImageError, grubenv.GrubEnvError) as exc:
-        report["errors"].append(f"boot state: {exc}")
+    copies: list[bytes | None] = []
+    for path in (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH):
+        try:
+            copies.append(fat_file(image.path, boot.start, path))
+        except ImageError:
+            copies.append(None)  # missing (or unreadable): grubenv.choose says so
+    choice = grubenv.choose(*copies)
+    env = choice.env
+    report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),
+                      "tries": env.get(layout.ENV_TRIES), "good": env.get(layout.ENV_GOOD),
+                      "source": choice.source, "damaged": choice.damaged}
+    for copy, why in choice.damaged.items():
+        report["errors"].append(f"boot state: the {copy} copy is damaged ({why}); the device repairs it at "
+                                "its next boot-state change")
     report["settings"] = settings_status(image.path, boot.start)
     slots = {}
     for name, role in layout.SLOTS.items():
         raw = iso_file(image.path, table.entry(layout.partition(role).number).start, layout.SLOT_INFO_PATH)
-        info = json.loads(raw) if raw else {}
+        try:
+            info = json.loads(raw) if raw else {}
+        except ValueError as exc:
+            info = exc
+        if not isinstance(info, dict):
+            report["errors"].append(f"slot {name}: {layout.SLOT_INFO_PATH} is damaged: the slot cannot be trusted "
+                                    "(a kernel update rewrites it)")
+            info = {}
         slots[name] = {"kernel": info.get("kernel"), "written": info.get("written")}
     report["slots"] = slots
     p7 = table.entry(layout.partition(layout.Role.PERSISTENCE).number).start
@@ -179,7 +195,8 @@ def lines(report: dict[str, Any]) -> list[str]:
     out = []
     if "boot" in report:
         b = report["boot"]
-        out.append(f"boot:    order {' '.join(b['order'])}, tries {b['tries']}, last good {b['good'] or 'none'}")
+        out.append(f"boot:    order {' '.join(b['order'])}, tries {b['tries']}, last good {b['good'] or 'none'} "
+                   f"(from the {b['source']} copy)")
     st = report.get("settings")
     if st:
         if not st["present"]:
@@ -192,7 +209,7 @@ def lines(report: dict[str, Any]) -> list[str]:
             secrets = "; holds secrets: not applied yet" if st["secrets"] else ""
             out.append(f"settings: {layout.SETTINGS_PATH} sets {', '.join(st['sets'])}{secrets}")
         if st["device_error"]:
-            why = st["device_error"].splitlines()  # when, the reason, what to do (firstboot._note_error)
+            why = st["device_error"].splitlines()  # when, the reason, what to do (settingsfiles.note_error)
             out.append(f"settings: the device could not apply it: {why[1] if len(why) > 1 else why[0]}")
     for name, s in report["slots"].items():
         out.append(f"slot {name.upper()}:  " + (f"kernel {s['kernel']}, written {s['written']}" if s["kernel"]

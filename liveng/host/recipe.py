@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from liveng import layout, settings
+from liveng import boundedread, layout, settings
 from liveng.host.errors import RecipeError
 from liveng.settings import Checker, Settings, Ssh, User, Wifi
 
@@ -107,6 +107,13 @@ class Recipe:
     wifi: Wifi | None = None
     ssh: Ssh | None = None
     persistence: Persistence = field(default_factory=Persistence)
+    boot_settings: bool | None = None  # [settings] from_boot_partition; None: the default below
+
+    @property
+    def settings_from_boot_partition(self) -> bool:
+        """Whether the device applies liveng-settings.toml from p1. Default: yes, but not with encrypted
+        persistence, where the file would let anyone holding the card for a minute add a root key."""
+        return self.boot_settings if self.boot_settings is not None else not self.persistence.encrypted
 
     @property
     def arch(self) -> str:
@@ -118,7 +125,7 @@ class Recipe:
         return Settings(**{name: getattr(self, name) for name in settings.KEYS})
 
 
-_TOP_KEYS = {f.name for f in fields(Recipe)} - {"path"}
+_TOP_KEYS = ({f.name for f in fields(Recipe)} - {"path", "boot_settings"}) | {"settings"}
 
 
 def _checker(path: str) -> Checker:
@@ -155,6 +162,9 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         for i, a in enumerate(args):
             if not a or any(ch.isspace() for ch in a) or any(ch in a for ch in "\"'$;{}"):
                 raise c.fail(f"cmdline[{i}]", f"{a!r} must be one kernel argument without spaces, quotes, $ ; {{ }}")
+            if layout.reserved_arg(a):
+                raise c.fail(f"cmdline[{i}]", f"{a!r} is an argument liveng sets itself (boot, persistence, modes, "
+                             "liveng.*): use the recipe's own keys ([ram] mode...) instead")
         kw["cmdline"] = args
     if "autologin" in data:
         kw["autologin"] = c.boolean("autologin", data["autologin"])
@@ -168,6 +178,11 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["files"] = tuple(_file(c, f"files[{i}]", t, base) for i, t in enumerate(c.tables("files", data["files"])))
     if "persistence" in data:
         kw["persistence"] = _persistence(c, c.table("persistence", data["persistence"]), base)
+    if "settings" in data:
+        table = c.table("settings", data["settings"])
+        c.unknown(table, {"from_boot_partition"}, "settings")
+        if "from_boot_partition" in table:
+            kw["boot_settings"] = c.boolean("settings.from_boot_partition", table["from_boot_partition"])
     return Recipe(**kw)
 
 
@@ -188,13 +203,11 @@ def _secret_file(c: Checker, key: str, value: Any, base: Path | None) -> Path:
             raise c.fail(key, "a relative path needs a recipe file to be relative to")
         path = base / path
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise c.fail(key, f"cannot read {path}: {exc.strerror or exc}") from None
+        data = boundedread.read_regular(path, KEY_FILE_MAX)
+    except boundedread.ReadError as exc:
+        raise c.fail(key, f"cannot read {path}: {exc.reason}") from None
     if not data.strip():
         raise c.fail(key, f"{path} is empty: there is no default passphrase or key, put one in it")
-    if len(data) > KEY_FILE_MAX:
-        raise c.fail(key, f"{path} is {len(data)} bytes; at most {KEY_FILE_MAX} are used")
     if key.endswith("passphrase_file") and b"\n" in passphrase(data):
         raise c.fail(key, f"{path} holds more than one line: a passphrase is typed on one line")
     return path
@@ -263,13 +276,26 @@ def _file(c: Checker, key: str, table: dict[str, Any], base: Path | None) -> Fil
     if not source.exists():
         raise c.fail(f"{key}.source", f"{source} does not exist")
     dest = c.string(f"{key}.destination", table["destination"])
-    if not dest.startswith("/") or "/../" in dest + "/" or dest == "/":
-        raise c.fail(f"{key}.destination", f"{dest!r} must be an absolute path inside the image")
+    problem = destination_problem(dest)
+    if problem:
+        raise c.fail(f"{key}.destination", f"{dest!r} must be an absolute path inside the image: {problem}")
     mode = None
     if "mode" in table:
         text = c.pattern(f"{key}.mode", table["mode"], re.compile(r"^0?[0-7]{3,4}$"), "an octal mode like \"0644\"")
         mode = int(text, 8)
     return FileCopy(source=source, destination=dest, mode=mode)
+
+
+def destination_problem(dest: str) -> str | None:
+    """Why ``dest`` is not a normalised absolute path below / (None when it is one)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in dest):
+        return "it holds a control character"
+    if not dest.startswith("/"):
+        return "it does not start with /"
+    parts = dest[1:].split("/")
+    if parts == [""] or any(p in ("", ".", "..") for p in parts):
+        return "it is /, or has an empty, . or .. component"
+    return None
 
 
 def load(path: Path | None) -> Recipe:
@@ -278,11 +304,13 @@ def load(path: Path | None) -> Recipe:
         text = resources.files("liveng.host").joinpath("data/default.toml").read_text()
         return loads(text, DEFAULT_RECIPE_NAME, None)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{path}: cannot read the recipe: {exc}") from None
+        text = boundedread.read_regular(path, boundedread.SETTINGS_CAP).decode()
+    except boundedread.ReadError as exc:
+        if exc.missing:
+            raise RecipeError(f"{path}: no such recipe file") from None
+        raise RecipeError(f"{path}: cannot read the recipe: {exc.reason}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text: save the recipe as UTF-8") from None
     return loads(text, str(path), path.resolve().parent)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from liveng import settings
+from liveng import layout, settings
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe
@@ -76,10 +76,23 @@ def packages(recipe: Recipe) -> tuple[str, ...]:
     return tuple(sorted(wanted))
 
 
+# In the initramfs as /scripts/liveng-functions (initramfs-tools copies CONFDIR/scripts; the
+# liveng hook copies it too), sourced by every liveng script there.
+FUNCTIONS_PATH = "etc/initramfs-tools/scripts/liveng-functions"
+
+
+def initramfs_functions() -> bytes:
+    """layout.py's constants, then the shared shell functions (the command line parser)."""
+    data = resources.files("liveng.device").joinpath("data/initramfs/lib/liveng-functions")
+    return ("# Written at image build from liveng/layout.py (initramfs_constants).\n"
+            + layout.initramfs_constants()).encode() + data.read_bytes()
+
+
 def initramfs_overlay() -> dict[str, bytes]:
-    """Files that must be in the tree before the kernel's initramfs is first generated."""
+    """Files that must be in the tree before the kernel's initramfs is first generated. The rootfs
+    cache key hashes them, so a change of layout.py's constants makes a new rootfs."""
     data = resources.files("liveng.device").joinpath("data/initramfs")
-    files = {}
+    files = {FUNCTIONS_PATH: initramfs_functions()}
     for name in ("live-premount/liveng", "live-premount/liveng-luks", "live-premount/liveng-delta",
                  "live-bottom/liveng-ram"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()

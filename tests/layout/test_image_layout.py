@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from liveng import grubenv, layout, settings
-from liveng.device.delta import Request
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
 from liveng.host.cli import main
+from liveng.requests import Request
 from tests.layout import fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="liveng build needs root")
@@ -179,6 +179,9 @@ def test_boot_partition(built: Built) -> None:
     env_block = subprocess.run(["mtype", "-i", spec, "::/boot/grub/grubenv"], capture_output=True, check=True,
                                env=env).stdout
     assert grubenv.parse(env_block) == {"liveng_order": "0 2", "liveng_tries": "3", "liveng_mode": "persistent"}
+    backup = subprocess.run(["mtype", "-i", spec, f"::/{layout.GRUBENV_BACKUP_PATH}"], capture_output=True,
+                            check=True, env=env).stdout
+    assert backup == env_block and len(backup) == grubenv.SIZE
 
 
 def test_bios_boot_code(built: Built) -> None:
@@ -288,7 +291,12 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert st["persistence"]["delta_bytes"] == 5000 and st["persistence"]["booted"]
     assert st["persistence"]["snapshots"] == [{"name": "s1", "size": 3000}]
     assert st["persistence"]["pending"].startswith("restore of snapshot s1")
-    assert st["errors"] == []
+    assert st["errors"] == [] and not st["persistence"]["switch_in_progress"]
+    # A boot-menu reset not finished (its rw.reset left) is a switch the next boot finishes.
+    script.write_text(f"mkdir {layout.RESET_DELTA_DIR}\n")
+    sh("debugfs", "-w", "-f", script, target)
+    assert main(["inspect", "--json", str(image)]) == 0
+    assert json.loads(capsys.readouterr().out)["status"]["persistence"]["switch_in_progress"]
     # The owner's settings on p1, as inspect sees them: what they set, secrets not yet applied, invalid.
     p1 = f"{image}@@{int(str(partitions(image)[1]['start'])) * 512}"
     (files / "settings").write_text('hostname = "x"\n[[users]]\nname = "pi"\npassword_hash = "$6$a$b"\n')
@@ -301,6 +309,13 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     assert main(["inspect", str(image)]) == 0
     assert "settings: INVALID, the device will apply none of it: liveng-settings.toml: hostname: 'X'" in \
         capsys.readouterr().out
+    # A damaged primary grubenv (not UTF-8): the backup is read, and inspect says so.
+    (files / "grubenv").write_bytes(b"\xff" * grubenv.SIZE)
+    sh("mcopy", "-o", "-i", p1, files / "grubenv", f"::/{layout.GRUBENV_PATH}")
+    assert main(["inspect", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "boot:    order slot-a factory, tries 3, last good none (from the backup copy)" in out
+    assert "the primary copy is damaged" in out
 
 
 def test_inspect_rejects_non_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,14 +10,15 @@ from liveng import layout
 from liveng.device import bootstate, delta, kernelfit, resize, snapshot
 from liveng.device.bootstate import DeviceError
 from liveng.host.bootloader import grub
+from liveng.requests import Request
 
 MiB_S = layout.MiB // layout.SECTOR
 
 
 def test_request_round_trip() -> None:
-    r = delta.Request(action="restore", snapshot="before-upgrade", created="2026-01-02T03:04:05Z", order="1 0 2")
+    r = Request(action="restore", snapshot="before-upgrade", created="2026-01-02T03:04:05Z", order="1 0 2")
     assert delta.parse_request(r.text()) == r
-    reset = delta.Request(action="reset", delete_snapshots=True)
+    reset = Request(action="reset", delete_snapshots=True)
     assert delta.parse_request(reset.text()) == reset
     assert "snapshots deleted too" in reset.describe()
 
@@ -123,15 +124,15 @@ def test_stage_commits_only_a_complete_delta(tmp_path: Path) -> None:
         raise DeviceError("disk full")
 
     with pytest.raises(DeviceError, match="disk full"):
-        delta.stage(tmp_path, delta.Request(action="reset"), fail)
+        delta.stage(tmp_path, Request(action="reset"), fail)
     assert not (tmp_path / layout.STAGED_DIR).exists() and not (tmp_path / layout.PENDING_PATH).exists()
-    request = delta.stage(tmp_path, delta.Request(action="reset"), lambda staged: None, lambda staged: "1 0 2")
+    request = delta.stage(tmp_path, Request(action="reset"), lambda staged: None, lambda staged: "1 0 2")
     assert request.order == "1 0 2"
     assert delta.read_pending(tmp_path) == request
     assert (tmp_path / layout.STAGED_DIR).stat().st_mode & 0o777 == 0o755
     (tmp_path / layout.SWITCH_PATH).write_text("action=reset\n")
     with pytest.raises(DeviceError, match="reboot first"):
-        delta.stage(tmp_path, delta.Request(action="reset"), lambda staged: None)
+        delta.stage(tmp_path, Request(action="reset"), lambda staged: None)
 
 
 def test_status_lines() -> None:
@@ -158,3 +159,31 @@ def test_status_lines() -> None:
     assert "snapshots:    1 (1.0 MiB), last: s1 2026-01-01T00:00:00Z" in text
     assert "pending:      factory reset" in text and "liveng cancel" in text
     assert "slot B:       empty" in text
+
+
+def test_stage_waits_for_an_unfinished_menu_reset(tmp_path: Path) -> None:
+    (tmp_path / layout.DELTA_DIR).mkdir()
+    (tmp_path / layout.RESET_DELTA_DIR).mkdir(parents=True)
+    with pytest.raises(DeviceError, match="reboot first"):
+        delta.stage(tmp_path, Request(action="reset"), lambda staged: None)
+
+
+def test_grow_plan_stops_at_the_mbr_limit() -> None:
+    g = resize.Geometry(**{**IMAGE.__dict__, "disk": 3 * 2**32 // 2})  # 3 TiB
+    p = resize.plan(g)
+    assert p.end == 2**32 and p.extended_size == 2**32 - g.extended_start  # sfdisk would wrap anything more
+    assert p.persistence_size is not None and g.persistence_start + p.persistence_size == 2**32
+    assert len(p.notes) == 1 and "larger than 2 TiB" in p.notes[0]
+    grown = resize.Geometry(**{**g.__dict__, "extended_size": p.extended_size, "persistence_size": p.persistence_size})
+    assert not resize.plan(grown).needed
+
+
+def test_grow_plan_stops_at_a_partition_after_p3() -> None:
+    # Someone added a primary p4 at 3000 MiB on a 4 GiB disk.
+    g = resize.Geometry(**{**IMAGE.__dict__, "disk": 4096 * MiB_S, "others": ((4, 3000 * MiB_S, 1000 * MiB_S),)})
+    p = resize.plan(g)
+    assert p.extended_size == (3000 - 1281) * MiB_S and p.persistence_size == (3000 - 1794) * MiB_S
+    assert "partition 4 lies after the extended partition" in p.notes[0]
+    # Right after p3: nothing to grow, no error at every boot.
+    g = resize.Geometry(**{**IMAGE.__dict__, "disk": 4096 * MiB_S, "others": ((4, 2048 * MiB_S, 2048 * MiB_S),)})
+    assert not resize.plan(g).needed

@@ -12,14 +12,17 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
-from liveng.device.delta import Request
+from liveng.host.rootfs import initramfs_functions
+from liveng.requests import Request
 
 SCRIPT = Path(str(resources.files("liveng.device").joinpath("data/initramfs/live-premount/liveng-delta")))
-WRAPPED = ("mv", "rm", "mkdir", "sync")
-# Each wrapped command counts itself; at CRASH_AT it kills the script (the power goes) instead of running.
+WRAPPED = ("mv", "rm", "mkdir", "sync", "chmod", "chown")
+# Each wrapped command counts itself; at CRASH_AT it kills the script (the power goes) instead of running;
+# at FAIL_AT it fails without doing anything (an I/O error, a full disk).
 WRAPPER = """#!/bin/sh
 n=$(cat "$COUNTER"); n=$((n + 1)); echo "$n" >"$COUNTER"
 if [ "$n" -ge "$CRASH_AT" ]; then kill -9 "$PPID"; exit 1; fi
+if [ "$n" -eq "${{FAIL_AT:-0}}" ]; then echo "{name}: injected failure" >&2; : >"$COUNTER.failed"; exit 1; fi
 exec /bin/{name} "$@"
 """
 
@@ -49,20 +52,27 @@ def make_p7(root: Path, *, pending: Request | None, staged: bool, cmdline: str =
     if pending:
         (p7 / layout.PENDING_PATH).write_text(pending.text())
     (root / "cmdline").write_text(f"boot=live liveng.id=12ab34cd {cmdline}\n")
+    (root / "scripts").mkdir()
+    (root / "scripts/liveng-functions").write_bytes(initramfs_functions())  # what the image build writes
     return p7
+
+
+def run_output(root: Path, bin_dir: Path, crash_at: int = 10**6, fail_at: int = 0) -> str | None:
+    """Run the script; its output if it ran to the end, None if cut by a simulated power cut."""
+    counter = root / "counter"
+    counter.write_text("0")
+    env = {**os.environ, "LIVENG_DELTA_TEST_ROOT": str(root), "COUNTER": str(counter), "CRASH_AT": str(crash_at),
+           "FAIL_AT": str(fail_at), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        return proc.stdout + proc.stderr
+    assert proc.returncode == -9, proc.stderr
+    return None
 
 
 def run(root: Path, bin_dir: Path, crash_at: int) -> bool:
     """Run the script; True if it ran to the end (no simulated power cut)."""
-    counter = root / "counter"
-    counter.write_text("0")
-    env = {**os.environ, "LIVENG_DELTA_TEST_ROOT": str(root), "COUNTER": str(counter), "CRASH_AT": str(crash_at),
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    proc = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
-    if proc.returncode == 0:
-        return True
-    assert proc.returncode == -9, proc.stderr
-    return False
+    return run_output(root, bin_dir, crash_at) is not None
 
 
 def delta_state(p7: Path) -> str:
@@ -71,6 +81,7 @@ def delta_state(p7: Path) -> str:
     assert not (p7 / layout.PENDING_PATH).exists()
     assert not (p7 / layout.STAGED_DIR).exists()
     assert not (p7 / layout.OLD_DELTA_DIR).exists()
+    assert not (p7 / layout.RESET_DELTA_DIR).exists()
     files = sorted(str(p.relative_to(p7 / "rw")) for p in (p7 / "rw").rglob("*"))
     if files == ["etc", "etc/marker", "etc/only-old"] and (p7 / "rw/etc/marker").read_text() == "old\n":
         assert (p7 / "work/work").is_dir()  # untouched
@@ -174,3 +185,43 @@ def test_commit_keeps_the_persistent_paths_through_power_cuts(tmp_path: Path, bi
         if finished:
             break
     assert cuts >= 5
+
+
+def test_a_request_made_after_an_unfinished_reset_is_kept(tmp_path: Path, bin_dir: Path) -> None:
+    """A menu reset made rw but could not delete rw.reset; the reset system then staged a restore:
+    the next boot finishes the reset without taking the newer request with it."""
+    p7 = make_p7(tmp_path, pending=RESTORE, staged=True)
+    (p7 / layout.RESET_DELTA_DIR).mkdir()
+    (p7 / "rw/etc").rename(p7 / layout.RESET_DELTA_DIR / "etc")
+    out = run_output(tmp_path, bin_dir)
+    assert out is not None and "factory reset done" in out
+    assert (p7 / layout.PENDING_PATH).exists() and (p7 / layout.STAGED_DIR).is_dir()
+    assert not any((p7 / "rw").iterdir())
+    assert run(tmp_path, bin_dir, 10**6)
+    assert delta_state(p7) == "new"
+
+
+@pytest.mark.parametrize("keep", ["/srv/keep/inner,/srv/keep", "/srv/keep,/srv/keep/inner"])
+def test_nested_kept_paths(tmp_path: Path, bin_dir: Path, keep: str) -> None:
+    """A kept path inside another one moves with it, in either order (the inner one moved first
+    was deleted with the outer one's destination)."""
+    commit = Request(action=layout.ACTION_COMMIT, created="2026-01-01T00:00:00Z", keep=keep)
+    p7 = make_p7(tmp_path, pending=commit, staged=True)
+    (p7 / "rw/srv/keep/inner").mkdir(parents=True)
+    (p7 / "rw/srv/keep/data").write_text("outer\n")
+    (p7 / "rw/srv/keep/inner/data").write_text("inner\n")
+    out = run_output(tmp_path, bin_dir)
+    assert out is not None and "commit done" in out
+    assert (p7 / "rw/srv/keep/data").read_text() == "outer\n"
+    assert (p7 / "rw/srv/keep/inner/data").read_text() == "inner\n"
+
+
+def test_journal_without_staged_delta_keeps_the_old_one(tmp_path: Path, bin_dir: Path) -> None:
+    """The journal and the old delta set aside, but the staged one gone: the old one comes back and
+    the switch is not reported done."""
+    p7 = make_p7(tmp_path, pending=None, staged=False)
+    (p7 / layout.SWITCH_PATH).write_text(RESTORE.text())
+    (p7 / "rw").rename(p7 / layout.OLD_DELTA_DIR)
+    out = run_output(tmp_path, bin_dir)
+    assert out is not None and "restore done" not in out and "staged delta is missing" in out
+    assert delta_state(p7) == "old"

@@ -221,3 +221,60 @@ def test_recipe_locale_is_generated_at_first_boot(tmp_path: Path) -> None:
     sys_, rec = system(root)
     firstboot.ensure_locale(sys_)
     assert rec.commands() == ["locale -a", "locale-gen"]
+
+
+def _user_pi(root: Path, uid: int = 1000) -> Path:
+    with open(root / "etc/passwd", "a") as f:
+        f.write(f"pi:x:{uid}:{uid}::/home/pi:/bin/bash\n")
+    home = root / "home/pi"
+    home.mkdir()
+    os.chown(home, uid, uid)
+    return home
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another user")
+def test_authorized_keys_never_follow_the_users_links(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    shadow = root / "etc/shadow"
+    shadow.write_text("root:*:1::::::\n")
+    home = _user_pi(root)
+    ssh = home / ".ssh"
+    ssh.mkdir()
+    os.chown(ssh, 1000, 1000)
+    # The user's traps: the old fixed temporary name, and authorized_keys itself, pointing at shadow.
+    (ssh / ".authorized_keys.tmp").symlink_to(shadow)
+    s = settings.loads(f'[[users]]\nname = "pi"\nssh_keys = ["{KEY}"]', "f")
+    (ssh / "authorized_keys").symlink_to(shadow)
+    with pytest.raises(SettingsError, match=r"/home/pi/\.ssh/authorized_keys: cannot be read"):
+        firstboot.apply(s, system(root)[0])
+    assert shadow.read_text() == "root:*:1::::::\n"
+    (ssh / "authorized_keys").unlink()
+    firstboot.apply(s, system(root)[0])
+    assert shadow.read_text() == "root:*:1::::::\n" and shadow.stat().st_uid == 0
+    keys = ssh / "authorized_keys"
+    assert not keys.is_symlink() and keys.read_text() == KEY + "\n"
+    assert (keys.stat().st_uid, keys.stat().st_mode & 0o777) == (1000, 0o600)
+    # ~/.ssh a link to /etc, or someone else's: refused, nothing written there.
+    keys.unlink()
+    (ssh / ".authorized_keys.tmp").unlink()
+    ssh.rmdir()
+    ssh.symlink_to(root / "etc")
+    with pytest.raises(SettingsError, match=r"/home/pi/\.ssh is not a plain directory"):
+        firstboot.apply(s, system(root)[0])
+    assert not (root / "etc/authorized_keys").exists()
+    ssh.unlink()
+    ssh.mkdir()
+    os.chown(ssh, 2000, 2000)
+    with pytest.raises(SettingsError, match=r"/home/pi/\.ssh belongs to uid 2000"):
+        firstboot.apply(s, system(root)[0])
+    assert list(ssh.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another user")
+def test_check_refuses_a_linked_ssh_dir_before_applying_anything(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    home = _user_pi(root)
+    (home / ".ssh").symlink_to(root / "etc")
+    s = settings.loads(f'hostname = "x"\n[[users]]\nname = "pi"\nssh_keys = ["{KEY}"]', "f")
+    with pytest.raises(SettingsError, match=r"users\[0\]\.ssh_keys: /home/pi/\.ssh is a symbolic link"):
+        firstboot.check(s, system(root)[0], "f")

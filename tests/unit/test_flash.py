@@ -243,3 +243,17 @@ def test_writes_and_verifies_a_block_device(tmp_path: Path, loop_device: Path,
         f.truncate(32 * layout.MiB)
     with pytest.raises(UsageError, match="is too small"):
         flash.flash(big, loop_device)
+
+
+def test_a_fixed_disk_needs_a_yes(kernel: FakeKernel) -> None:
+    k = kernel
+    k.disk("sdf", 8, 80, 64_000, model="Data HDD")
+    disk = check(k, 8, 80)
+    target = Path("/dev/sdf")
+    with pytest.raises(UsageError, match=r"/dev/sdf \(Generic Data HDD, 62\.5 GiB, fixed\) is a fixed disk.*--yes"):
+        flash.confirm_fixed(target, disk, yes=False, ask=None)
+    with pytest.raises(UsageError, match="not confirmed; nothing was written"):
+        flash.confirm_fixed(target, disk, yes=False, ask=lambda q: "y")
+    flash.confirm_fixed(target, disk, yes=False, ask=lambda q: "yes\n")
+    flash.confirm_fixed(target, disk, yes=True, ask=None)
+    flash.confirm_fixed(Path("/dev/sdb"), check(k, 8, 16), yes=False, ask=None)  # a card: no question

@@ -34,6 +34,15 @@ def test_plan_keeps_p1_to_p6_and_fills_the_disk_with_p7() -> None:
     assert f"start={src[7][0] // 512}, size={(4096 * MiB - src[7][0]) // 512}, type=83" in script
 
 
+def test_plan_stops_at_the_mbr_limit() -> None:
+    src = source_extents()
+    planned = {e.number: e for e in install.plan(src, 3 * 2**40)}  # 3 TiB
+    assert planned[3].end == planned[7].end == 2**32 * 512
+    script = layout.sfdisk_script("0123abcd", list(planned.values()))
+    assert f"start={src[7][0] // 512}, size={2**32 - src[7][0] // 512}, type=83" in script
+    assert all(int(w.split("=")[1].rstrip(",")) < 2**32 for w in script.split() if w.startswith("size="))
+
+
 def test_plan_refuses_a_small_disk() -> None:
     src = source_extents()
     with pytest.raises(DeviceError, match="needs at least"):

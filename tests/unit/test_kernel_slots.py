@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from liveng.device.bootstate import BootState
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from liveng import layout
+from liveng.device import bootstate, kernel, slots, verify
+from liveng.device.bootstate import BootState, DeviceError
 from liveng.device.kernel import confirmed_order, normalized, target_slot
 
 
@@ -39,3 +47,34 @@ def test_good_boot_drops_only_broken_entries_in_front() -> None:
     assert confirmed_order(order, "slot-a", lambda e: False) == order
     # An entry the order does not list (chosen by hand) does not become the preferred one.
     assert confirmed_order(("slot-a", "factory"), "slot-b", lambda e: True) == ("slot-a", "factory")
+
+
+def test_rollback_refuses_a_damaged_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    updates: list[dict[str, object]] = []
+    monkeypatch.setattr(bootstate, "read_state", lambda: state("slot-a slot-b factory"))
+    monkeypatch.setattr(bootstate, "update_state", lambda **kw: updates.append(kw))
+    monkeypatch.setattr(kernel, "booted_entry", lambda: "slot-a")
+    monkeypatch.setattr(slots, "read_slot", lambda name: slots.SlotInfo(name, "6.12.9", "now", {"x": "0" * 64}))
+    monkeypatch.setattr(verify, "intact", lambda name: False)
+    with pytest.raises(DeviceError, match=r"slot B .* is damaged: its files do not match"):
+        kernel.rollback()
+    assert updates == []
+    monkeypatch.setattr(verify, "intact", lambda name: name == "b")
+    assert "slot B (kernel 6.12.9) boots next" in kernel.rollback()
+    assert updates and updates[0]["order"][0] == "slot-b"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("text", ["[]", '{"files": 3}', "{not json"])
+def test_a_damaged_slot_json_reads_as_an_empty_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    text: str) -> None:
+    (tmp_path / "liveng").mkdir()
+    (tmp_path / layout.SLOT_INFO_PATH).write_text(text)
+
+    @contextlib.contextmanager
+    def mounted(role: layout.Role, fstype: str) -> Iterator[Path]:
+        yield tmp_path
+
+    monkeypatch.setattr(slots, "device_path", lambda role: tmp_path / "dev")
+    monkeypatch.setattr(slots, "run", lambda argv: "iso9660\n")
+    monkeypatch.setattr(slots, "mounted", mounted)
+    assert slots.read_slot("b") == slots.SlotInfo("b", None, None, {})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
-from liveng.device import bootstate, delta, kernel, ram, slots, snapshot
+from liveng.device import bootstate, delta, kernel, ram, snapshot, verify
 from liveng.device.bootstate import BootState, DeviceError
 from liveng.host import customize
 from liveng.host.bootloader import grub
@@ -190,7 +190,7 @@ def test_mark_good_writes_nothing_when_nothing_changes(monkeypatch: pytest.Monke
     state = BootState(order=("slot-a", "factory"), tries=3, good="slot-a", confirmed="0 2", mode="ram")
     monkeypatch.setattr(kernel, "booted_entry", lambda: "slot-a")
     monkeypatch.setattr(kernel, "health_checks", lambda: [])
-    monkeypatch.setattr(slots, "intact", lambda name: True)
+    monkeypatch.setattr(verify, "intact", lambda name: True)
     monkeypatch.setattr(bootstate, "read_state", lambda: state)
     monkeypatch.setattr(bootstate, "update_state", lambda **kw: writes.append(kw))
     assert kernel.mark_good() == "slot-a"

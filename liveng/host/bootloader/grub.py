@@ -91,10 +91,14 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
         # $root is p1 of the disk GRUB was started from, e.g. hd0,msdos1: keep the disk part.
         "regexp --set=1:liveng_disk '^([^,]+),' \"$root\"",
         f"set liveng_env=($liveng_disk,msdos1)/{layout.GRUBENV_PATH}",
+        f"set liveng_env_bak=($liveng_disk,msdos1)/{layout.GRUBENV_BACKUP_PATH}",
         f"set {order}=\"{layout.INITIAL_ORDER}\"",
         f"set {tries}={layout.TRIES}",
         f"set {mode}={default_mode}",
         f"set {confirmed}=",
+        # Two copies (layout.GRUBENV_BACKUP_PATH): the backup first, then the primary, so a valid
+        # primary wins; load_env of a damaged or missing file fails and leaves the values as they are.
+        f"load_env --file $liveng_env_bak {order} {tries} {mode} {confirmed}",
         f"load_env --file $liveng_env {order} {tries} {mode} {confirmed}",
         *_mode_selection(modes),
         "set liveng_count=yes",
@@ -107,15 +111,15 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
             f"    if regexp --set=1:{order} '^[^ ]+ (.+)$' \"${order}\"; then set {tries}={layout.TRIES}; fi",
             "fi",
             *countdown,
-            f"save_env --file $liveng_env {order} {tries}",
+            *_save_env(),
         ]),
         "fi",
         f"regexp --set=1:default --set=2:fallback '^([^ ]+) ?(.*)$' \"${order}\"",
         f"set liveng_cmdline=\"{' '.join(a for a in (cmdline, console) if a)}\"",
         *_board_detection(board_dtbs),
         *_head_partition(),
-        f"export liveng_id liveng_disk liveng_cmdline liveng_dtb liveng_env liveng_margs {mode} liveng_head "
-        "liveng_head_part",
+        f"export liveng_id liveng_disk liveng_cmdline liveng_dtb liveng_env liveng_env_bak liveng_margs {mode} "
+        "liveng_head liveng_head_part",
         "",
     ]
     for title, entry_id, number in entries:
@@ -141,6 +145,13 @@ def grub_cfg(image_id: str, cmdline: str, timeout: int, console: str,
             "}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _save_env() -> list[str]:
+    """The primary first, then the backup (the device writes in the same order). save_env refuses
+    a damaged or missing file, so the count goes on in the other copy until the device repairs it."""
+    names = f"{layout.ENV_ORDER} {layout.ENV_TRIES}"
+    return [f"save_env --file $liveng_env {names}", f"save_env --file $liveng_env_bak {names}"]
 
 
 def _mode_selection(modes: dict[str, str]) -> list[str]:
@@ -187,7 +198,7 @@ def factory_reset_entry(load_dtb: bool = False) -> list[str]:
         "        set liveng_reset=yes",
         f"        set {order}={factory}",
         f"        set {tries}={layout.TRIES}",
-        f"        save_env --file $liveng_env {order} {tries}",
+        *(f"        {line}" for line in _save_env()),
         "    else",
         "        set liveng_reset=no",
         "        echo 'No reset.'",
