@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from liveng import layout
-from liveng.device import bootstate, delta, firstboot, install, kernel, kernelfit, ram, resize, snapshot, status, verify
-from liveng.device.bootstate import DeviceError
+from liveng.device.runner import DeviceError
 from liveng.settings import SettingsError
+
+if TYPE_CHECKING:
+    from liveng.device import (
+        bootstate,
+        delta,
+        firstboot,
+        install,
+        kernel,
+        kernelfit,
+        ram,
+        resize,
+        snapshot,
+        status,
+        verify,
+    )
+else:
+    class _Lazy(ModuleType):
+        """A device module imported when first used: every boot runs this tool three times (settings,
+        resize, mark-good), and each needs a few of the modules; under a slow CPU the imports dominate."""
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(importlib.import_module(f"liveng.device.{self.__name__}"), attr)
+
+    (bootstate, delta, firstboot, install, kernel, kernelfit, ram, resize, snapshot, status, verify) = (
+        _Lazy(n) for n in ("bootstate", "delta", "firstboot", "install", "kernel", "kernelfit", "ram", "resize",
+                           "snapshot", "status", "verify"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -92,6 +92,7 @@ def step_customise(ctx: Context) -> None:
     customize.apt_sources(tree, recipe, rootfs.COMPONENTS[recipe.target], ctx.mirrors)
     customize.networking(tree)
     customize.device_tool(tree)
+    customize.compile_device_tool(tree)
     customize.device_units(tree)
     customize.kernel_hooks(tree)
     customize.lock_root(tree)

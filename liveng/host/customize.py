@@ -106,6 +106,14 @@ def device_tool(tree: Path) -> None:
     _write(tree / DEVICE_ENTRY, _ENTRY_SCRIPT, 0o755)
 
 
+def compile_device_tool(tree: Path) -> None:
+    """Byte-compile the device tool with the image's own Python, so that no boot compiles it (the
+    first boot would, in every RAM-mode boot again, and on a slow board that takes seconds)."""
+    if not (tree / "usr/bin/python3").exists():
+        return  # a rootfs given with --rootfs may lack it; the tool then compiles itself when run
+    run(["chroot", tree, "python3", "-m", "compileall", "-q", f"/{DEVICE_PYTHON_DIR}"])
+
+
 def autologin(tree: Path) -> None:
     _write(tree / "etc/systemd/system/serial-getty@.service.d/liveng-autologin.conf", _AUTOLOGIN)
 

@@ -215,10 +215,13 @@ def test_rootfs_customisation(built: Built) -> None:
     assert not (tree / "usr/lib/python3/dist-packages/liveng/host").exists()
     # The device side is complete and needs nothing but the standard library (-S: no site-packages,
     # so the liveng installed on this host cannot stand in for a missing module).
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import liveng.device.cli; "
+    # Every device module is imported (the CLI imports them lazily, when a command needs them).
+    code = ("import sys, importlib, pkgutil; sys.path.insert(0, sys.argv[1]); import liveng.device; "
+            "[importlib.import_module(m.name) for m in "
+            "pkgutil.iter_modules(liveng.device.__path__, 'liveng.device.')]; "
             "print(sorted(m for m in sys.modules if m.startswith('liveng')))")
     modules = sh(sys.executable, "-S", "-c", code, tree / "usr/lib/python3/dist-packages")
-    assert "liveng.device.kernel" in modules and "liveng.grubenv" in modules
+    assert "liveng.device.kernel" in modules and "liveng.device.cli" in modules and "liveng.grubenv" in modules
     for hook in ("etc/initramfs/post-update.d/liveng", "etc/kernel/postinst.d/zz-liveng"):
         assert (tree / hook).stat().st_mode & 0o111, hook
     assert (tree / "etc/systemd/system/multi-user.target.wants/liveng-boot-ok.service").is_symlink()
