@@ -174,3 +174,14 @@ def test_tree_digest_sees_content_modes_and_links_but_not_times(tmp_path: Path) 
     (tree / "etc/link").unlink()
     (tree / "etc/link").symlink_to("elsewhere")
     assert squashcache.tree_digest(tree) != base
+
+
+def test_a_saved_state_resumes_instead_of_booting(tmp_path: Path) -> None:
+    state = tmp_path / "vm state"
+    cfg = qemu.VmConfig(image=Path("x.img"), incoming=state)
+    with pytest.raises(UsageError, match="no such saved VM state"):
+        qemu.machine_for(cfg, "amd64")
+    state.write_bytes(b"QEVM")
+    assert qemu.machine_for(cfg, "amd64") == "q35"
+    argv = qemu.q35_argv(cfg, tmp_path / "VARS.fd")
+    assert argv[argv.index("-incoming") + 1] == f"exec:cat '{state}'"  # quoted: the path has a space
