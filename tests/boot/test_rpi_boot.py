@@ -207,7 +207,6 @@ def test_virt_uefi_kernel_update_and_fallback(rpi_image: Path, tmp_path: Path) -
           f"device trees in the factory kernel's slot: {len(dtbs)}")
 
 
-@pytest.mark.xdist_group("raspi")
 def test_raspi3b_uboot_boot_keeps_the_delta(rpi_image: Path, tmp_path: Path) -> None:
     """The Pi 3 way: U-Boot from p1 → GRUB → slot A's kernel with the board's DTB from slot A → live-boot;
     with LIVENG_LONG_TESTS=1 also a reboot that keeps a file (outside CI: the Pi path under TCG is slow)."""
