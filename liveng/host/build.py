@@ -94,6 +94,7 @@ def step_customise(ctx: Context) -> None:
     customize.device_tool(tree)
     customize.compile_device_tool(tree)
     customize.device_units(tree)
+    customize.slow_devices(tree)
     customize.kernel_hooks(tree)
     customize.lock_root(tree)
     customize.users(tree, recipe.users)

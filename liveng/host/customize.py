@@ -174,6 +174,19 @@ RuntimeMaxUse=32M
 """
 
 
+# systemd gives a device 90 s to show up before it fails what needs it, e.g. the serial console's
+# getty (dev-ttyS0.device, dev-ttyAMA0.device): on a slow board or an emulated one, coldplug can
+# take longer, and a console without a login is a device nobody can reach.
+_SYSTEM_CONF = """# liveng: devices may take longer than systemd's 90 s to appear on a slow board (systemd >= 254).
+[Manager]
+DefaultDeviceTimeoutSec=600s
+"""
+
+
+def slow_devices(tree: Path) -> None:
+    _write(tree / "etc/systemd/system.conf.d/liveng.conf", _SYSTEM_CONF)
+
+
 def memory(tree: Path, ram: Ram) -> None:
     """zram swap (zram-tools) and where the system log goes; the boot modes are GRUB's."""
     # zram-tools is in every liveng rootfs (a rootfs given with --rootfs may lack it: then no zram).

@@ -225,6 +225,8 @@ def test_rootfs_customisation(built: Built) -> None:
     for hook in ("etc/initramfs/post-update.d/liveng", "etc/kernel/postinst.d/zz-liveng"):
         assert (tree / hook).stat().st_mode & 0o111, hook
     assert (tree / "etc/systemd/system/multi-user.target.wants/liveng-boot-ok.service").is_symlink()
+    # A slow board's coldplug may take longer than systemd's 90 s for the serial console to appear.
+    assert "DefaultDeviceTimeoutSec=600s" in (tree / "etc/systemd/system.conf.d/liveng.conf").read_text()
     # No password anywhere: root is locked, the user has a key but no password.
     shadow = {line.split(":")[0]: line.split(":")[1] for line in (tree / "etc/shadow").read_text().splitlines()}
     assert shadow["root"] == "*"
