@@ -7,29 +7,18 @@ deleted (GRUB counts in the backup): a slot that never marks itself good is drop
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from liveng import layout
 from liveng.host.disk import read_table
+from tests.boot.test_kernel_slots import kstatus, settle
 from tests.vm import Vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 P1 = "/run/liveng-test-p1"
-
-
-def kstatus(vm: Vm) -> dict[str, object]:
-    status: dict[str, object] = json.loads(vm.sh("liveng kernel status --json"))
-    return status
-
-
-def settle(vm: Vm) -> dict[str, object]:
-    """Wait until this boot has been marked good (or refused), then return the kernel status."""
-    vm.sh("systemctl start liveng-boot-ok.service || true")
-    return kstatus(vm)
 
 
 def on_p1(vm: Vm, image_id: str, command: str) -> str:
