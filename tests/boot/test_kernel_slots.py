@@ -4,6 +4,7 @@ back with nobody at the console; a kernel that never marks itself good is droppe
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from tests.boot.conftest import partition_hash
 from tests.vm import Vm
 
 pytestmark = [pytest.mark.boot]
+
+# LIVENG_LONG_TESTS=1 (outside CI) adds update-initramfs and a fallback to the apt test.
+LONG = os.environ.get("LIVENG_LONG_TESTS") == "1"
 
 
 def kstatus(vm: Vm) -> dict[str, object]:
@@ -36,8 +40,9 @@ def slot_kernel(status: dict[str, object], name: str) -> object:
 
 @pytest.mark.xdist_group("kernel")
 def test_apt_kernel_update_and_fallback(bios_golden: golden.Golden, tmp_path: Path) -> None:
-    """apt installs a kernel: it goes to slot B and boots next; update-initramfs alone writes the
-    other slot; random bytes over the slot that boots next: the previous one boots, unattended."""
+    """apt installs a kernel: it goes to slot B and boots next. LIVENG_LONG_TESTS=1: then
+    update-initramfs alone writes the other slot; random bytes over the slot that boots next: the
+    previous one boots, unattended."""
     disk = tmp_path / "disk.img"
     with golden.resume(bios_golden, disk, tmp_path / "console.log") as vm:
         image_id = read_table(disk).image_id
@@ -61,6 +66,12 @@ def test_apt_kernel_update_and_fallback(bios_golden: golden.Golden, tmp_path: Pa
         st = settle(vm)
         assert vm.sh("uname -r") == cloud
         assert st["running"] == "slot-b" and st["good"] == "slot-b" and st["tries"] == layout.TRIES
+        if not LONG:
+            # CI stops here: update-initramfs writing the other slot is in the LUKS test, a broken
+            # slot skipped at boot in the next test.
+            vm.poweroff()
+            assert partition_hash(disk, layout.Role.SYSTEM) == system_before
+            return
 
         # update-initramfs alone: the running kernel with its new initramfs goes to the other slot.
         out = vm.sh(f"update-initramfs -u -k {cloud}", timeout=2400)
