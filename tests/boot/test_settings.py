@@ -3,8 +3,9 @@
 Boot 1: a settings file put on p1 with mtools (as an owner would after flashing) with an SSH key and
 password hashes: ssh with the key works, a password login works for a user (so password logins are
 possible at all) but not for root, the file's secrets are gone from p1 afterwards, an edited file is
-applied again. Boot 2 (LIVENG_LONG_TESTS=1; CI has not the time): a malformed file: the boot goes on, the error is on the console, in the
-journal and next to the file, nothing of it is applied; and its SSH host key differs from boot 1's.
+applied again. Boot 2 (LIVENG_LONG_TESTS=1; CI has not the time): a malformed file: the boot goes
+on, the error is on the console, in the journal and next to the file, nothing of it is applied; and
+its SSH host key differs from boot 1's.
 """
 
 from __future__ import annotations
