@@ -41,6 +41,7 @@ class Context:
     image_id: str
     mirrors: Mirrors
     refresh: bool = False
+    cached_rootfs: bool = False  # a cached rootfs however old (test builds)
     rootfs_tarball: Path | None = None  # given: used instead of mmdebstrap
     # Filled in by the steps.
     tarball: Path | None = None
@@ -78,7 +79,8 @@ def step_rootfs(ctx: Context) -> None:
         log.info("rootfs given: %s", ctx.tarball)
     else:
         spec = rootfs.spec_for(ctx.recipe, ctx.mirrors)
-        ctx.tarball, cached = rootfs.obtain(spec, ctx.cache_dir, ctx.workdir, ctx.refresh)
+        ctx.tarball, cached = rootfs.obtain(spec, ctx.cache_dir, ctx.workdir, ctx.refresh,
+                                            ctx.cached_rootfs)
         log.info("rootfs %s: %s", "reused from cache" if cached else "made", ctx.tarball.name)
     rootfs.extract(ctx.tarball, ctx.tree)
     ctx.assets = rootfs.take_assets(ctx.tree, ctx.workdir / "assets", rootfs.BOOT_ASSETS[ctx.recipe.target])
@@ -274,6 +276,7 @@ STEPS: list[Step] = [
 
 
 def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: bool = False,
+          cached_rootfs: bool = False,
           keep_workdir: bool = False, rootfs_tarball: Path | None = None) -> Context:
     output = output.absolute()
     if output.is_dir():
@@ -293,7 +296,8 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         ctx = Context(recipe=recipe, output=output, workdir=workdir,
                       cache_dir=cache_dir or rootfs.default_cache_dir(), image_id=layout.new_image_id(),
-                      mirrors=mirrors, refresh=refresh, rootfs_tarball=rootfs_tarball)
+                      mirrors=mirrors, refresh=refresh, rootfs_tarball=rootfs_tarball,
+                      cached_rootfs=cached_rootfs)
         total_start = time.monotonic()
         for i, (name, func) in enumerate(STEPS, 1):
             log.info("[%d/%d] %s ...", i, len(STEPS), name)

@@ -55,7 +55,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if overrides:
         recipe = recipes.with_overrides(recipe, **overrides)
     output = args.output or Path(f"liveng-{recipe.target}-{recipe.suite}.img")
-    build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, keep_workdir=args.keep_workdir,
+    build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, cached_rootfs=args.cached_rootfs,
+          keep_workdir=args.keep_workdir,
           rootfs_tarball=args.rootfs)
     return 0
 
@@ -136,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="image file to write (default: liveng-TARGET-SUITE.img)")
     p.add_argument("--cache-dir", type=Path, help="where rootfs tarballs are cached")
     p.add_argument("--refresh", action="store_true", help="make the rootfs again even if it is cached")
+    p.add_argument("--cached-rootfs", action="store_true",
+                   help="use a cached rootfs even if the mirror has published updates since (test builds)")
     p.add_argument("--rootfs", type=Path, metavar="TARBALL",
                    help="use this rootfs tarball instead of running mmdebstrap (offline builds, tests)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")

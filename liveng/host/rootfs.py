@@ -195,11 +195,13 @@ def _stale(meta_file: Path, now: dict[str, str] | None) -> str:
     return ""
 
 
-def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool) -> tuple[Path, bool]:
+def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool,
+           any_age: bool = False) -> tuple[Path, bool]:
     """Return the cached rootfs tarball for ``spec``, making it first if needed; and whether it was cached.
 
     A cached rootfs is used only while the mirror's InRelease files are those it was made from, so
     that a rebuild carries the security updates published since (offline: the cache is used as is).
+    ``any_age`` (`liveng build --cached-rootfs`) takes a cached one however old, for test builds.
     """
     key = spec.key(mmdebstrap_version())
     tarball = cache_dir / f"rootfs-{spec.suite}-{spec.arch}-{key}.tar"
@@ -209,6 +211,10 @@ def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool) -> t
     # other waits and reuses it.
     with open(cache_dir / f".{tarball.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if any_age and tarball.is_file() and not refresh:
+            log.info("rootfs cache hit (--cached-rootfs: whatever the mirror published since): %s", tarball)
+            os.utime(tarball)
+            return tarball, True
         stamps = release_stamps(spec)
         if tarball.is_file() and not refresh:
             why = _stale(meta, stamps)

@@ -93,6 +93,17 @@ def test_cache_hit_until_the_mirror_publishes(tmp_path: Path, no_mmdebstrap: lis
     assert len(no_mmdebstrap) == 2
 
 
+def test_cached_rootfs_takes_an_old_one(tmp_path: Path, no_mmdebstrap: list[Path]) -> None:
+    mirrors = fake_mirror(tmp_path / "mirror", {"trixie": b"r1", "trixie-updates": b"u1", "trixie-security": b"s1"})
+    s = rootfs.spec_for(dataclasses.replace(recipe.load(None), target="pc"), mirrors)
+    cache = tmp_path / "cache"
+    first, _ = rootfs.obtain(s, cache, tmp_path, refresh=False)
+    fake_mirror(tmp_path / "mirror", {"trixie-security": b"s2"})
+    assert rootfs.obtain(s, cache, tmp_path, refresh=False, any_age=True) == (first, True)
+    assert rootfs.obtain(s, cache, tmp_path, refresh=True, any_age=True) == (first, False)  # --refresh wins
+    assert len(no_mmdebstrap) == 2
+
+
 def test_offline_builds_use_the_cache(tmp_path: Path, no_mmdebstrap: list[Path]) -> None:
     mirrors = fake_mirror(tmp_path / "mirror", {"trixie": b"r1", "trixie-updates": b"u1", "trixie-security": b"s1"})
     s = rootfs.spec_for(dataclasses.replace(recipe.load(None), target="pc"), mirrors)
