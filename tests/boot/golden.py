@@ -102,7 +102,6 @@ def resume(golden: Golden, dest: Path, log: Path, disks: tuple[Path, ...] = (),
     sock.unlink(missing_ok=True)
     vm = Vm(dest, log, bios=golden.bios, memory=golden.memory, disks=disks, qmp=sock, incoming=golden.state,
             forwards=forwards)
-    vm.qmp_path = sock
     qmp = Qmp(sock)
     try:
         deadline = time.monotonic() + 300
