@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,26 @@ GROUP_ORDER = ("rpi", "ram", "delta", "pc", "kernel", "luks", "counting", "insta
 def _group(item: pytest.Item) -> str:
     mark = item.get_closest_marker("xdist_group")
     return str(mark.args[0]) if mark and mark.args else ""
+
+
+_config: list[pytest.Config] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _config.append(config)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Every boot test's phases with wall-clock times, appended by each xdist worker to one file
+    # beside the run's images (timeline.tsv): the per-test table of a CI run, readable after it.
+    factory = getattr(_config[0], "_tmp_path_factory", None) if _config else None
+    if factory is None:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "-")
+    line = (f"{time.strftime('%H:%M:%S', time.localtime(report.start))}\t{worker}\t{report.when}\t"
+            f"{report.duration:.1f}\t{report.outcome}\t{report.nodeid}\n")
+    with open(golden.shared_dir(factory) / "timeline.tsv", "a", encoding="utf-8") as f:
+        f.write(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
