@@ -69,8 +69,8 @@ class Vm:
         try:
             index = self.proc.expect([LOGIN_PROMPT, fatal] if fatal else [LOGIN_PROMPT], timeout=timeout)
         except (pexpect.TIMEOUT, pexpect.EOF) as exc:
-            raise VmError(f"no shell prompt within {timeout} s; console log: {self.log}",
-                          str(self.proc.before)[-4000:]) from exc
+            what = "the VM exited" if isinstance(exc, pexpect.EOF) else f"no shell prompt within {timeout} s"
+            raise VmError(f"{what}; console log: {self.log}", str(self.proc.before)[-4000:]) from exc
         if index == 1:
             seen = str(self.proc.before)[-4000:] + str(self.proc.after)
             raise VmError(f"the boot failed after {time.monotonic() - start:.0f} s: {self.proc.after!s}; "
