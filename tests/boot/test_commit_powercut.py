@@ -21,7 +21,7 @@ from tests.boot import golden
 from tests.boot.conftest import RAM_MEMORY as MEMORY
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("ram")]
+pytestmark = pytest.mark.boot
 
 ROUNDS = int(os.environ.get("LIVENG_COMMIT_POWERCUT_ROUNDS", "10"))
 DELETED = "/etc/issue.net"  # a system file: deleted in odd generations (a whiteout), back in even ones

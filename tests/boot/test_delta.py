@@ -18,7 +18,7 @@ from tests.boot import golden
 from tests.boot.iso import file_extent
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("delta")]
+pytestmark = pytest.mark.boot
 
 PACKAGE = "hello"  # small, not in the image
 DELETED = "/etc/issue.net"  # comes with base-files

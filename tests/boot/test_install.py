@@ -18,7 +18,7 @@ from tests.boot.conftest import INSTALL_TARGET_SIZE as TARGET_SIZE
 from tests.boot.conftest import partition_hash
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("install")]
+pytestmark = pytest.mark.boot
 
 
 

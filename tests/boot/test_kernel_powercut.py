@@ -18,7 +18,7 @@ from tests.boot import golden
 from tests.boot.test_kernel_slots import settle, slot_kernel
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("powercut")]
+pytestmark = pytest.mark.boot
 
 ROUNDS = int(os.environ.get("LIVENG_POWERCUT_ROUNDS", "20"))
 

@@ -38,7 +38,6 @@ def slot_kernel(status: dict[str, object], name: str) -> object:
     return slots[name]["kernel"]
 
 
-@pytest.mark.xdist_group("kernel")
 def test_apt_kernel_update_and_fallback(bios_golden: golden.Golden, tmp_path: Path) -> None:
     """apt installs a kernel: it goes to slot B and boots next. LIVENG_LONG_TESTS=1: then
     update-initramfs alone writes the other slot; random bytes over the slot that boots next: the
@@ -89,7 +88,6 @@ def test_apt_kernel_update_and_fallback(bios_golden: golden.Golden, tmp_path: Pa
     assert partition_hash(disk, layout.Role.SYSTEM) == system_before
 
 
-@pytest.mark.xdist_group("counting")
 def test_unconfirmed_kernel_is_dropped_then_broken_slot_skipped(bios_golden: golden.Golden, tmp_path: Path) -> None:
     """A kernel that boots but never marks itself good is dropped after its tries; the next slot in
     the order is broken (random bytes) and is skipped at once; the factory kernel on p2 boots."""

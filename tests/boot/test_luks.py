@@ -18,7 +18,7 @@ from liveng.host.disk import read_table
 from tests.boot.conftest import build_image
 from tests.vm import Vm, VmError
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("luks")]
+pytestmark = pytest.mark.boot
 
 PASSPHRASE = "correct horse battery staple"
 PROMPT = "Passphrase for the liveng persistence partition"

@@ -15,7 +15,7 @@ from tests.boot import golden
 from tests.boot.conftest import build_image, partition_hash
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("pc")]
+pytestmark = pytest.mark.boot
 
 
 def check_live_layout(vm: Vm, image_id: str) -> None:

@@ -17,7 +17,7 @@ from tests.boot import golden
 from tests.boot.conftest import RAM_MEMORY as MEMORY
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("ram")]
+pytestmark = pytest.mark.boot
 
 PACKAGE = "hello"  # installed in RAM, then committed
 AFTER_REMOVAL = "figlet"  # installed with the card removed

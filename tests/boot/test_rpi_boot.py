@@ -20,7 +20,7 @@ from tests.boot.test_kernel_slots import kstatus, settle, slot_kernel
 from tests.boot.test_pc_boot import check_live_layout
 from tests.vm import SDHOST_TIMEOUT, Vm, VmError
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("rpi")]
+pytestmark = pytest.mark.boot
 
 PI3_DTB = "dtbs/broadcom/bcm2837-rpi-3-b.dtb"
 # The long variants (apt kernel update and fallback on arm64, a reboot on raspi3b) take about 50 min

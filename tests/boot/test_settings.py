@@ -22,7 +22,7 @@ from liveng import layout
 from liveng.host.disk import read_table
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("settings")]
+pytestmark = pytest.mark.boot
 
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
