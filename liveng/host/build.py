@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import __version__, grubenv, layout
-from liveng.host import customize, disk, filesystems, luks, preflight, rootfs, squashcache
+from liveng.host import customize, disk, filesystems, luks, preflight, progress, rootfs, squashcache
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import BuildError, UsageError
 from liveng.host.mirrors import Mirrors, resolve_mirrors
@@ -299,11 +299,17 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
                       mirrors=mirrors, refresh=refresh, rootfs_tarball=rootfs_tarball,
                       cached_rootfs=cached_rootfs)
         total_start = time.monotonic()
+        times = progress.StepTimes(ctx.cache_dir, recipe.target)
         for i, (name, func) in enumerate(STEPS, 1):
-            log.info("[%d/%d] %s ...", i, len(STEPS), name)
+            # The rootfs step's time depends on its cache: rootfs.obtain says how long making one took.
+            last = times.last(name) if name != "rootfs" else None
+            log.info("[%d/%d] %s ...%s", i, len(STEPS), name,
+                     f" (last time: {progress.duration(last)})" if last is not None else "")
             start = time.monotonic()
             func(ctx)
-            log.info("[%d/%d] %s done in %.1f s", i, len(STEPS), name, time.monotonic() - start)
+            took = time.monotonic() - start
+            times.record(name, took)
+            log.info("[%d/%d] %s done in %.1f s", i, len(STEPS), name, took)
         log.info("built %s (id %s, %d MiB) in %.1f s", output, ctx.image_id, ctx.sizes["image"] // layout.MiB,
                  time.monotonic() - total_start)
         return ctx

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import layout, settings
+from liveng.host import progress
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe
@@ -223,7 +224,12 @@ def obtain(spec: RootfsSpec, cache_dir: Path, workdir: Path, refresh: bool,
                 os.utime(tarball)
                 return tarball, True
             log.info("cached rootfs %s is out of date: %s; making it again", tarball.name, why)
+        times = progress.StepTimes(cache_dir, f"mmdebstrap {spec.suite} {spec.arch}")
+        last = times.last("rootfs")
+        log.info("making the rootfs with mmdebstrap%s", f" (last time: {progress.duration(last)})" if last else "")
+        start = time.monotonic()
         _make(spec, tarball, workdir)
+        times.record("rootfs", time.monotonic() - start)
         _write_meta(meta, spec, stamps)
     prune(cache_dir)
     return tarball, False
@@ -269,11 +275,14 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
         env["QEMU_CPU"] = QEMU_USER_CPU
     tmp = tarball.with_name(f".{tarball.name}.{os.getpid()}.tmp")
     try:
-        run(["mmdebstrap", "--mode=root", "--format=tar", "--variant=minbase", f"--architectures={spec.arch}",
+        # --verbose: apt's and dpkg's lines, from which the phases and package counts are shown.
+        run(["mmdebstrap", "--verbose", "--mode=root", "--format=tar", "--variant=minbase",
+             f"--architectures={spec.arch}",
              f"--components={','.join(spec.components)}", f"--include={','.join(spec.packages)}",
              # dpkg without fsync: the tree is thrown away if the build fails anyway.
              f"--hook-dir={EATMYDATA_HOOKS}", *hooks, spec.suite, tmp,
-             *(p.sources_line(spec.components) for p in spec.pockets)], env=env)
+             *(p.sources_line(spec.components) for p in spec.pockets)], env=env,
+            progress=progress.Mmdebstrap())
         os.replace(tmp, tarball)
     finally:
         tmp.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from liveng.host.errors import CommandError
@@ -45,10 +45,14 @@ def run(
     capture: bool = False,
     input_bytes: bytes | None = None,
     check: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command. stdout is captured when ``capture``; stderr is always captured for errors."""
+    """Run a command. stdout is captured when ``capture``; stderr is always captured for errors and,
+    with ``progress``, also handed to it line by line while the command runs."""
     args = [str(a) for a in argv]
     log.debug("$ %s", shlex.join(args))
+    if progress is not None:
+        return _run_streaming(args, env, cwd, check, progress)
     proc = subprocess.run(
         args,
         env=scrubbed_env(env),
@@ -64,6 +68,23 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, proc.stderr.decode(errors="replace"))
     return proc
+
+
+def _run_streaming(args: list[str], env: Mapping[str, str] | None, cwd: Path | None, check: bool,
+                   progress: Callable[[str], None]) -> subprocess.CompletedProcess[bytes]:
+    lines: list[bytes] = []
+    with subprocess.Popen(args, env=scrubbed_env(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw)
+            progress(raw.decode(errors="replace").rstrip("\n"))
+    stderr = b"".join(lines)
+    if stderr:
+        log.debug("%s", stderr.decode(errors="replace").rstrip())
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, stderr.decode(errors="replace"))
+    return subprocess.CompletedProcess(args, proc.returncode, None, stderr)
 
 
 def output(argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
