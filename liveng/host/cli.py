@@ -55,9 +55,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     if overrides:
         recipe = recipes.with_overrides(recipe, **overrides)
     output = args.output or Path(f"liveng-{recipe.target}-{recipe.suite}.img")
+    if args.compress:
+        from liveng.host import shipped
+
+        shipped.check_tools("bmaptool", args.compress)  # before the build, not after its minutes
     build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, cached_rootfs=args.cached_rootfs,
           keep_workdir=args.keep_workdir,
           rootfs_tarball=args.rootfs)
+    if args.compress:
+        start = time.monotonic()
+        made = shipped.package(output, args.compress)
+        log.info("ready to ship in %.1f s: %s (%d MiB), %s, %s", time.monotonic() - start, made[0],
+                 made[0].stat().st_size // (1 << 20), made[1].name, made[2].name)
     return 0
 
 
@@ -142,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rootfs", type=Path, metavar="TARBALL",
                    help="use this rootfs tarball instead of running mmdebstrap (offline builds, tests)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
+    p.add_argument("--compress", choices=["zstd", "xz"],
+                   help="also write IMAGE.zst or IMAGE.xz, IMAGE.bmap and their SHA-256 sums, ready to ship")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("run", help="boot an image in QEMU with the console on this terminal")

@@ -346,6 +346,10 @@ def flash(image: Path, target: Path, force: bool = False, host: Host | None = No
     host = host or Host()
     if not image.is_file():
         raise UsageError(f"{image}: no such image file")
+    from liveng.host import shipped  # it uses this module's checks
+
+    if compression := shipped.compression_of(image):
+        return shipped.flash_compressed(image, compression, target, force, host, yes)
     info = open_image(image)  # refuses anything that is not a liveng image
     size = image.stat().st_size
     try:
@@ -379,7 +383,7 @@ def flash(image: Path, target: Path, force: bool = False, host: Host | None = No
     return _flash_file(image, target, size, st)
 
 
-def _flash_file(image: Path, target: Path, size: int, st: os.stat_result | None) -> str:
+def check_file_target(image: Path, target: Path, st: os.stat_result | None) -> None:
     if str(target.absolute()).startswith("/dev/"):
         raise UsageError(f"{target}: no such block device (see lsblk)")
     if st is not None and not stat.S_ISREG(st.st_mode):
@@ -388,6 +392,18 @@ def _flash_file(image: Path, target: Path, size: int, st: os.stat_result | None)
         raise UsageError(f"{target} is the image itself")
     if not target.parent.is_dir():
         raise UsageError(f"{target.parent}: no such directory")
+
+
+def fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _flash_file(image: Path, target: Path, size: int, st: os.stat_result | None) -> str:
+    check_file_target(image, target, st)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         print(f"liveng: writing {image} ({human(size)}) to the file {target}", file=sys.stderr)
@@ -400,11 +416,7 @@ def _flash_file(image: Path, target: Path, size: int, st: os.stat_result | None)
             os.close(fd)
         verify(image, tmp, size, Progress("verified", size))
         os.replace(tmp, target)
-        dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return f"{target}: {human(size)} written and verified"

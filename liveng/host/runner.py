@@ -12,6 +12,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from liveng.host.errors import CommandError
 
@@ -46,9 +47,11 @@ def run(
     input_bytes: bytes | None = None,
     check: bool = True,
     progress: Callable[[str], None] | None = None,
+    stdout: BinaryIO | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command. stdout is captured when ``capture``; stderr is always captured for errors and,
-    with ``progress``, also handed to it line by line while the command runs."""
+    """Run a command. stdout is captured when ``capture``, goes to the open file ``stdout`` when given;
+    stderr is always captured for errors and, with ``progress``, also handed to it line by line while
+    the command runs."""
     args = [str(a) for a in argv]
     log.debug("$ %s", shlex.join(args))
     if progress is not None:
@@ -59,7 +62,7 @@ def run(
         cwd=cwd,
         input=input_bytes,
         stdin=None if input_bytes is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else stdout if stdout is not None else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         check=False,
     )
