@@ -101,3 +101,17 @@ def test_flash_to_a_block_device_writes_the_mapped_ranges(tmp_path: Path, loop_d
             n = min(layout.MiB, entry.size)
             f.seek(entry.start)
             assert f.read(n) == data[entry.start:entry.start + n], entry
+
+
+def test_build_compress_leaves_the_three_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from liveng.host import build
+    from liveng.host.cli import main
+
+    def fake_build(recipe: object, output: Path, **kwargs: object) -> None:
+        small_image(output)
+
+    monkeypatch.setattr(build, "build", fake_build)
+    out = tmp_path / "liveng.img"
+    assert main(["build", "--compress", "xz", "-o", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("liveng.img")) == \
+        ["liveng.img", "liveng.img.bmap", "liveng.img.xz", "liveng.img.xz.sha256sums"]
