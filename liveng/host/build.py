@@ -107,6 +107,7 @@ def step_customise(ctx: Context) -> None:
         customize.autologin(tree)
     customize.memory(tree, recipe.ram)
     customize.copy_files(tree, recipe)
+    customize.recipe_services(tree, recipe.services)
     customize.first_boot_identity(tree)
     customize.clean(tree)
     customize.mark_updated(tree)

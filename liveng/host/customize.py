@@ -15,7 +15,7 @@ from liveng import layout, settings
 from liveng.host import treecopy
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
-from liveng.host.recipe import Ram, Recipe, User
+from liveng.host.recipe import Ram, Recipe, Services, User
 from liveng.host.runner import run
 
 DEVICE_PYTHON_DIR = "usr/lib/python3/dist-packages/liveng"
@@ -278,6 +278,19 @@ Type=wlan
 [Network]
 DHCP=yes
 """
+
+
+def recipe_services(tree: Path, services: Services) -> None:
+    """[services]: after [[files]], so that a unit the recipe brings can be enabled."""
+    for action, units in (("enable", services.enable), ("disable", services.disable)):
+        for unit in units:
+            template = unit.split("@", 1)[0] + "@." + unit.rsplit(".", 1)[1] if "@" in unit else unit
+            if not any((tree / d / name).exists() for d in ("etc/systemd/system", "usr/lib/systemd/system",
+                                                             "lib/systemd/system") for name in (unit, template)):
+                raise BuildError(f"recipe services.{action}: {unit} is not in the image: install the package "
+                                 "that has it (packages = [...]) or bring the unit file with [[files]]")
+        if units:
+            run(["systemctl", f"--root={tree}", action, *units])
 
 
 def _unit_exists(tree: Path, unit: str) -> bool:

@@ -62,6 +62,18 @@ class FileCopy:
     mode: int | None = None
 
 
+@dataclass(frozen=True)
+class Services:
+    """[services]: systemd units to enable or disable in the image (after [[files]] are copied, so a
+    unit a recipe brings can be enabled)."""
+
+    enable: tuple[str, ...] = ()
+    disable: tuple[str, ...] = ()
+
+
+_UNIT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9@_.:\\-]*\.(service|socket|timer|path|target|mount)")
+
+
 # LUKS2 key derivation (argon2id): the memory it costs at every unlock, in MiB. The device must
 # have it free in the initramfs: a Raspberry Pi 3 has 1 GiB in all.
 KDF_MEMORY_LIMITS = (32, 1024)
@@ -100,6 +112,7 @@ class Recipe:
     sizes: Sizes = field(default_factory=Sizes)
     ram: Ram = field(default_factory=Ram)
     files: tuple[FileCopy, ...] = ()
+    services: Services = field(default_factory=Services)
     users: tuple[User, ...] = ()
     timezone: str | None = None  # None: UTC
     locale: str | None = None  # None: C.UTF-8
@@ -176,6 +189,8 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["ram"] = _ram(c, c.table("ram", data["ram"]))
     if "files" in data:
         kw["files"] = tuple(_file(c, f"files[{i}]", t, base) for i, t in enumerate(c.tables("files", data["files"])))
+    if "services" in data:
+        kw["services"] = _services(c, c.table("services", data["services"]))
     if "persistence" in data:
         kw["persistence"] = _persistence(c, c.table("persistence", data["persistence"]), base)
     if "settings" in data:
@@ -184,6 +199,20 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         if "from_boot_partition" in table:
             kw["boot_settings"] = c.boolean("settings.from_boot_partition", table["from_boot_partition"])
     return Recipe(**kw)
+
+
+def _services(c: Checker, table: dict[str, Any]) -> Services:
+    c.unknown(table, {"enable", "disable"}, "services")
+    lists = {}
+    for key in ("enable", "disable"):
+        units = c.strings(f"services.{key}", table[key]) if key in table else ()
+        for i, unit in enumerate(units):
+            c.pattern(f"services.{key}[{i}]", unit, _UNIT_RE, "a systemd unit name such as nginx.service")
+        lists[key] = units
+    both = sorted(set(lists["enable"]) & set(lists["disable"]))
+    if both:
+        raise c.fail("services", f"{', '.join(both)} both enabled and disabled: keep it in one list")
+    return Services(enable=lists["enable"], disable=lists["disable"])
 
 
 def _sizes(c: Checker, table: dict[str, Any]) -> Sizes:

@@ -44,6 +44,11 @@ persistence = 64
 source = "motd"
 destination = "/etc/motd"
 mode = "0600"
+[[files]]
+source = "hello.service"
+destination = "/etc/systemd/system/hello.service"
+[services]
+enable = ["hello.service"]
 [[users]]
 name = "pi"
 ssh_keys = ["{SSH_KEY}"]
@@ -65,6 +70,7 @@ def sh(*argv: str | Path) -> str:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     d = tmp_path_factory.mktemp("layout")
     (d / "motd").write_text("welcome to liveng\n")
+    (d / "hello.service").write_text("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
     (d / "recipe.toml").write_text(RECIPE)
     tarball = fixture.make(d / "rootfs.tar")
     out = d / "out"
@@ -208,6 +214,8 @@ def test_rootfs_customisation(built: Built) -> None:
     sh("unsquashfs", "-no-progress", "-d", tree, sq)
     assert (tree / "etc/hostname").read_text() == "layout-test\n"
     assert (tree / "etc/motd").read_text() == "welcome to liveng\n"
+    # [services] enable: the unit the recipe brought with [[files]], enabled as its [Install] says.
+    assert (tree / "etc/systemd/system/multi-user.target.wants/hello.service").is_symlink()
     assert (tree / "etc/motd").stat().st_mode & 0o777 == 0o600
     assert (tree / "usr/sbin/liveng").stat().st_mode & 0o111
     assert (tree / "usr/lib/python3/dist-packages/liveng/layout.py").exists()

@@ -38,6 +38,9 @@ compression = "lz4"
 cmdline = ["quiet", "init_on_alloc=0"]
 autologin = true
 grub_timeout = 0
+[services]
+enable = ["ssh.service", "getty@tty2.service"]
+disable = ["apt-daily.timer"]
 [sizes]
 boot = 128
 slot = 64
@@ -57,6 +60,7 @@ sudo = true
     assert r.suite == "bookworm"
     assert r.arch == "amd64"
     assert r.packages == ("vim-tiny", "libc6-dev")
+    assert r.services.enable == ("ssh.service", "getty@tty2.service") and r.services.disable == ("apt-daily.timer",)
     assert r.cmdline == ("quiet", "init_on_alloc=0")
     assert r.sizes == recipe.Sizes(boot=128, slot=64, persistence=512)
     assert r.files[0].source == tmp_path / "motd"
@@ -80,6 +84,10 @@ sudo = true
         ('packages = ["Vim!"]', "packages[0]: 'Vim!' is not a Debian package name"),
         ('packages = [1]', "packages[0]: must be a string, not an integer"),
         ('compression = "brotli"', "compression: 'brotli' is not one of"),
+        ("[services]\nenable = [\"../x.service\"]", "services.enable[0]: '../x.service' is not a systemd unit"),
+        ("[services]\nenable = \"a.service\"", "services.enable: must be a list of strings"),
+        ("[services]\nstart = []", "services.start"),
+        ("[services]\nenable = [\"a.service\"]\ndisable = [\"a.service\"]", "a.service both enabled and disabled"),
         ('cmdline = ["a b"]', "cmdline[0]: 'a b' must be one kernel argument"),
         ('cmdline = ["x;reboot"]', "cmdline[0]"),
         ('autologin = "yes"', "autologin: must be true or false, not a string"),
@@ -140,3 +148,16 @@ def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytes
     assert f"{bad}: sizes.boot: 1 MiB is impossible" in err
     assert list(out.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "out"]
+
+
+def test_a_service_the_image_lacks_stops_the_build(tmp_path: Path) -> None:
+    from liveng.host import customize
+    from liveng.host.errors import BuildError
+    from liveng.host.recipe import Services
+
+    (tmp_path / "usr/lib/systemd/system").mkdir(parents=True)
+    (tmp_path / "usr/lib/systemd/system/getty@.service").write_text("[Install]\nWantedBy=getty.target\n")
+    with pytest.raises(BuildError, match=r"services\.enable: nginx\.service is not in the image"):
+        customize.recipe_services(tmp_path, Services(enable=("getty@tty2.service", "nginx.service")))
+    with pytest.raises(BuildError, match=r"services\.disable: cron\.service"):
+        customize.recipe_services(tmp_path, Services(disable=("cron.service",)))
