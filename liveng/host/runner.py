@@ -55,6 +55,7 @@ def run(
     args = [str(a) for a in argv]
     log.debug("$ %s", shlex.join(args))
     if progress is not None:
+        assert not capture and input_bytes is None and stdout is None, "progress streams stderr only"
         return _run_streaming(args, env, cwd, check, progress)
     proc = subprocess.run(
         args,
