@@ -6,13 +6,14 @@ CommandError carrying the command line and its stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from liveng.host.errors import CommandError
 
@@ -89,6 +90,22 @@ def _run_streaming(args: list[str], env: Mapping[str, str] | None, cwd: Path | N
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, stderr.decode(errors="replace"))
     return subprocess.CompletedProcess(args, proc.returncode, None, stderr)
+
+
+@contextlib.contextmanager
+def reading(argv: Sequence[str | Path]) -> Iterator[IO[bytes]]:
+    """Run a command and read its stdout as a stream (a decompressor, say); the command is stopped
+    when the reader is done, early or not. Its exit status is the reader's to judge from the data."""
+    args = [str(a) for a in argv]
+    log.debug("$ %s", shlex.join(args))
+    with subprocess.Popen(args, env=scrubbed_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def output(argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:

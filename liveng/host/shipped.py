@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -25,7 +24,7 @@ from liveng import layout
 from liveng.host import disk, flash, preflight
 from liveng.host.errors import LivengError, PreflightError
 from liveng.host.imagefile import fat_file
-from liveng.host.runner import output, run
+from liveng.host.runner import output, reading, run
 
 # compression -> (suffix, compress to stdout, decompress to stdout)
 # --long=27: a 128 MiB window, which finds the kernel and initrd that p2 and slot A both hold (the
@@ -149,11 +148,8 @@ def check_identity(image: Path, compression: str, size: int) -> str:
     boot = layout.partition(layout.Role.BOOT)
     with tempfile.TemporaryDirectory(prefix="liveng-flash-", dir="/var/tmp") as tmp:
         head = Path(tmp) / "head.img"
-        proc = subprocess.Popen([*COMPRESSIONS[compression][2], str(image)], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        try:
-            mbr = proc.stdout.read(layout.SECTOR)
+        with reading([*COMPRESSIONS[compression][2], image]) as stream:
+            mbr = stream.read(layout.SECTOR)
             entry = mbr[446 + 16 * (boot.number - 1):446 + 16 * boot.number]
             if len(mbr) < layout.SECTOR or mbr[510:512] != b"\x55\xaa" or entry[4] != boot.mbr_type:
                 raise ShipError(f"{image}: its first sector is not a liveng image's partition table")
@@ -164,7 +160,7 @@ def check_identity(image: Path, compression: str, size: int) -> str:
                 out.write(mbr)
                 left = p1_end - layout.SECTOR
                 while left > 0:
-                    chunk = proc.stdout.read(min(left, 1 << 20))
+                    chunk = stream.read(min(left, 1 << 20))
                     if not chunk:
                         raise ShipError(f"{image}: the compressed stream ends inside the boot partition")
                     if chunk.count(0) == len(chunk):
@@ -173,9 +169,6 @@ def check_identity(image: Path, compression: str, size: int) -> str:
                         out.write(chunk)
                     left -= len(chunk)
                 out.truncate(p1_end)
-        finally:
-            proc.kill()
-            proc.wait()
         raw = fat_file(head, p1_start, layout.IMAGE_INFO_PATH)
     try:
         info = json.loads(raw)
@@ -216,20 +209,13 @@ def write(image: Path, dest: Path, bmap_path: Path | None) -> None:
 
 def _same_as_stream(image: Path, compression: str, dest: Path, size: int) -> None:
     """Without a bmap: the whole decompressed stream against what was written."""
-    proc = subprocess.Popen([*COMPRESSIONS[compression][2], str(image)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
     offset = 0
-    try:
-        with open(dest, "rb") as f:
-            while chunk := proc.stdout.read(1 << 22):
-                if f.read(len(chunk)) != chunk:
-                    raise ShipError(f"{dest}: differs from the image after writing, within bytes "
-                                    f"{offset}-{offset + len(chunk)}: the card or disk is faulty")
-                offset += len(chunk)
-    finally:
-        proc.kill()
-        proc.wait()
+    with reading([*COMPRESSIONS[compression][2], image]) as stream, open(dest, "rb") as f:
+        while chunk := stream.read(1 << 22):
+            if f.read(len(chunk)) != chunk:
+                raise ShipError(f"{dest}: differs from the image after writing, within bytes "
+                                f"{offset}-{offset + len(chunk)}: the card or disk is faulty")
+            offset += len(chunk)
     if offset != size:
         raise ShipError(f"{image}: {offset} bytes unpacked, {size} expected: the compressed image is damaged")
 
@@ -280,10 +266,10 @@ def flash_compressed(image: Path, compression: str, target: Path, force: bool, h
     except FileNotFoundError:
         st = None
     if st is not None and stat.S_ISBLK(st.st_mode):
-        disk = flash.check_block_target(target, st.st_rdev, size, force, host)
-        flash.confirm_fixed(target, disk, yes or force, flash._terminal_ask())
+        found = flash.check_block_target(target, st.st_rdev, size, force, host)
+        flash.confirm_fixed(target, found, yes or force, flash._terminal_ask())
         print(f"liveng: writing {image} (id {image_id}, {flash.human(size)}: {how}) to {target}: "
-              f"{disk.describe()}", file=sys.stderr)
+              f"{found.describe()}", file=sys.stderr)
         _written(image, compression, target, bmap_path, bmap, size)
         if bmap is not None:
             blank_partition_starts(target, bmap)
