@@ -284,17 +284,20 @@ def recipe_services(tree: Path, services: Services) -> None:
     """[services]: after [[files]], so that a unit the recipe brings can be enabled."""
     for action, units in (("enable", services.enable), ("disable", services.disable)):
         for unit in units:
-            template = unit.split("@", 1)[0] + "@." + unit.rsplit(".", 1)[1] if "@" in unit else unit
-            if not any((tree / d / name).exists() for d in ("etc/systemd/system", "usr/lib/systemd/system",
-                                                             "lib/systemd/system") for name in (unit, template)):
+            if not _unit_exists(tree, unit, ("etc/systemd/system", *_UNIT_DIRS)):  # [[files]] may bring it
                 raise BuildError(f"recipe services.{action}: {unit} is not in the image: install the package "
                                  "that has it (packages = [...]) or bring the unit file with [[files]]")
         if units:
             run(["systemctl", f"--root={tree}", action, *units])
 
 
-def _unit_exists(tree: Path, unit: str) -> bool:
-    return any((tree / d / unit).exists() for d in ("usr/lib/systemd/system", "lib/systemd/system"))
+_UNIT_DIRS = ("usr/lib/systemd/system", "lib/systemd/system")
+
+
+def _unit_exists(tree: Path, unit: str, dirs: tuple[str, ...] = _UNIT_DIRS) -> bool:
+    """Whether the image has ``unit``, or for an instance (getty@tty2.service) its template."""
+    template = unit.split("@", 1)[0] + "@." + unit.rsplit(".", 1)[1] if "@" in unit else unit
+    return any((tree / d / name).exists() for d in dirs for name in (unit, template))
 
 
 def wifi_support(tree: Path) -> None:

@@ -43,6 +43,11 @@ def missing_tools(tools: dict[str, str]) -> list[str]:
     return [f"{tool} (package {pkg})" for tool, pkg in tools.items() if not _which(tool)]
 
 
+def check_tools(tools: dict[str, str]) -> None:
+    """Refuse, saying what to install, unless every tool (tool -> Debian package) is on the PATH."""
+    _fail(missing_tools(tools))
+
+
 def _fail(problems: list[str]) -> None:
     if problems:
         packages = sorted({p.split("package ")[-1].rstrip(")") for p in problems if "package " in p})

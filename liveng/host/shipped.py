@@ -22,7 +22,7 @@ from pathlib import Path
 
 from liveng import layout
 from liveng.host import disk, flash, preflight
-from liveng.host.errors import LivengError, PreflightError
+from liveng.host.errors import LivengError
 from liveng.host.imagefile import fat_file
 from liveng.host.runner import output, reading, run
 
@@ -48,10 +48,7 @@ class Bmap:
 
 
 def check_tools(*names: str) -> None:
-    problems = preflight.missing_tools({n: TOOLS[n] for n in names})
-    if problems:
-        raise PreflightError("the host is not ready:\n  - " + "\n  - ".join(problems) +
-                                       f"\nInstall with: apt-get install {' '.join(sorted({TOOLS[n] for n in names}))}")
+    preflight.check_tools({n: TOOLS[n] for n in names})
 
 
 def parse_bmap(path: Path) -> Bmap:
@@ -90,11 +87,6 @@ def parse_bmap(path: Path) -> Bmap:
     return Bmap(size, tuple(ranges))
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def package(image: Path, compression: str) -> list[Path]:
     """Write IMAGE.bmap, the compressed image and their sums beside ``image``; each appears under its
     name only when complete. Returns the three paths."""
@@ -107,7 +99,7 @@ def package(image: Path, compression: str) -> list[Path]:
         run(["bmaptool", "-q", "create", "-o", temps[0], image])
         with open(temps[1], "wb") as out:
             run([*compress, image], stdout=out)
-        temps[2].write_text("".join(f"{sha256_file(t)}  {p.name}\n" for t, p in ((temps[1], packed),
+        temps[2].write_text("".join(f"{layout.sha256_file(t)}  {p.name}\n" for t, p in ((temps[1], packed),
                                                                                    (temps[0], bmap))))
         for tmp, final in zip(temps, (bmap, packed, sums), strict=True):
             os.replace(tmp, final)
