@@ -30,6 +30,7 @@ from liveng import layout
 from liveng.host.cli import main as liveng
 from liveng.host.imagefile import fat_file, open_image
 from liveng.host.offline import iso_file
+from liveng.host.qemu import TCG
 from liveng.host.runner import run
 from tests.boot.conftest import build_image
 from tests.vm import Vm
@@ -71,7 +72,7 @@ def plain_root(squashfs: Path, dest: Path) -> Path:
 
 def to_login(disk: Path, kernel: Path, initrd: Path, cmdline: str, log: Path) -> float:
     """Start QEMU on ``disk`` with the kernel given directly; seconds to the serial login prompt."""
-    argv = ["-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "1", "-nodefaults", "-no-user-config",
+    argv = ["-machine", "q35", "-accel", TCG, "-m", "1024", "-smp", "1", "-nodefaults", "-no-user-config",
             "-drive", f"file={disk},format=raw,if=none,id=disk0,cache=unsafe", "-device", "virtio-blk-pci,drive=disk0",
             "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0", "-device", "virtio-rng-pci",
             "-display", "none", "-serial", "mon:stdio", "-snapshot",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         kernelfit,
         ram,
         resize,
+        shutdown,
         snapshot,
         status,
         verify,
@@ -36,9 +37,9 @@ else:
         def __getattr__(self, attr: str) -> object:
             return getattr(importlib.import_module(f"liveng.device.{self.__name__}"), attr)
 
-    (bootstate, delta, firstboot, install, kernel, kernelfit, ram, resize, snapshot, status, verify) = (
+    (bootstate, delta, firstboot, install, kernel, kernelfit, ram, resize, shutdown, snapshot, status, verify) = (
         _Lazy(n) for n in ("bootstate", "delta", "firstboot", "install", "kernel", "kernelfit", "ram", "resize",
-                           "snapshot", "status", "verify"))
+                           "shutdown", "snapshot", "status", "verify"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -246,6 +247,11 @@ def cmd_settings_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_shutdown(args: argparse.Namespace) -> int:
+    print(f"liveng: {shutdown.prepare()}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liveng", description="liveng device tool")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -303,6 +309,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resize", help="grow the persistence partition to the end of the disk")
     p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_resize)
+    p = sub.add_parser("prepare-shutdown", help="make this shutdown end in RAM, so the persistence is unmounted "
+                                                "cleanly (run by liveng-shutdown.service)")
+    p.set_defaults(func=cmd_prepare_shutdown)
 
     st = sub.add_parser("settings", help="the settings file on the boot partition (liveng-settings.toml)")
     stsub = st.add_subparsers(dest="settings_command", required=True)

@@ -12,7 +12,7 @@ import pytest
 from liveng import layout
 from liveng.host.disk import read_table
 from tests.boot import golden
-from tests.boot.conftest import build_image, partition_hash
+from tests.boot.conftest import build_image, partition_hash, persistence_needs_recovery
 from tests.vm import Vm
 
 pytestmark = pytest.mark.boot
@@ -60,6 +60,10 @@ def test_uefi_then_bios_boot_keep_the_delta(pc_golden: golden.Golden, boot_dir: 
         assert vm.sh("cat /root/liveng-token") == token
         check_live_layout(vm, image_id)
         vm.poweroff()
+    # A clean power-off leaves p7 unmounted (through liveng-shutdown's RAM root), not for the next
+    # boot to replay its journal.
+    assert "liveng: persistence unmounted cleanly" in log.read_text(errors="replace")
+    assert not persistence_needs_recovery(disk)
     other = build_image(boot_dir, "trixie", "other")
     other_id = read_table(other).image_id
     assert other_id != image_id

@@ -1,9 +1,7 @@
-"""PROPOSED boot test (not collected: docs/ is outside testpaths). The lead may move it to
-tests/boot/test_grubenv.py. It boots a copy (BIOS) and damages p1's primary grubenv three ways from
-inside the guest; each time the system must come up unattended, `liveng kernel status --json` must
-work, and the good boot must repair the copy. Then boot counting must still work with the primary
-deleted (GRUB counts in the backup): a slot that never marks itself good is dropped after its tries.
-"""
+"""p1's boot state damaged three ways (random bytes, emptied, deleted) from inside the guest: each
+time the next boot comes up unattended, `liveng kernel status --json` works meanwhile, and the good
+boot repairs the copy. Then boot counting with the primary deleted (GRUB counts in the backup): a
+slot that never marks itself good is dropped after its tries. BIOS, resumed from the BIOS golden."""
 
 from __future__ import annotations
 
@@ -13,10 +11,11 @@ import pytest
 
 from liveng import layout
 from liveng.host.disk import read_table
+from tests.boot import golden
 from tests.boot.test_kernel_slots import kstatus, settle
 from tests.vm import Vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
+pytestmark = pytest.mark.boot
 
 P1 = "/run/liveng-test-p1"
 
@@ -40,10 +39,11 @@ DAMAGE = {
 }
 
 
-def test_damaged_grubenv_boots_is_repaired_and_counting_goes_on(fresh_copy: Path, tmp_path: Path) -> None:
-    image_id = read_table(fresh_copy).image_id
-    with Vm(fresh_copy, tmp_path / "console.log", bios=True) as vm:
-        vm.wait_shell()
+def test_damaged_grubenv_boots_is_repaired_and_counting_goes_on(bios_golden: golden.Golden,
+                                                                 tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    with golden.resume(bios_golden, disk, tmp_path / "console.log") as vm:
+        image_id = read_table(disk).image_id
         st = settle(vm)
         assert st["order"] == ["slot-a", "factory"] and st["good"] == "slot-a"
         assert copies_equal_and_whole(vm, image_id)
