@@ -219,6 +219,8 @@ KERNEL_ARG_DTB = "liveng.devicetree"
 # Where the image keeps the LUKS key file of an encrypted p7 (recipe: persistence.key_file): the
 # initramfs hook puts it into every initramfs made on the device, live-premount/liveng-luks reads it.
 KEY_FILE_PATH = "etc/liveng/persistence.key"
+# GNU tar inside the initramfs (live-bottom/liveng-ram copies the committed delta with it).
+INITRAMFS_TAR_PATH = "usr/lib/liveng/tar"
 
 
 class LayoutError(ValueError):
@@ -425,6 +427,6 @@ def initramfs_constants() -> str:
         "LIVENG_SWITCH_PATH": SWITCH_PATH, "LIVENG_PATHS_PATH": PATHS_PATH, "LIVENG_PATHS_WORK_DIR": PATHS_WORK_DIR,
         "LIVENG_RAM_PERSISTENCE_MOUNT": RAM_PERSISTENCE_MOUNT,
         "LIVENG_MODE_RAM": MODE_RAM, "LIVENG_MODE_RAM_PATHS": MODE_RAM_PATHS,
-        "LIVENG_KEY_FILE": f"/{KEY_FILE_PATH}",
+        "LIVENG_KEY_FILE": f"/{KEY_FILE_PATH}", "LIVENG_TAR": f"/{INITRAMFS_TAR_PATH}",
     }
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())

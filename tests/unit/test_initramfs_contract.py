@@ -18,7 +18,8 @@ SCRIPTS = sorted(p for p in DATA.glob("*/*") if p.parent.name != "lib")
 # What the scripts used to retype: each now comes from layout.py.
 RETYPED = ("liveng/pending", "liveng/switch", "rw.new", "rw.old", "rw.reset", "liveng/persistent-paths",
            "liveng/paths-work", "/dev/disk/by-partuuid", "-07", "-02", "persistence.key", "liveng.id=",
-           "liveng.mode=", "liveng.paths=", "liveng.reset=", "/run/live/liveng-persistence")
+           "liveng.mode=", "liveng.paths=", "liveng.reset=", "/run/live/liveng-persistence",
+           "/usr/lib/liveng/tar")
 
 
 def shell(functions: Path, code: str, cmdline: str = "") -> str:
@@ -42,9 +43,10 @@ def test_scripts_retype_no_layout_value(script: Path) -> None:
 
 def test_the_constants_are_layouts(functions: Path) -> None:
     out = shell(functions, 'printf "%s\\n" "$LIVENG_PENDING_PATH" "$LIVENG_SWITCH_PATH" "$LIVENG_STAGED_DIR" '
-                '"$LIVENG_OLD_DELTA_DIR" "$LIVENG_RESET_DELTA_DIR" "$LIVENG_DELTA_DIR" "$LIVENG_KEY_FILE"')
+                '"$LIVENG_OLD_DELTA_DIR" "$LIVENG_RESET_DELTA_DIR" "$LIVENG_DELTA_DIR" "$LIVENG_KEY_FILE" "$LIVENG_TAR"')
     assert out.splitlines() == [layout.PENDING_PATH, layout.SWITCH_PATH, layout.STAGED_DIR, layout.OLD_DELTA_DIR,
-                                layout.RESET_DELTA_DIR, layout.DELTA_DIR, f"/{luks.KEY_FILE_PATH}"]
+                                layout.RESET_DELTA_DIR, layout.DELTA_DIR, f"/{luks.KEY_FILE_PATH}",
+                                f"/{layout.INITRAMFS_TAR_PATH}"]
 
 
 def test_the_command_line_parser(functions: Path) -> None:
