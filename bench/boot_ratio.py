@@ -29,7 +29,7 @@ import pexpect
 from liveng import layout
 from liveng.host.cli import main as liveng
 from liveng.host.imagefile import fat_file, open_image
-from liveng.host.offline import iso_file
+from liveng.host.inspect import iso_file
 from liveng.host.qemu import TCG
 from liveng.host.runner import run
 from tests.boot.conftest import build_image

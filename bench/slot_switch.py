@@ -58,7 +58,7 @@ def factory_kernel(image: Path, dest: Path) -> dict[str, Path]:
     """The kernel and initrd on the image's p2, copied out to ``dest`` (liveng inspect's ISO reader)."""
     from liveng import layout
     from liveng.host.disk import read_table
-    from liveng.host.offline import iso_file
+    from liveng.host.inspect import iso_file
 
     entry = read_table(image).entry(layout.partition(layout.Role.SYSTEM).number)
     files = {}

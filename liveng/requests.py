@@ -1,6 +1,6 @@
 """The format of a pending request on p7 (layout.PENDING_PATH): what the running system stages
 (liveng/device/delta.py), what the initramfs switches in (live-premount/liveng-delta reads these
-key=value lines with the shell's read) and what the host's inspect shows (liveng/host/offline.py).
+key=value lines with the shell's read) and what the host's inspect shows (liveng/host/inspect.py).
 
 Standard library only: this module is installed inside every image.
 """

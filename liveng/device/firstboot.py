@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from liveng import boundedread, layout, settings
+from liveng import boundedread, configfiles, layout, settings
 from liveng.device import bootstate, runner, settingsfiles, userfiles
 from liveng.settings import Settings, SettingsError, User
 
@@ -90,14 +90,14 @@ def check(s: Settings, system: System, source: str) -> None:
     def fail(key: str, message: str) -> SettingsError:
         return SettingsError(f"{source}: {key}: {message}")
 
-    if s.timezone is not None and not system.path(f"{settings.ZONEINFO_DIR}/{s.timezone}").is_file():
+    if s.timezone is not None and not system.path(f"{configfiles.ZONEINFO_DIR}/{s.timezone}").is_file():
         raise fail("timezone", f"{s.timezone!r} is not a time zone this system knows (timedatectl list-timezones)")
     if s.locale is not None and s.locale not in settings.BUILTIN_LOCALES:
         if not system.exists("usr/sbin/locale-gen"):
             raise fail("locale", f"{s.locale!r} needs the locales package, which this image lacks: use \"C.UTF-8\", "
                        "or build the image with the locale in its recipe")
         if _supported_line(system, s.locale) is None:
-            raise fail("locale", f"{s.locale!r} is not a locale glibc supports (/{settings.SUPPORTED_LOCALES_PATH})")
+            raise fail("locale", f"{s.locale!r} is not a locale glibc supports (/{configfiles.SUPPORTED_LOCALES_PATH})")
     if s.wifi is not None:
         if not system.exists("usr/sbin/wpa_supplicant", "sbin/wpa_supplicant"):
             raise fail("wifi", "this image has no Wi-Fi support (wpasupplicant): Raspberry Pi images have it; for a "
@@ -123,15 +123,15 @@ def check(s: Settings, system: System, source: str) -> None:
 
 
 def _supported_line(system: System, locale: str) -> str | None:
-    supported = system.path(settings.SUPPORTED_LOCALES_PATH)
+    supported = system.path(configfiles.SUPPORTED_LOCALES_PATH)
     if not supported.exists():
         return None
     return next((x for x in supported.read_text().splitlines() if x.split()[:1] == [locale]), None)
 
 
 def _kept_psk(system: System, ssid: str) -> str | None:
-    conf = system.path(settings.WIFI_CONF_PATH)
-    psk = settings.existing_psk(conf.read_text(), ssid) if conf.exists() else None
+    conf = system.path(configfiles.WIFI_CONF_PATH)
+    psk = configfiles.existing_psk(conf.read_text(), ssid) if conf.exists() else None
     return psk or settingsfiles.kept_psk(system.kept, ssid)  # after a reset: from p7, outside the delta
 
 
@@ -154,16 +154,16 @@ def apply(s: Settings, system: System) -> list[str]:
     if s.timezone is not None:
         _timezone(s.timezone, system)
     if s.locale is not None:
-        _write(system, settings.LOCALE_PATH, settings.locale_text(s.locale))
+        _write(system, configfiles.LOCALE_PATH, configfiles.locale_text(s.locale))
         if s.locale not in settings.BUILTIN_LOCALES:
             line = _supported_line(system, s.locale)
             assert line is not None  # check() made sure
-            gen = system.path(settings.LOCALE_GEN_PATH)
-            if _write(system, settings.LOCALE_GEN_PATH,
-                      settings.locale_gen_text(gen.read_text() if gen.exists() else "", line)):
+            gen = system.path(configfiles.LOCALE_GEN_PATH)
+            if _write(system, configfiles.LOCALE_GEN_PATH,
+                      configfiles.locale_gen_text(gen.read_text() if gen.exists() else "", line)):
                 system.run(["locale-gen"], None)
     if s.keyboard is not None:
-        _write(system, settings.KEYBOARD_PATH, settings.keyboard_text(s.keyboard))
+        _write(system, configfiles.KEYBOARD_PATH, configfiles.keyboard_text(s.keyboard))
     for user in s.users:
         _user(user, system)
     if s.wifi is not None:
@@ -173,25 +173,25 @@ def apply(s: Settings, system: System) -> list[str]:
 
 
 def _hostname(name: str, system: System) -> None:
-    _write(system, settings.HOSTNAME_PATH, name + "\n")
-    hosts = system.path(settings.HOSTS_PATH)
-    _write(system, settings.HOSTS_PATH, settings.hosts_text(hosts.read_text() if hosts.exists() else None, name))
+    _write(system, configfiles.HOSTNAME_PATH, name + "\n")
+    hosts = system.path(configfiles.HOSTS_PATH)
+    _write(system, configfiles.HOSTS_PATH, configfiles.hosts_text(hosts.read_text() if hosts.exists() else None, name))
     if system.live and socket.gethostname() != name:
         socket.sethostname(name)
         system.changes.append(f"host name {name}")
 
 
 def _timezone(zone: str, system: System) -> None:
-    link = system.path(settings.LOCALTIME_PATH)
-    target = f"/{settings.ZONEINFO_DIR}/{zone}"
+    link = system.path(configfiles.LOCALTIME_PATH)
+    target = f"/{configfiles.ZONEINFO_DIR}/{zone}"
     if not (link.is_symlink() and os.readlink(link) == target):
         tmp = link.with_name(f".{link.name}.tmp")
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target)
         os.replace(tmp, link)
         bootstate.fsync_dir(link.parent)
-        system.changes.append(f"/{settings.LOCALTIME_PATH} -> {target}")
-    _write(system, settings.TIMEZONE_PATH, zone + "\n")
+        system.changes.append(f"/{configfiles.LOCALTIME_PATH} -> {target}")
+    _write(system, configfiles.TIMEZONE_PATH, zone + "\n")
 
 
 def _user(user: User, system: System) -> None:
@@ -244,10 +244,10 @@ def _wifi(s: Settings, system: System) -> None:
     if wifi.passphrase is None:
         psk = _kept_psk(system, wifi.ssid)
     else:
-        psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+        psk = configfiles.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
         if psk is not None:
             settingsfiles.keep_psk(system.kept, wifi.ssid, psk)
-    if _write(system, settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600) and system.live:
+    if _write(system, configfiles.WIFI_CONF_PATH, configfiles.wifi_text(wifi, psk), 0o600) and system.live:
         # Interfaces already up take the new network; at boot none is up yet (they wait for this service).
         for iface in sorted(p.parent.name for p in Path("/sys/class/net").glob("*/wireless")):
             system.run(["systemctl", "try-restart", "--no-block", f"wpa_supplicant@{iface}.service"], None)
@@ -256,35 +256,35 @@ def _wifi(s: Settings, system: System) -> None:
 def _ssh(s: Settings, system: System) -> None:
     changed = False
     if s.ssh is not None and s.ssh.password_authentication is not None:
-        changed = _write(system, settings.SSHD_DROPIN_PATH, settings.sshd_text(s.ssh.password_authentication))
+        changed = _write(system, configfiles.SSHD_DROPIN_PATH, configfiles.sshd_text(s.ssh.password_authentication))
     wanted = settings.ssh_wanted(s)
     if wanted is True:
-        system.run(["systemctl", "enable", "--no-reload", settings.SSH_UNIT], None)
+        system.run(["systemctl", "enable", "--no-reload", configfiles.SSH_UNIT], None)
         if system.live:
             # Queued behind this service (ssh.service is ordered after it); no wait here.
-            system.run(["systemctl", "start", "--no-block", settings.SSH_UNIT], None)
+            system.run(["systemctl", "start", "--no-block", configfiles.SSH_UNIT], None)
             if changed:
-                system.run(["systemctl", "try-reload-or-restart", "--no-block", settings.SSH_UNIT], None)
+                system.run(["systemctl", "try-reload-or-restart", "--no-block", configfiles.SSH_UNIT], None)
         system.changes.append("ssh on")
     elif wanted is False:
-        system.run(["systemctl", "disable", "--no-reload", settings.SSH_UNIT], None)
+        system.run(["systemctl", "disable", "--no-reload", configfiles.SSH_UNIT], None)
         if system.live:
-            system.run(["systemctl", "stop", "--no-block", settings.SSH_UNIT], None)
+            system.run(["systemctl", "stop", "--no-block", configfiles.SSH_UNIT], None)
         system.changes.append("ssh off")
     elif changed and system.live:
-        system.run(["systemctl", "try-reload-or-restart", "--no-block", settings.SSH_UNIT], None)
+        system.run(["systemctl", "try-reload-or-restart", "--no-block", configfiles.SSH_UNIT], None)
 
 
 def ensure_locale(system: System) -> None:
     """Generate the configured locale if it is missing (a recipe's locale, at the first boot)."""
-    conf = system.path(settings.LOCALE_PATH)
+    conf = system.path(configfiles.LOCALE_PATH)
     if not conf.exists() or not system.exists("usr/sbin/locale-gen"):
         return
     values = dict(line.split("=", 1) for line in conf.read_text().splitlines() if "=" in line)
     lang = values.get("LANG", "").strip().strip('"')
     if not lang or lang in settings.BUILTIN_LOCALES:
         return
-    if settings.locale_available_name(lang) not in system.run(["locale", "-a"], None).split():
+    if configfiles.locale_available_name(lang) not in system.run(["locale", "-a"], None).split():
         system.run(["locale-gen"], None)
 
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from liveng import layout
+from liveng import bootargs, layout
 from liveng.device import bootstate, delta, snapshot, system
 from liveng.device.bootstate import DeviceError
 from liveng.requests import Request
@@ -51,7 +51,7 @@ def change_paths(root: Path, add: list[str], remove: list[str]) -> list[str]:
     paths = read_paths(root)
     for p in add:
         try:
-            layout.check_persistent_path(p)
+            bootargs.check_persistent_path(p)
         except layout.LayoutError as exc:
             raise DeviceError(str(exc)) from None
         if p not in paths:

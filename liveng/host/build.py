@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from liveng import __version__, grubenv, layout
+from liveng import __version__, bootargs, grubenv, layout
 from liveng.host import customize, disk, filesystems, luks, preflight, progress, rootfs, squashcache
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import BuildError, UsageError
@@ -208,9 +208,9 @@ def step_boot_partition(ctx: Context) -> None:
     cfg = staging / layout.GRUB_CFG_PATH
     cfg.parent.mkdir(parents=True, exist_ok=True)
     extra = (luks.KERNEL_ARG,) if ctx.recipe.persistence.encrypted else ()
-    cmdline = layout.kernel_cmdline(ctx.image_id, (*extra, *ctx.recipe.cmdline))
+    cmdline = bootargs.kernel_cmdline(ctx.image_id, (*extra, *ctx.recipe.cmdline))
     ram = ctx.recipe.ram
-    modes = {m: layout.mode_args(ctx.image_id, m, ram.delta_cap, ram.persistent_paths) for m in layout.MODES}
+    modes = {m: bootargs.mode_args(ctx.image_id, m, ram.delta_cap, ram.persistent_paths) for m in layout.MODES}
     cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs,
                                  ram.mode, modes))
     primary, backup = grubenv.copies(layout.fresh_env(layout.INITIAL_ORDER, ram.mode))

@@ -81,11 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from liveng.host import offline
+    from liveng.host import inspect
     from liveng.host.imagefile import open_image
 
     image = open_image(args.image)
-    status = offline.status(image)
+    status = inspect.status(image)
     if args.json:
         print(json.dumps({"info": image.info, "partitions": [
             {"number": e.number, "start": e.start, "size": e.size, "type": f"0x{e.mbr_type:02x}",
@@ -102,7 +102,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         flag = " boot" if e.bootable else ""
         print(f"  p{e.number}  {roles.get(e.number, '?'):<12} {e.start // layout.MiB:>7} MiB "
               f"+{e.size // layout.MiB:>7} MiB  type 0x{e.mbr_type:02x}{flag}")
-    print("\n".join(offline.lines(status)))
+    print("\n".join(inspect.lines(status)))
     return 0
 
 

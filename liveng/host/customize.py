@@ -11,7 +11,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from liveng import layout, settings
+from liveng import configfiles, layout, settings
 from liveng.host import treecopy
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
@@ -23,7 +23,8 @@ DEVICE_ENTRY = "usr/sbin/liveng"
 UNIT_DIR = "usr/lib/systemd/system"
 SSH_GENERATOR = "usr/lib/systemd/system-generators/systemd-ssh-generator"
 # What the device side shares with the host: the layout contract, the boot-state format, the settings schema.
-SHARED_MODULES = ("__init__.py", "layout.py", "grubenv.py", "settings.py", "requests.py", "boundedread.py")
+SHARED_MODULES = ("__init__.py", "layout.py", "bootargs.py", "grubenv.py", "settings.py", "configfiles.py", "requests.py",
+                  "boundedread.py")
 
 _ENTRY_SCRIPT = """#!/usr/bin/python3
 # liveng device tool (installed by liveng build).
@@ -56,8 +57,8 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def hostname(tree: Path, name: str) -> None:
-    _write(tree / settings.HOSTNAME_PATH, name + "\n")
-    _write(tree / settings.HOSTS_PATH, settings.hosts_text(None, name))
+    _write(tree / configfiles.HOSTNAME_PATH, name + "\n")
+    _write(tree / configfiles.HOSTS_PATH, configfiles.hosts_text(None, name))
 
 
 def apt_sources(tree: Path, recipe: Recipe, components: tuple[str, ...], mirrors: Mirrors) -> None:
@@ -262,12 +263,12 @@ def clean(tree: Path) -> None:
 # the one configuration the settings write; systemd-networkd then does DHCP on the link.
 _WIFI_DROPIN = f"""# liveng: every Wi-Fi interface uses the configuration written from the settings (recipe or p1).
 [Unit]
-ConditionPathExists=/{settings.WIFI_CONF_PATH}
+ConditionPathExists=/{configfiles.WIFI_CONF_PATH}
 After=liveng-settings.service
 
 [Service]
 ExecStart=
-ExecStart=/usr/sbin/wpa_supplicant -c/{settings.WIFI_CONF_PATH} -Dnl80211,wext -i%I
+ExecStart=/usr/sbin/wpa_supplicant -c/{configfiles.WIFI_CONF_PATH} -Dnl80211,wext -i%I
 """
 _WIFI_UDEV = ("# liveng: wpa_supplicant for every Wi-Fi interface, whatever its name.\n"
               'ACTION=="add", SUBSYSTEM=="net", ENV{DEVTYPE}=="wlan", TAG+="systemd", '
@@ -316,13 +317,13 @@ def wifi_support(tree: Path) -> None:
 def ssh(tree: Path, s: settings.Settings) -> None:
     """openssh-server is in every image; it runs only when the settings ask for it (or give a key)."""
     password = bool(s.ssh and s.ssh.password_authentication)
-    _write(tree / settings.SSHD_DROPIN_PATH, settings.sshd_text(password))
-    if not _unit_exists(tree, settings.SSH_UNIT):
+    _write(tree / configfiles.SSHD_DROPIN_PATH, configfiles.sshd_text(password))
+    if not _unit_exists(tree, configfiles.SSH_UNIT):
         if settings.ssh_wanted(s):
             raise BuildError("the recipe enables SSH but the image has no openssh-server")
         return
     action = "enable" if settings.ssh_wanted(s) else "disable"
-    run(["systemctl", f"--root={tree}", action, settings.SSH_UNIT])
+    run(["systemctl", f"--root={tree}", action, configfiles.SSH_UNIT])
     if (tree / SSH_GENERATOR).exists():
         # systemd's ssh generator (trixie on) binds sshd to AF_VSOCK and local AF_UNIX sockets, which
         # liveng does not use; where the kernel has vsock but no transport it fails at every boot and
@@ -336,37 +337,37 @@ def ssh(tree: Path, s: settings.Settings) -> None:
 def device_settings(tree: Path, recipe: Recipe) -> None:
     """The recipe's time zone, locale, keyboard and Wi-Fi, written the way the device writes p1's."""
     if recipe.timezone is not None:
-        zone = tree / settings.ZONEINFO_DIR / recipe.timezone
+        zone = tree / configfiles.ZONEINFO_DIR / recipe.timezone
         if not zone.is_file():
             raise BuildError(f"{recipe.path}: timezone: {recipe.timezone!r} is not in the image's "
-                             f"/{settings.ZONEINFO_DIR} (see timedatectl list-timezones)")
-        link = tree / settings.LOCALTIME_PATH
+                             f"/{configfiles.ZONEINFO_DIR} (see timedatectl list-timezones)")
+        link = tree / configfiles.LOCALTIME_PATH
         link.unlink(missing_ok=True)
-        link.symlink_to(f"/{settings.ZONEINFO_DIR}/{recipe.timezone}")
-        _write(tree / settings.TIMEZONE_PATH, recipe.timezone + "\n")
+        link.symlink_to(f"/{configfiles.ZONEINFO_DIR}/{recipe.timezone}")
+        _write(tree / configfiles.TIMEZONE_PATH, recipe.timezone + "\n")
     if recipe.locale is not None:
-        _write(tree / settings.LOCALE_PATH, settings.locale_text(recipe.locale))
+        _write(tree / configfiles.LOCALE_PATH, configfiles.locale_text(recipe.locale))
         if recipe.locale not in settings.BUILTIN_LOCALES:
             # Generated at the first boot by liveng-settings.service (locale-gen runs in the image).
             _enable_locale(tree, recipe.locale)
     if recipe.keyboard is not None:
-        _write(tree / settings.KEYBOARD_PATH, settings.keyboard_text(recipe.keyboard))
+        _write(tree / configfiles.KEYBOARD_PATH, configfiles.keyboard_text(recipe.keyboard))
     if recipe.wifi is not None:
         wifi = recipe.wifi
-        psk = settings.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
-        _write(tree / settings.WIFI_CONF_PATH, settings.wifi_text(wifi, psk), 0o600)
+        psk = configfiles.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+        _write(tree / configfiles.WIFI_CONF_PATH, configfiles.wifi_text(wifi, psk), 0o600)
     policy = tree / layout.SETTINGS_POLICY_PATH
     policy.parent.mkdir(parents=True, exist_ok=True)
     _write(policy, "yes\n" if recipe.settings_from_boot_partition else "no\n")
 
 
 def _enable_locale(tree: Path, locale: str) -> None:
-    supported = tree / settings.SUPPORTED_LOCALES_PATH
+    supported = tree / configfiles.SUPPORTED_LOCALES_PATH
     line = next((x for x in supported.read_text().splitlines() if x.split()[:1] == [locale]), None) \
         if supported.exists() else None
     if line is None:
         raise BuildError(f"locale {locale!r} is not one the image's locales package supports "
-                         f"(/{settings.SUPPORTED_LOCALES_PATH})")
-    gen = tree / settings.LOCALE_GEN_PATH
+                         f"(/{configfiles.SUPPORTED_LOCALES_PATH})")
+    gen = tree / configfiles.LOCALE_GEN_PATH
     text = gen.read_text() if gen.exists() else ""
-    _write(gen, settings.locale_gen_text(text, line))
+    _write(gen, configfiles.locale_gen_text(text, line))

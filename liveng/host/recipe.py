@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from liveng import boundedread, layout, settings
+from liveng import bootargs, boundedread, layout, settings
 from liveng.host.errors import RecipeError
 from liveng.settings import Checker, Settings, Ssh, User, Wifi
 
@@ -175,7 +175,7 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         for i, a in enumerate(args):
             if not a or any(ch.isspace() for ch in a) or any(ch in a for ch in "\"'$;{}"):
                 raise c.fail(f"cmdline[{i}]", f"{a!r} must be one kernel argument without spaces, quotes, $ ; {{ }}")
-            if layout.reserved_arg(a):
+            if bootargs.reserved_arg(a):
                 raise c.fail(f"cmdline[{i}]", f"{a!r} is an argument liveng sets itself (boot, persistence, modes, "
                              "liveng.*): use the recipe's own keys ([ram] mode...) instead")
         kw["cmdline"] = args
@@ -278,7 +278,7 @@ def _ram(c: Checker, table: dict[str, Any]) -> Ram:
         paths = c.strings("ram.persistent_paths", table["persistent_paths"])
         for i, path in enumerate(paths):
             try:
-                layout.check_persistent_path(path)
+                bootargs.check_persistent_path(path)
             except layout.LayoutError as exc:
                 raise c.fail(f"ram.persistent_paths[{i}]", str(exc)) from None
             if paths.count(path) > 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import grubenv, layout, settings
+from liveng import configfiles, grubenv, layout, settings
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
@@ -254,16 +254,16 @@ def test_rootfs_customisation(built: Built) -> None:
     assert (wants / "ssh.service").is_symlink() and (wants / "liveng-settings.service").is_symlink()
     assert (wants / "liveng-ssh-keygen.service").is_symlink()
     assert os.readlink(tree / "etc/systemd/system-generators/systemd-ssh-generator") == "/dev/null"
-    sshd = (tree / settings.SSHD_DROPIN_PATH).read_text()
+    sshd = (tree / configfiles.SSHD_DROPIN_PATH).read_text()
     assert "PermitRootLogin prohibit-password" in sshd and "PasswordAuthentication no" in sshd
     assert os.readlink(tree / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
-    assert 'XKBLAYOUT="de"' in (tree / settings.KEYBOARD_PATH).read_text()
-    wifi = tree / settings.WIFI_CONF_PATH
+    assert 'XKBLAYOUT="de"' in (tree / configfiles.KEYBOARD_PATH).read_text()
+    wifi = tree / configfiles.WIFI_CONF_PATH
     assert wifi.stat().st_mode & 0o777 == 0o600 and "layout-passphrase" not in wifi.read_text()
-    assert f"psk={settings.wifi_psk('layout', 'layout-passphrase')}" in wifi.read_text()
+    assert f"psk={configfiles.wifi_psk('layout', 'layout-passphrase')}" in wifi.read_text()
     # Every Wi-Fi interface gets Debian's wpa_supplicant@ on that configuration, and DHCP.
     dropin = (tree / "etc/systemd/system/wpa_supplicant@.service.d/liveng.conf").read_text()
-    assert f"-c/{settings.WIFI_CONF_PATH}" in dropin and "After=liveng-settings.service" in dropin
+    assert f"-c/{configfiles.WIFI_CONF_PATH}" in dropin and "After=liveng-settings.service" in dropin
     assert "wpa_supplicant@$name.service" in (tree / "etc/udev/rules.d/90-liveng-wifi.rules").read_text()
     assert "Type=wlan" in (tree / "etc/systemd/network/81-liveng-wifi.network").read_text()
 

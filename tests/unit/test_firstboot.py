@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout, settings
+from liveng import configfiles, layout, settings
 from liveng.device import bootstate, firstboot
 from liveng.settings import SettingsError
 
@@ -83,9 +83,9 @@ def test_apply_writes_everything(tmp_path: Path) -> None:
     assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
     assert (root / "etc/timezone").read_text() == "Europe/Berlin\n"
     assert 'XKBLAYOUT="de"' in (root / "etc/default/keyboard").read_text()
-    conf = root / settings.WIFI_CONF_PATH
+    conf = root / configfiles.WIFI_CONF_PATH
     assert conf.stat().st_mode & 0o777 == 0o600 and "very secret" not in conf.read_text()
-    assert f"psk={settings.wifi_psk('home', 'very secret')}" in conf.read_text()
+    assert f"psk={configfiles.wifi_psk('home', 'very secret')}" in conf.read_text()
     keys = root / "home/pi/.ssh/authorized_keys"
     assert keys.read_text() == KEY + "\n" and keys.stat().st_mode & 0o777 == 0o600
     assert (root / "home/pi/.ssh").stat().st_mode & 0o777 == 0o700
@@ -170,14 +170,14 @@ def test_boot_flow_once_secrets_removed_and_edits_applied_again(tmp_path: Path, 
     assert not outcome.applied and "unchanged" in outcome.message and rec2.calls == []
     assert p1.writable == [False]
     # The owner edits the file (the secrets are gone from it): applied again, the Wi-Fi keeps its key.
-    psk_before = (root / settings.WIFI_CONF_PATH).read_text()
+    psk_before = (root / configfiles.WIFI_CONF_PATH).read_text()
     (p1.path / layout.SETTINGS_PATH).write_text(left.replace('"kiosk"', '"kiosk-2"'))
     sys3, rec3 = system(root)
     p1.writable.clear()
     assert firstboot.apply_boot_partition(system=sys3).applied
     assert p1.writable == [False]  # no secrets left to remove, no error note: p1 stays read-only
     assert (root / "etc/hostname").read_text() == "kiosk-2\n"
-    assert (root / settings.WIFI_CONF_PATH).read_text() == psk_before
+    assert (root / configfiles.WIFI_CONF_PATH).read_text() == psk_before
     assert not any(argv[0] in ("useradd", "chpasswd") for argv, _ in rec3.calls)
 
 
@@ -209,7 +209,7 @@ def test_ssh_off_and_password_logins(tmp_path: Path) -> None:
     sys_, rec = system(root)
     firstboot.apply(settings.loads("[ssh]\nenabled = false\npassword_authentication = true", "f"), sys_)
     assert "systemctl disable --no-reload ssh.service" in rec.commands()
-    dropin = (root / settings.SSHD_DROPIN_PATH).read_text()
+    dropin = (root / configfiles.SSHD_DROPIN_PATH).read_text()
     assert "PasswordAuthentication yes" in dropin and "PermitRootLogin prohibit-password" in dropin
 
 
@@ -217,7 +217,7 @@ def test_recipe_locale_is_generated_at_first_boot(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     (root / "usr/sbin/locale-gen").touch()
     (root / "etc/default").mkdir()
-    (root / settings.LOCALE_PATH).write_text(settings.locale_text("de_DE.UTF-8"))
+    (root / configfiles.LOCALE_PATH).write_text(configfiles.locale_text("de_DE.UTF-8"))
     sys_, rec = system(root)
     firstboot.ensure_locale(sys_)
     assert rec.commands() == ["locale -a", "locale-gen"]

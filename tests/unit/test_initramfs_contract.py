@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout
+from liveng import bootargs, layout
 from liveng.host import luks, rootfs
 
 DATA = Path(str(resources.files("liveng.device").joinpath("data/initramfs")))
@@ -43,14 +43,15 @@ def test_scripts_retype_no_layout_value(script: Path) -> None:
 
 def test_the_constants_are_layouts(functions: Path) -> None:
     out = shell(functions, 'printf "%s\\n" "$LIVENG_PENDING_PATH" "$LIVENG_SWITCH_PATH" "$LIVENG_STAGED_DIR" '
-                '"$LIVENG_OLD_DELTA_DIR" "$LIVENG_RESET_DELTA_DIR" "$LIVENG_DELTA_DIR" "$LIVENG_KEY_FILE" "$LIVENG_TAR"')
+                '"$LIVENG_OLD_DELTA_DIR" "$LIVENG_RESET_DELTA_DIR" "$LIVENG_DELTA_DIR" "$LIVENG_KEY_FILE" '
+                '"$LIVENG_TAR"')
     assert out.splitlines() == [layout.PENDING_PATH, layout.SWITCH_PATH, layout.STAGED_DIR, layout.OLD_DELTA_DIR,
                                 layout.RESET_DELTA_DIR, layout.DELTA_DIR, f"/{luks.KEY_FILE_PATH}",
                                 f"/{layout.INITRAMFS_TAR_PATH}"]
 
 
 def test_the_command_line_parser(functions: Path) -> None:
-    cmdline = layout.kernel_cmdline("12ab34cd", (layout.mode_args("12ab34cd", layout.MODE_RAM_PATHS, "50%",
+    cmdline = bootargs.kernel_cmdline("12ab34cd", (bootargs.mode_args("12ab34cd", layout.MODE_RAM_PATHS, "50%",
                                                                   ("/srv/a", "/var/b")), "liveng.reset=yes"))
     out = shell(functions, f'liveng_cmdline "{functions.parent}/cmdline"; printf "%s\\n" "$LIVENG_ID" '
                 '"$LIVENG_MODE" "$LIVENG_PATHS" "$LIVENG_RESET" "$LIVENG_SYSTEM_DEV" "$LIVENG_PERSISTENCE_DEV"',

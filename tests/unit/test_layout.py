@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from liveng import layout
+from liveng import bootargs, layout
 from liveng.host import disk
 from liveng.host.bootloader import grub
 
@@ -65,7 +65,7 @@ def test_ids_differ() -> None:
 
 
 def test_kernel_cmdline_points_at_own_partitions() -> None:
-    line = layout.kernel_cmdline("12ab34cd", ("quiet",))
+    line = bootargs.kernel_cmdline("12ab34cd", ("quiet",))
     assert "live-media=/dev/disk/by-partuuid/12ab34cd-02" in line
     assert "persistence-label=liveng-12ab34cd" in line
     assert "liveng.id=12ab34cd" in line
@@ -96,7 +96,7 @@ def test_grub_config() -> None:
 
 
 def test_kernel_cmdline_reboots_on_panic() -> None:
-    assert " panic=10 " in layout.kernel_cmdline("12ab34cd")
+    assert " panic=10 " in bootargs.kernel_cmdline("12ab34cd")
 
 
 def test_boot_order_is_kept_as_menu_entry_numbers() -> None:

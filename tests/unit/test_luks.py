@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout
+from liveng import bootargs, layout
 from liveng.host import luks, recipe
 from liveng.host.errors import RecipeError
 
@@ -82,7 +82,7 @@ def test_key_archive_appended_to_an_initramfs(tmp_path: Path) -> None:
 
 
 def test_kernel_argument() -> None:
-    assert luks.KERNEL_ARG in layout.kernel_cmdline("0123abcd", (luks.KERNEL_ARG,)).split()
+    assert luks.KERNEL_ARG in bootargs.kernel_cmdline("0123abcd", (luks.KERNEL_ARG,)).split()
 
 
 @pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="needs cryptsetup (package cryptsetup-bin)")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout, settings
+from liveng import bootargs, layout, settings
 from liveng.device import cli, firstboot
-from liveng.host import disk, imagefile, offline, recipe
+from liveng.host import disk, imagefile, inspect, recipe
 from liveng.host.errors import ImageError, RecipeError
 from liveng.settings import SettingsError
 
@@ -28,7 +28,7 @@ def test_ids_and_paths_with_a_line_end_are_refused() -> None:
     with pytest.raises(layout.LayoutError):
         layout.check_image_id(ID + "\n")
     with pytest.raises(layout.LayoutError):
-        layout.check_persistent_path("/srv\n")
+        bootargs.check_persistent_path("/srv\n")
     with pytest.raises(RecipeError, match="packages"):
         recipe.loads('packages = ["vim\\n"]', "r.toml", None)
 
@@ -79,15 +79,15 @@ def test_inspect_reports_damaged_files(tmp_path: Path, monkeypatch: pytest.Monke
         return files[path]
 
     monkeypatch.setattr(imagefile, "fat_file", fat_file)
-    monkeypatch.setattr(offline, "fat_file", fat_file)
-    monkeypatch.setattr(offline, "iso_file", lambda _i, _o, _p: b"{not json")
+    monkeypatch.setattr(inspect, "fat_file", fat_file)
+    monkeypatch.setattr(inspect, "iso_file", lambda _i, _o, _p: b"{not json")
     monkeypatch.setattr(disk, "read_table", lambda _p: _table())
     monkeypatch.setattr(disk, "check_layout", lambda _t: None)
     with pytest.raises(ImageError, match=r"liveng/image\.json on the boot partition is damaged: not a JSON object"):
         imagefile.open_image(image)
     files[layout.IMAGE_INFO_PATH] = json.dumps({"id": ID}).encode()
     files[layout.SETTINGS_PATH] = files[layout.SETTINGS_ERROR_PATH] = b""
-    report = offline.status(imagefile.open_image(image))
+    report = inspect.status(imagefile.open_image(image))
     # Both copies are bad (the primary is not UTF-8, the backup missing): said, no traceback.
     assert any(e.startswith("boot state: the primary copy is damaged") for e in report["errors"])
     assert any(e.startswith("boot state: the backup copy is damaged") for e in report["errors"])

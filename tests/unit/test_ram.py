@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout
+from liveng import bootargs, layout
 from liveng.device import bootstate, delta, kernel, ram, snapshot, verify
 from liveng.device.bootstate import BootState, DeviceError
 from liveng.host import customize
@@ -131,14 +131,14 @@ def test_device_paths(tmp_path: Path) -> None:
 
 
 def test_mode_args() -> None:
-    assert layout.mode_args("12ab34cd", "persistent", "50%") == "liveng.mode=persistent"
-    args = layout.mode_args("12ab34cd", "ram", "384m").split()
+    assert bootargs.mode_args("12ab34cd", "persistent", "50%") == "liveng.mode=persistent"
+    args = bootargs.mode_args("12ab34cd", "ram", "384m").split()
     assert {"nopersistence", "toram=filesystem.squashfs", "overlay-size=384m", "liveng.mode=ram"} == set(args)
-    args = layout.mode_args("12ab34cd", "ram-paths", "50%", ("/home", "/var/lib/x")).split()
+    args = bootargs.mode_args("12ab34cd", "ram-paths", "50%", ("/home", "/var/lib/x")).split()
     assert "liveng.paths=/home,/var/lib/x" in args
     for bad in ("home", "/", "/a/../b", "/proc/x", "/a,b", "/a b"):
         with pytest.raises(layout.LayoutError):
-            layout.check_persistent_path(bad)
+            bootargs.check_persistent_path(bad)
 
 
 def test_recipe_ram_table() -> None:
@@ -168,7 +168,7 @@ def test_recipe_ram_errors(text: str, needle: str) -> None:
 
 
 def test_grub_modes() -> None:
-    modes = {m: layout.mode_args("12ab34cd", m, "384m", ("/srv/keep",)) for m in layout.MODES}
+    modes = {m: bootargs.mode_args("12ab34cd", m, "384m", ("/srv/keep",)) for m in layout.MODES}
     cfg = grub.grub_cfg("12ab34cd", "boot=live", 3, "console=ttyS0", (), "ram", modes)
     lines = cfg.splitlines()
     assert "set liveng_mode=ram" in lines

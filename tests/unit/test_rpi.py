@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout
+from liveng import bootargs, layout
 from liveng.host import preflight, qemu, recipe, rootfs
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import UsageError
@@ -142,7 +142,7 @@ def test_a_tarball_without_the_boot_packages_is_refused(tmp_path: Path) -> None:
 def test_no_kernel_argument_looks_like_an_efi_stub_file_option() -> None:
     # The EFI stub scans the command line for "dtb=" and "initrd=" anywhere, even inside a word; a
     # match makes it load a file that is not there, and the boot fails after GRUB (seen on raspi3b).
-    cfg = grub.grub_cfg("12ab34cd", layout.kernel_cmdline("12ab34cd"), 3, "", BOARDS)
+    cfg = grub.grub_cfg("12ab34cd", bootargs.kernel_cmdline("12ab34cd"), 3, "", BOARDS)
     linux_lines = [line for line in cfg.splitlines() if line.strip().startswith("linux ")]
     assert linux_lines
     for line in linux_lines:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import settings
+from liveng import configfiles, settings
 from liveng.host import recipe
 from liveng.host.errors import RecipeError
 from liveng.settings import SettingsError
@@ -133,32 +133,32 @@ def test_redact_rewrites_when_secrets_are_not_on_lines_of_their_own() -> None:
 
 
 def test_files_the_settings_become() -> None:
-    assert settings.keyboard_text("de(nodeadkeys)").count('XKBLAYOUT="de"') == 1
-    assert 'XKBVARIANT="nodeadkeys"' in settings.keyboard_text("de(nodeadkeys)")
-    assert settings.locale_text("de_DE.UTF-8").endswith("LANG=de_DE.UTF-8\n")
-    assert settings.locale_available_name("de_DE.UTF-8") == "de_DE.utf8"
-    gen = settings.locale_gen_text("# de_DE.UTF-8 UTF-8\n# en_GB.UTF-8 UTF-8\n", "de_DE.UTF-8 UTF-8")
+    assert configfiles.keyboard_text("de(nodeadkeys)").count('XKBLAYOUT="de"') == 1
+    assert 'XKBVARIANT="nodeadkeys"' in configfiles.keyboard_text("de(nodeadkeys)")
+    assert configfiles.locale_text("de_DE.UTF-8").endswith("LANG=de_DE.UTF-8\n")
+    assert configfiles.locale_available_name("de_DE.UTF-8") == "de_DE.utf8"
+    gen = configfiles.locale_gen_text("# de_DE.UTF-8 UTF-8\n# en_GB.UTF-8 UTF-8\n", "de_DE.UTF-8 UTF-8")
     assert gen == "de_DE.UTF-8 UTF-8\n# en_GB.UTF-8 UTF-8\n"
-    hosts = settings.hosts_text("127.0.0.1\tlocalhost\n127.0.1.1\told\n10.0.0.2 printer\n", "new")
+    hosts = configfiles.hosts_text("127.0.0.1\tlocalhost\n127.0.1.1\told\n10.0.0.2 printer\n", "new")
     assert hosts == "127.0.0.1\tlocalhost\n127.0.1.1\tnew\n10.0.0.2 printer\n"
-    assert "127.0.1.1\tnew" in settings.hosts_text("127.0.0.1 localhost\n", "new")
-    sshd = settings.sshd_text(False)
+    assert "127.0.1.1\tnew" in configfiles.hosts_text("127.0.0.1 localhost\n", "new")
+    sshd = configfiles.sshd_text(False)
     assert "PermitRootLogin prohibit-password" in sshd and "PasswordAuthentication no" in sshd
-    assert "PasswordAuthentication yes" in settings.sshd_text(True)
+    assert "PasswordAuthentication yes" in configfiles.sshd_text(True)
 
 
 def test_wifi_configuration() -> None:
     # The PSK is wpa_passphrase's: PBKDF2-HMAC-SHA1 over the SSID, 4096 rounds (IEEE 802.11i test vector).
-    assert settings.wifi_psk("IEEE", "password") == \
+    assert configfiles.wifi_psk("IEEE", "password") == \
         "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
     wifi = settings.Wifi("DE", 'My "Net"', "correct horse", hidden=True)
-    psk = settings.wifi_psk(wifi.ssid, "correct horse")
-    conf = settings.wifi_text(wifi, psk)
+    psk = configfiles.wifi_psk(wifi.ssid, "correct horse")
+    conf = configfiles.wifi_text(wifi, psk)
     assert "country=DE" in conf and "ssid=" + b'My "Net"'.hex() in conf and "scan_ssid=1" in conf
     assert f"psk={psk}" in conf and "correct horse" not in conf
-    assert settings.existing_psk(conf, 'My "Net"') == psk and settings.existing_psk(conf, "other") is None
+    assert configfiles.existing_psk(conf, 'My "Net"') == psk and configfiles.existing_psk(conf, "other") is None
     assert psk == hashlib.pbkdf2_hmac("sha1", b"correct horse", b'My "Net"', 4096, 32).hex()
-    open_net = settings.wifi_text(settings.Wifi("GB", "cafe", ""), None)
+    open_net = configfiles.wifi_text(settings.Wifi("GB", "cafe", ""), None)
     assert "key_mgmt=NONE" in open_net and "psk=" not in open_net
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout, settings
+from liveng import configfiles, layout
 from liveng.device import bootstate, firstboot, settingsfiles
 from tests.unit.test_firstboot import GOOD, KEY, BootPartition, make_root, p1, system
 
@@ -35,7 +35,7 @@ def test_a_reset_device_comes_back_reachable(tmp_path: Path, p1: BootPartition) 
     assert outcome.applied and "user pi added" in outcome.message
     assert (root / "etc/hostname").read_text() == "kiosk\n"
     assert (root / "home/pi/.ssh/authorized_keys").read_text() == KEY + "\n"
-    assert f"psk={settings.wifi_psk('home', 'very secret')}" in (root / settings.WIFI_CONF_PATH).read_text()
+    assert f"psk={configfiles.wifi_psk('home', 'very secret')}" in (root / configfiles.WIFI_CONF_PATH).read_text()
     assert not any(argv[0] == "chpasswd" for argv, _ in rec2.calls)  # the hash is gone: no password, keys work
 
 

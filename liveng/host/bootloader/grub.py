@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from liveng import layout
+from liveng import bootargs, layout
 from liveng.host.errors import PreflightError
 from liveng.host.runner import run
 
@@ -41,7 +41,7 @@ def early_config(image_id: str) -> str:
 
 
 def default_modes(image_id: str) -> dict[str, str]:
-    return {m: layout.mode_args(image_id, m, "50%") for m in layout.MODES}
+    return {m: bootargs.mode_args(image_id, m, "50%") for m in layout.MODES}
 
 
 MODE_TITLES = {layout.MODE_PERSISTENT: "persistent mode", layout.MODE_RAM: "RAM mode",
