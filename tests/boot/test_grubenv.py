@@ -21,14 +21,15 @@ P1 = "/run/liveng-test-p1"
 
 
 def on_p1(vm: Vm, image_id: str, command: str) -> str:
-    """Run ``command`` in p1 mounted by its partuuid, then unmount and sync."""
-    return vm.sh(f"mkdir -p {P1} && mount /dev/disk/by-partuuid/{image_id}-01 {P1} && "
-                 f"( cd {P1} && {command} ); rc=$?; umount {P1}; sync; exit $rc")
+    """Run ``command`` in p1 mounted by its partuuid, then unmount and sync. In a subshell: an exit
+    in the guest's login shell would log it out."""
+    return vm.sh(f"( mkdir -p {P1} && mount /dev/disk/by-partuuid/{image_id}-01 {P1} || exit 1; "
+                 f"cd {P1} && {{ {command} ; }}; rc=$?; cd /; umount {P1}; sync; exit $rc )")
 
 
 def copies_equal_and_whole(vm: Vm, image_id: str) -> bool:
     out = on_p1(vm, image_id, f"cmp {layout.GRUBENV_PATH} {layout.GRUBENV_BACKUP_PATH} && "
-                              f"stat -c %s {layout.GRUBENV_PATH} && head -c 24 {layout.GRUBENV_PATH}")
+                              f"stat -c %s {layout.GRUBENV_PATH} && head -c 24 {layout.GRUBENV_PATH} && echo")
     return out.splitlines() == ["1024", "# GRUB Environment Block"]
 
 
