@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import __version__, bootargs, grubenv, layout
-from liveng.host import customize, disk, filesystems, luks, preflight, progress, rootfs, squashcache
+from liveng.host import buildscripts, customize, disk, filesystems, luks, preflight, progress, rootfs, squashcache
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import BuildError, UsageError
 from liveng.host.mirrors import Mirrors, resolve_mirrors
@@ -107,6 +107,7 @@ def step_customise(ctx: Context) -> None:
         customize.autologin(tree)
     customize.memory(tree, recipe.ram)
     customize.copy_files(tree, recipe)
+    buildscripts.run_scripts(tree, recipe)
     customize.recipe_services(tree, recipe.services)
     customize.first_boot_identity(tree)
     customize.clean(tree)

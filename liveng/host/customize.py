@@ -70,7 +70,13 @@ def apt_sources(tree: Path, recipe: Recipe, components: tuple[str, ...], mirrors
         text += (f"\nTypes: deb\nURIs: {mirrors.security}\nSuites: {recipe.suite}-security\nComponents: {comps}\n"
                  "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
     (tree / "etc/apt/sources.list").unlink(missing_ok=True)
-    _write(tree / "etc/apt/sources.list.d/debian.sources", text)
+    sources_d = tree / "etc/apt/sources.list.d"
+    for made in sources_d.glob("[0-9][0-9][0-9][0-9]*"):  # mmdebstrap's (NNNN + the file's name)
+        made.unlink()
+    _write(sources_d / "debian.sources", text)
+    for repo in recipe.repositories:
+        if repo.keep:
+            _write(sources_d / repo.file_name, repo.deb822())
 
 
 def networking(tree: Path) -> None:
@@ -202,6 +208,9 @@ def memory(tree: Path, ram: Ram) -> None:
 
 
 def copy_files(tree: Path, recipe: Recipe) -> None:
+    """The extra tree first, then [[files]]: a single file named in the recipe wins."""
+    if recipe.extra_tree is not None:
+        treecopy.copy_over(tree, recipe.extra_tree)
     for f in recipe.files:
         treecopy.copy_into(tree, f.source, f.destination, f.mode)
 

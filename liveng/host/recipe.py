@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from liveng import bootargs, boundedread, layout, settings
+from liveng.host import appliance
+from liveng.host.appliance import Repository, Script
 from liveng.host.errors import RecipeError
 from liveng.settings import Checker, Settings, Ssh, User, Wifi
 
@@ -121,6 +123,11 @@ class Recipe:
     ssh: Ssh | None = None
     persistence: Persistence = field(default_factory=Persistence)
     boot_settings: bool | None = None  # [settings] from_boot_partition; None: the default below
+    # Appliance keys (liveng/host/appliance.py).
+    repositories: tuple[Repository, ...] = ()
+    debs: tuple[Path, ...] = ()
+    extra_tree: Path | None = None
+    scripts: tuple[Script, ...] = ()
 
     @property
     def settings_from_boot_partition(self) -> bool:
@@ -191,6 +198,14 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["files"] = tuple(_file(c, f"files[{i}]", t, base) for i, t in enumerate(c.tables("files", data["files"])))
     if "services" in data:
         kw["services"] = _services(c, c.table("services", data["services"]))
+    if "repositories" in data:
+        kw["repositories"] = appliance.repositories(c, data["repositories"], base)
+    if "debs" in data:
+        kw["debs"] = appliance.debs(c, data["debs"], base)
+    if "extra_tree" in data:
+        kw["extra_tree"] = appliance.extra_tree(c, data["extra_tree"], base)
+    if "scripts" in data:
+        kw["scripts"] = appliance.scripts(c, data["scripts"], base)
     if "persistence" in data:
         kw["persistence"] = _persistence(c, c.table("persistence", data["persistence"]), base)
     if "settings" in data:

@@ -25,6 +25,8 @@ from liveng.host.runner import output, run
 log = logging.getLogger("liveng.rootfs")
 
 EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
+# Makes file:// repositories and local .debs visible inside the chroot (mmdebstrap(1), --include).
+FILE_MIRROR_HOOKS = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")
 
 # Bump when the way the rootfs is made changes in a way the other inputs do not show.
 CACHE_FORMAT = 3
@@ -137,6 +139,14 @@ class RootfsSpec:
     packages: tuple[str, ...]
     overlay: dict[str, bytes]
     assets: tuple[str, ...] = ()
+    # The recipe's [[repositories]] (file name, deb822 text with the key) and local .debs.
+    sources: tuple[tuple[str, str], ...] = ()
+    debs: tuple[Path, ...] = ()
+
+    @property
+    def needs_file_mounts(self) -> bool:
+        """file:// repositories and local .debs are read by apt outside and by dpkg inside the chroot."""
+        return bool(self.debs) or any("URIs: file:" in text for _, text in self.sources)
 
     def key(self, mmdebstrap_version: str) -> str:
         doc = {
@@ -150,13 +160,19 @@ class RootfsSpec:
             "assets": list(self.assets),
             "overlay": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(self.overlay.items())},
         }
+        # Only when set, so that the keys of every recipe without them stay what they were.
+        if self.sources:
+            doc["sources"] = [[name, hashlib.sha256(text.encode()).hexdigest()] for name, text in self.sources]
+        if self.debs:
+            doc["debs"] = [[p.name, layout.sha256_file(p)] for p in self.debs]
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def spec_for(recipe: Recipe, mirrors: Mirrors) -> RootfsSpec:
     return RootfsSpec(suite=recipe.suite, pockets=pockets(recipe.suite, mirrors), arch=recipe.arch,
                       components=COMPONENTS[recipe.target], packages=packages(recipe),
-                      overlay=initramfs_overlay(), assets=BOOT_ASSETS[recipe.target])
+                      overlay=initramfs_overlay(), assets=BOOT_ASSETS[recipe.target],
+                      sources=tuple((r.file_name, r.deb822()) for r in recipe.repositories), debs=recipe.debs)
 
 
 def mmdebstrap_version() -> str:
@@ -270,6 +286,15 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
         names = " ".join(spec.assets)
         hooks.append(f'--customize-hook=mkdir "$1/{ASSETS_DIR}" && chroot "$1" sh -c '
                      f'"cd /{ASSETS_DIR} && apt-get download {names}"')
+    sources = []
+    for name, text in spec.sources:
+        path = workdir / "sources" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        sources.append(str(path))
+    hook_dirs = [f"--hook-dir={EATMYDATA_HOOKS}"]
+    if spec.needs_file_mounts:
+        hook_dirs.append(f"--hook-dir={FILE_MIRROR_HOOKS}")
     env = {"INITRD": "No"}
     if spec.arch != host_arch():
         env["QEMU_CPU"] = QEMU_USER_CPU
@@ -278,10 +303,11 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
         # --verbose: apt's and dpkg's lines, from which the phases and package counts are shown.
         run(["mmdebstrap", "--verbose", "--mode=root", "--format=tar", "--variant=minbase",
              f"--architectures={spec.arch}",
-             f"--components={','.join(spec.components)}", f"--include={','.join(spec.packages)}",
+             f"--components={','.join(spec.components)}",
+             f"--include={','.join((*spec.packages, *map(str, spec.debs)))}",
              # dpkg without fsync: the tree is thrown away if the build fails anyway.
-             f"--hook-dir={EATMYDATA_HOOKS}", *hooks, spec.suite, tmp,
-             *(p.sources_line(spec.components) for p in spec.pockets)], env=env,
+             *hook_dirs, *hooks, spec.suite, tmp,
+             *(p.sources_line(spec.components) for p in spec.pockets), *sources], env=env,
             progress=progress.Mmdebstrap())
         os.replace(tmp, tarball)
     finally:

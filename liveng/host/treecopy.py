@@ -77,3 +77,24 @@ def copy_into(tree: Path, source: Path, dest: str, mode: int | None) -> None:
         os.replace(tmp, target)
     if mode is not None and not target.is_symlink():
         target.chmod(mode)
+
+
+def copy_over(tree: Path, source: Path) -> None:
+    """A directory laid over the image's root (the recipe's extra_tree): every file and link of it to
+    the same path in the image, through the image's own directory links (/bin -> usr/bin stays a link)."""
+    for here, dirs, files in os.walk(source):
+        rel = Path(here).relative_to(source)
+        for name in sorted(dirs):
+            entry = Path(here) / name
+            dest = f"/{(rel / name).as_posix()}"
+            if entry.is_symlink():
+                copy_into(tree, entry, dest, None)
+            else:
+                # Made where missing, with the source's mode; an image directory keeps its own.
+                parent, _ = resolve_parent(tree, dest)
+                made = parent / name
+                if not made.exists():
+                    made.mkdir()
+                    shutil.copystat(entry, made)
+        for name in sorted(files):
+            copy_into(tree, Path(here) / name, f"/{(rel / name).as_posix()}", None)
