@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from liveng import grubenv, layout
+from liveng.durable import fsync_dir
 
 LOCK_PATH = Path("/run/liveng/boot-state.lock")
 _held = threading.local()  # how deep this thread is in locked(): flock is per open file, not per process
@@ -47,14 +48,6 @@ def locked() -> Iterator[None]:
             _held.depth = 0
     finally:
         os.close(fd)  # closing drops the flock
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, mode: int | None = None, owner: tuple[int, int] | None = None) -> None:

@@ -106,10 +106,6 @@ def _state(env: dict[str, str]) -> BootState:
                      mode=mode if mode in layout.MODES else layout.MODE_PERSISTENT)
 
 
-def fsync_dir(path: Path) -> None:
-    bootenv.fsync_dir(path)
-
-
 def write_atomic(path: Path, data: bytes, mode: int | None = None, owner: tuple[int, int] | None = None) -> None:
     bootenv.write_atomic(path, data, mode, owner)
 

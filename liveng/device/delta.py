@@ -19,6 +19,7 @@ from pathlib import Path
 from liveng import layout, requests
 from liveng.device import bootstate, runner, system
 from liveng.device.bootstate import DeviceError
+from liveng.durable import fsync_dir
 from liveng.requests import Request
 
 
@@ -78,7 +79,7 @@ def drop_pending(root: Path) -> Request | None:
         request = Request(action="damaged request")  # withdrawn all the same
     with contextlib.suppress(FileNotFoundError):
         (root / layout.PENDING_PATH).unlink()
-        bootstate.fsync_dir(root / layout.DELTA_STATE_DIR)
+        fsync_dir(root / layout.DELTA_STATE_DIR)
     remove_tree(root / layout.STAGED_DIR)
     return request
 

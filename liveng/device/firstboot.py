@@ -31,6 +31,7 @@ from pathlib import Path
 
 from liveng import boundedread, configfiles, layout, settings
 from liveng.device import bootstate, runner, settingsfiles, userfiles
+from liveng.durable import fsync_dir
 from liveng.settings import Settings, SettingsError, User
 
 STATE_PATH = "var/lib/liveng/settings.json"
@@ -189,7 +190,7 @@ def _timezone(zone: str, system: System) -> None:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target)
         os.replace(tmp, link)
-        bootstate.fsync_dir(link.parent)
+        fsync_dir(link.parent)
         system.changes.append(f"/{configfiles.LOCALTIME_PATH} -> {target}")
     _write(system, configfiles.TIMEZONE_PATH, zone + "\n")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from liveng import boundedread, layout
 from liveng.device import bootstate, delta
 from liveng.device.bootstate import DeviceError
+from liveng.durable import fsync_dir
 
 
 @contextlib.contextmanager
@@ -98,7 +99,7 @@ def finish_redaction(boot: Path) -> bool:
         finally:
             os.close(fd)
     os.replace(tmp, path)
-    bootstate.fsync_dir(boot)
+    fsync_dir(boot)
     return True
 
 

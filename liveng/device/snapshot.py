@@ -26,6 +26,7 @@ from typing import IO
 from liveng import layout
 from liveng.device import bootstate, delta
 from liveng.device.bootstate import DeviceError
+from liveng.durable import fsync_dir
 from liveng.requests import Request
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -192,7 +193,7 @@ def _write_file(dest: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
-        bootstate.fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -272,7 +273,7 @@ def delete(root: Path, name: str) -> None:
     path = find(root, check_name(name))
     path.unlink()
     path.with_name(f"{path.name.removesuffix(layout.SNAPSHOT_SUFFIX)}.json").unlink(missing_ok=True)
-    bootstate.fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def request_restore(root: Path, name_or_path: str,

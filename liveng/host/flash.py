@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
+from liveng.durable import fsync_dir
 from liveng.host.errors import FlashError, UsageError
 from liveng.host.flashio import Progress, verify, write_image
 from liveng.host.imagefile import open_image
@@ -308,14 +309,6 @@ def check_file_target(image: Path, target: Path, st: os.stat_result | None) -> N
         raise UsageError(f"{target} is the image itself")
     if not target.parent.is_dir():
         raise UsageError(f"{target.parent}: no such directory")
-
-
-def fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _flash_file(image: Path, target: Path, size: int, st: os.stat_result | None) -> str:

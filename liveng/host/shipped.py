@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
+from liveng.durable import fsync_dir
 from liveng.host import disk, flash, preflight
 from liveng.host.errors import LivengError
 from liveng.host.imagefile import fat_file
@@ -274,7 +275,7 @@ def flash_compressed(image: Path, compression: str, target: Path, force: bool, h
               file=sys.stderr)
         _written(image, compression, tmp, bmap_path, bmap, size)
         os.replace(tmp, target)
-        flash.fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return f"{target}: {flash.human(size)} written and verified"
