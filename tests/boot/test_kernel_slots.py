@@ -22,7 +22,9 @@ LONG = os.environ.get("LIVENG_LONG_TESTS") == "1"
 
 
 def kstatus(vm: Vm) -> dict[str, object]:
-    status: dict[str, object] = json.loads(vm.sh("liveng kernel status --json"))
+    # The JSON on stdout; a warning on stderr (a damaged boot-state copy) comes first in the output.
+    out = vm.sh("liveng kernel status --json")
+    status: dict[str, object] = json.loads(out[out.index("\n{") + 1:] if not out.startswith("{") else out)
     return status
 
 
