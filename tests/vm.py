@@ -26,6 +26,18 @@ FATAL = re.compile(r"Kernel panic - not syncing[^\r\n]*|Internal error: Oops[^\r
 # request timer runs out before the emulated DMA completes, and the driver's error path then
 # oopses. An emulator timing fault, not the image's: test_rpi_boot boots once more when it sees it.
 SDHOST_TIMEOUT = "sdhost-bcm2835 3f202000.mmc: timeout waiting for hardware interrupt"
+# QEMU's raspi3b has no VideoCore behind the mailbox: the vchiq driver's probe always fails ("Could
+# not initialize vchiq platform"), and now and then its error path then oopses (paging request).
+VCHIQ_FAILED = "arm: Could not initialize vchiq platform"
+
+
+def raspi3b_emulator_fault(console: str) -> str | None:
+    """What QEMU's raspi3b got wrong, when a boot stopped at an oops that follows from it."""
+    if SDHOST_TIMEOUT in console:
+        return "the emulated SD host timed out"
+    if VCHIQ_FAILED in console and "Internal error: Oops" in console.split(VCHIQ_FAILED, 1)[1]:
+        return "the vchiq driver oopsed after the emulated mailbox refused it"
+    return None
 
 
 class VmError(AssertionError):

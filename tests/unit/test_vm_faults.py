@@ -1,0 +1,14 @@
+"""Which failed raspi3b boots the boot test boots once more (tests/vm.py): emulator faults only."""
+
+from __future__ import annotations
+
+from tests.vm import SDHOST_TIMEOUT, VCHIQ_FAILED, raspi3b_emulator_fault
+
+
+def test_emulator_faults_are_told_apart_from_other_oopses() -> None:
+    assert raspi3b_emulator_fault(f"[ 9.1] {SDHOST_TIMEOUT}\n[ 9.2] Internal error: Oops") is not None
+    vchiq = f"[ 89.48] bcm2835_vchiq 3f00b840.mailbox: {VCHIQ_FAILED}\n[ 89.55] Internal error: Oops: 96000007"
+    assert raspi3b_emulator_fault(vchiq) == "the vchiq driver oopsed after the emulated mailbox refused it"
+    # The vchiq failure is in every raspi3b boot: an oops before it is not explained by it.
+    assert raspi3b_emulator_fault(f"Internal error: Oops\n{VCHIQ_FAILED}") is None
+    assert raspi3b_emulator_fault("Kernel panic - not syncing: VFS") is None
