@@ -33,7 +33,7 @@ MINUTES = {
     "test_unconfirmed_kernel_is_dropped_then_broken_slot_skipped": 24,
     "test_luks_persistence": 17,
     "test_ram_modes": 16,
-    "test_damaged_grubenv_boots_is_repaired_and_counting_goes_on": 15,
+    "test_damaged_grubenv_boots_is_repaired_and_counting_goes_on": 11,
     "test_virt_uefi_kernel_update_and_fallback": 13,
     "test_snapshot_reset_restore": 13,
     "test_apt_kernel_update_and_fallback": 11,
