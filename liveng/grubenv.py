@@ -75,13 +75,16 @@ class Choice:
     damaged: dict[str, str]  # copy ("primary"/"backup") -> what is wrong with it
 
 
-def choose(primary: bytes | None, backup: bytes | None) -> Choice:
-    """Which copy counts (None: the file is missing): the primary when valid, else the backup,
-    else none (empty env: the caller's defaults). Writers write the primary first, so a valid
-    primary is never older than the backup."""
+def choose(primary: bytes | str | None, backup: bytes | str | None) -> Choice:
+    """Which copy counts (None: the file is missing; a str: why it could not be read): the primary
+    when valid, else the backup, else none (empty env: the caller's defaults). Writers write the
+    primary first, so a valid primary is never older than the backup."""
     damaged: dict[str, str] = {}
     found: list[tuple[str, dict[str, str]]] = []
     for name, data in (("primary", primary), ("backup", backup)):
+        if isinstance(data, str):
+            damaged[name] = data
+            continue
         try:
             found.append((name, check(data)))
         except GrubEnvError as exc:

@@ -85,13 +85,15 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, owner: tuple[
     fsync_dir(path.parent)
 
 
-def _load(path: Path) -> bytes | None:
+def _load(path: Path) -> bytes | str | None:
+    """The copy's bytes; None when it is missing; why, when it cannot be read (a worn card, or a FAT
+    whose chain for the file a power cut left half-written: the kernel answers EIO)."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-    except OSError as exc:  # an unreadable copy (I/O error on a worn card) is a damaged one
-        return f"unreadable: {exc.strerror}".encode()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
 
 
 def read(boot: Path) -> grubenv.Choice:

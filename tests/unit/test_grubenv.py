@@ -63,3 +63,11 @@ def test_choose_prefers_a_valid_primary_then_the_backup_then_defaults() -> None:
     choice = grubenv.choose(b"\x00" * 3, None)
     assert (choice.env, choice.source, sorted(choice.damaged)) == ({}, "defaults", ["backup", "primary"])
     assert grubenv.copies({"a": "b"}) == (grubenv.serialize({"a": "b"}),) * 2
+
+
+def test_an_unreadable_copy_is_damaged_with_its_reason() -> None:
+    """A power cut that tore p1's FAT left grubenv.bak unreadable (EIO): the reason is reported as is,
+    not as the length of a message mistaken for the file (seen in CI: "30 bytes instead of 1024")."""
+    good = grubenv.serialize({"liveng_tries": "3"})
+    choice = grubenv.choose(good, "unreadable: Input/output error")
+    assert (choice.source, choice.damaged) == ("primary", {"backup": "unreadable: Input/output error"})
