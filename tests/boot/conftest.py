@@ -42,7 +42,7 @@ MINUTES = {
     "test_raspi3b_uboot_boot_keeps_the_delta": 7,
     "test_power_cuts_during_commit": 6,
     "test_install_to_a_second_disk": 5.5,
-    "test_appliance_recipe_builds_with_repository_deb_services_tree_and_script": 4,
+    "test_appliance_recipe_builds_with_repository_deb_services_tree_and_script": 2,
     "test_power_cuts_during_kernel_updates": 5.5,
     "test_settings_file_ssh_and_host_keys": 4.5,
     "test_bookworm_image_boots": 4,

@@ -77,7 +77,7 @@ def squashfs_file(image: Path, squashfs: Path, path: str) -> str | None:
 
 
 def test_appliance_recipe_builds_with_repository_deb_services_tree_and_script(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     repo, key = signed_repository(tmp_path)
     local = deb(tmp_path, "liveng-local", {"usr/lib/systemd/system/liveng-local.service": UNIT})
     (tmp_path / "tree/etc/liveng-extra").mkdir(parents=True)
@@ -101,9 +101,13 @@ def test_appliance_recipe_builds_with_repository_deb_services_tree_and_script(
     assert squashfs_file(image, sq, "etc/liveng-script-ran") == "liveng-hello 1.0\nliveng-local 1.0\npc trixie\n"
     assert squashfs_file(image, sq, "etc/liveng-extra/marker") == "extra tree\n"
     assert squashfs_file(image, sq, "usr/bin/extra-tool") == "#!/bin/sh\necho tool\n"
-    assert squashfs_file(image, sq, "etc/systemd/system/multi-user.target.wants/liveng-local.service") == UNIT
-    listing = subprocess.run(["unsquashfs", "-lls", sq, "bin", "etc/apt/sources.list.d", "usr/sbin/policy-rc.d"],
+    assert squashfs_file(image, sq, "usr/lib/systemd/system/liveng-local.service") == UNIT
+    listing = subprocess.run(["unsquashfs", "-lls", sq, "bin", "etc/apt/sources.list.d", "usr/sbin/policy-rc.d",
+                              "etc/systemd/system/multi-user.target.wants"],
                              capture_output=True, text=True, check=True).stdout
+    # [services] enabled the unit the local .deb brought.
+    assert any(line.endswith("multi-user.target.wants/liveng-local.service -> /lib/systemd/system/"
+                             "liveng-local.service") for line in listing.splitlines()), listing
     assert "squashfs-root/bin -> usr/bin" in listing
     # A file:// repository serves the build only; the device keeps Debian's sources alone.
     assert "debian.sources" in listing and "liveng-test.sources" not in listing and "0001" not in listing
@@ -111,8 +115,9 @@ def test_appliance_recipe_builds_with_repository_deb_services_tree_and_script(
 
     (tmp_path / "script.sh").write_text("#!/bin/sh\necho 'configuring the appliance'\nfalse\n")
     failed = tmp_path / "failed.img"
-    caplog.clear()
+    capfd.readouterr()
     assert main(["build", str(recipe), "-o", str(failed), "--cached-rootfs"]) != 0
-    assert f"recipe script {tmp_path / 'script.sh'} failed with exit status 1" in caplog.text
-    assert "configuring the appliance" in caplog.text
+    err = capfd.readouterr().err
+    assert f"recipe script {tmp_path / 'script.sh'} failed with exit status 1" in err
+    assert "configuring the appliance" in err
     assert not failed.exists() and not list(tmp_path.glob("failed.img*"))
