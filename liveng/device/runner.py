@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
+from typing import IO
 
 
 class DeviceError(Exception):
@@ -27,3 +29,18 @@ def returncode(argv: list[str]) -> int:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
     except OSError as exc:
         raise DeviceError(f"{argv[0]} cannot run: {exc.strerror}") from None
+
+
+def pipeline(first: list[str], second: list[str], stdin: IO[bytes] | None, stdout: IO[bytes] | int) -> tuple[
+        int, str, int, str]:
+    """first | second, the data never passing through Python; returns both exit codes and stderrs."""
+    with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2:
+        p1 = subprocess.Popen(first, stdin=stdin or subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err1)
+        p2 = subprocess.Popen(second, stdin=p1.stdout, stdout=stdout, stderr=err2)
+        assert p1.stdout is not None
+        p1.stdout.close()  # p2 holds the pipe; p1 gets SIGPIPE if p2 dies
+        rc2 = p2.wait()
+        rc1 = p1.wait()
+        err1.seek(0)
+        err2.seek(0)
+        return rc1, err1.read().decode(errors="replace").strip(), rc2, err2.read().decode(errors="replace").strip()

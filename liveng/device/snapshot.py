@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from liveng import layout
-from liveng.device import bootstate, delta
+from liveng.device import bootstate, delta, runner
 from liveng.device.bootstate import DeviceError
 from liveng.durable import fsync_dir
 from liveng.requests import Request
@@ -59,22 +58,6 @@ def default_name() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def _pipeline(first: list[str], second: list[str], stdin: IO[bytes] | None, stdout: IO[bytes] | int) -> tuple[
-        int, str, int, str]:
-    """first | second, the data never passing through Python; returns both exit codes and stderrs."""
-    with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2:
-        p1 = subprocess.Popen(first, stdin=stdin or subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err1)
-        p2 = subprocess.Popen(second, stdin=p1.stdout, stdout=stdout, stderr=err2)
-        assert p1.stdout is not None
-        p1.stdout.close()  # p2 holds the pipe; p1 gets SIGPIPE if p2 dies
-        rc2 = p2.wait()
-        rc1 = p1.wait()
-        err1.seek(0)
-        err2.seek(0)
-        return rc1, err1.read().decode(errors="replace").strip(), rc2, err2.read().decode(errors="replace").strip()
-
-
-
 def copy_tree(src: Path, dest: Path, members: tuple[str, ...] = (".",), exclude: tuple[str, ...] = (),
               parents: tuple[str, ...] = ()) -> None:
     """Copy a delta (or ``members`` of it) from ``src`` into ``dest`` with GNU tar and the snapshots'
@@ -87,7 +70,7 @@ def copy_tree(src: Path, dest: Path, members: tuple[str, ...] = (".",), exclude:
     if parents:
         create += ["--no-recursion", *parents, "--recursion"]
     create += members
-    rc_out, err_out, rc_in, err_in = _pipeline(create, ["tar", "-C", str(dest), *TAR_EXTRACT, "-xf", "-"], None,
+    rc_out, err_out, rc_in, err_in = runner.pipeline(create, ["tar", "-C", str(dest), *TAR_EXTRACT, "-xf", "-"], None,
                                                subprocess.DEVNULL)
     # GNU tar exits 1 when a file changed while it was read: expected on a running system.
     if rc_out not in (0, 1):
@@ -122,7 +105,7 @@ def archive(src: Path, out: IO[bytes], threads: int = 0) -> Archived:
     writeback = _Writeback(out.fileno())
     writeback.start()
     try:
-        rc_tar, err_tar, rc_zstd, err_zstd = _pipeline(
+        rc_tar, err_tar, rc_zstd, err_zstd = runner.pipeline(
             ["tar", "-C", str(src), *TAR_CREATE, "--totals", "-cf", "-", "."],
             ["zstd", "-q", f"-{ZSTD_LEVEL}", f"-T{threads}", "-c"], None, out)
     finally:
@@ -146,7 +129,7 @@ def archive(src: Path, out: IO[bytes], threads: int = 0) -> Archived:
 
 def extract(archive_path: Path, dest: Path) -> None:
     with open(archive_path, "rb") as src:
-        rc_zstd, err_zstd, rc_tar, err_tar = _pipeline(
+        rc_zstd, err_zstd, rc_tar, err_tar = runner.pipeline(
             ["zstd", "-q", "-d", "-c"], ["tar", "-C", str(dest), *TAR_EXTRACT, "-xf", "-"], src,
             subprocess.DEVNULL)
     if rc_zstd != 0:
