@@ -22,8 +22,10 @@ core.img in the gap before p1, the partition table, and the MBR boot code last, 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,22 @@ def plan(extents: dict[int, tuple[int, int]], disk_bytes: int, need: int = MIN_P
 
 def _partitions(disk: Path) -> list[str]:
     return sorted(p.name for p in (Path("/sys/block") / disk.name).glob(f"{disk.name}*"))
+
+
+def _delete_partitions(disk: Path, tries: int = 5) -> None:
+    """Drop the kernel's partitions of ``disk``. udev may still be probing one (it rereads a disk a
+    writer closed), which makes the kernel refuse for a moment: wait for it and try again."""
+    for attempt in range(tries):
+        run(["udevadm", "settle"])
+        if not _partitions(disk):
+            return
+        try:
+            run(["partx", "--delete", str(disk)])
+            return
+        except DeviceError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(1)
 
 
 def busy(disk: Path, mounts: list[system.Mount]) -> str | None:
@@ -287,13 +305,15 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
                    "Type yes to confirm:"):
         return False
     by_role = {e.role: e for e in extents}
+    run(["udevadm", "settle"])  # probes of the checks above (sfdisk --no-act) are over
     fd = os.open(disk, os.O_RDWR)
     try:
+        # udev leaves a disk alone while it is locked (BSD lock): no rescans while the copy is made.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         say(f"wiping the partition table of {target}")
         _zero(fd, 0, layout.ALIGN)
         os.fsync(fd)
-        if _partitions(disk):  # the old partitions go, so that nothing mounts them meanwhile
-            run(["partx", "--delete", str(disk)])
+        _delete_partitions(disk)  # the old partitions go, so that nothing mounts them meanwhile
         for role, name in ((layout.Role.BOOT, "the boot partition"), (layout.Role.SYSTEM, "the system"),
                            (layout.SLOTS[src.slot], f"kernel slot {src.slot.upper()}")):
             dest = by_role[role]
@@ -348,10 +368,8 @@ def _forget_partitions(disk: Path, src: Source) -> None:
     udev rereads a disk's partition table when a writer closes it; the copy's partitions would then
     claim /dev/disk/by-partuuid/<id>-NN. They are dropped again; the links return to this disk.
     """
+    _delete_partitions(disk)
     run(["udevadm", "settle"])
-    if _partitions(disk):
-        run(["partx", "--delete", str(disk)])
-        run(["udevadm", "settle"])
     for role in (layout.Role.SYSTEM, layout.Role.PERSISTENCE):
         link = bootstate.device_path(role, src.image_id)
         if not link.exists() or resize.disk_of(link) != src.disk:
