@@ -63,7 +63,8 @@ class Script:
         return self.path.name
 
 
-def _relative(c: Checker, key: str, value: Any, base: Path | None) -> Path:
+def recipe_path(c: Checker, key: str, value: Any, base: Path | None) -> Path:
+    """A path the recipe names; a relative one is relative to the recipe's directory ``base``."""
     path = Path(c.string(key, value))
     if not path.is_absolute():
         if base is None:
@@ -93,7 +94,7 @@ def repositories(c: Checker, value: Any, base: Path | None) -> tuple[Repository,
             for j, item in enumerate(items):
                 c.pattern(f"{key}.{field}[{j}]", item, _WORD_RE, "a suite or component name such as stable or main")
             words[field] = items
-        key_path = _relative(c, f"{key}.key_file", table["key_file"], base)
+        key_path = recipe_path(c, f"{key}.key_file", table["key_file"], base)
         try:
             text = boundedread.read_regular(key_path, KEY_MAX).decode("ascii")
         except boundedread.ReadError as exc:
@@ -113,7 +114,7 @@ def repositories(c: Checker, value: Any, base: Path | None) -> tuple[Repository,
 def debs(c: Checker, value: Any, base: Path | None) -> tuple[Path, ...]:
     paths = []
     for i, item in enumerate(c.strings("debs", value)):
-        path = _relative(c, f"debs[{i}]", item, base)
+        path = recipe_path(c, f"debs[{i}]", item, base)
         if path.suffix != ".deb":
             raise c.fail(f"debs[{i}]", f"{path} is not a .deb file (its name must end in .deb)")
         if not path.is_file():
@@ -130,7 +131,7 @@ def debs(c: Checker, value: Any, base: Path | None) -> tuple[Path, ...]:
 
 
 def extra_tree(c: Checker, value: Any, base: Path | None) -> Path:
-    path = _relative(c, "extra_tree", value, base)
+    path = recipe_path(c, "extra_tree", value, base)
     if not path.is_dir() or path.is_symlink():
         raise c.fail("extra_tree", f"{path} is not a directory")
     return path
@@ -143,7 +144,7 @@ def scripts(c: Checker, value: Any, base: Path | None) -> tuple[Script, ...]:
         c.unknown(table, {"path"}, key)
         if "path" not in table:
             raise c.fail(f"{key}.path", "is missing")
-        path = _relative(c, f"{key}.path", table["path"], base)
+        path = recipe_path(c, f"{key}.path", table["path"], base)
         try:
             data = boundedread.read_regular(path, SCRIPT_MAX)
         except boundedread.ReadError as exc:

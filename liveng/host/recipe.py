@@ -241,11 +241,7 @@ def _sizes(c: Checker, table: dict[str, Any]) -> Sizes:
 
 
 def _secret_file(c: Checker, key: str, value: Any, base: Path | None) -> Path:
-    path = Path(c.string(key, value))
-    if not path.is_absolute():
-        if base is None:
-            raise c.fail(key, "a relative path needs a recipe file to be relative to")
-        path = base / path
+    path = appliance.recipe_path(c, key, value, base)
     try:
         data = boundedread.read_regular(path, KEY_FILE_MAX)
     except boundedread.ReadError as exc:
@@ -312,11 +308,7 @@ def _file(c: Checker, key: str, table: dict[str, Any], base: Path | None) -> Fil
     for required in ("source", "destination"):
         if required not in table:
             raise c.fail(f"{key}.{required}", "is missing")
-    source = Path(c.string(f"{key}.source", table["source"]))
-    if not source.is_absolute():
-        if base is None:
-            raise c.fail(f"{key}.source", "a relative path needs a recipe file to be relative to")
-        source = base / source
+    source = appliance.recipe_path(c, f"{key}.source", table["source"], base)
     if not source.exists():
         raise c.fail(f"{key}.source", f"{source} does not exist")
     dest = c.string(f"{key}.destination", table["destination"])
