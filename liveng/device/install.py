@@ -89,9 +89,10 @@ def _partitions(disk: Path) -> list[str]:
 
 def _delete_partitions(disk: Path, tries: int = 5) -> None:
     """Drop the kernel's partitions of ``disk``. udev may still be probing one (it rereads a disk a
-    writer closed), which makes the kernel refuse for a moment: wait for it and try again."""
+    writer closed), which makes the kernel refuse for a moment: try again. No `udevadm settle` in
+    here: while the caller holds the disk's lock udev keeps its events queued, and settle would wait
+    for them until it timed out."""
     for attempt in range(tries):
-        run(["udevadm", "settle"])
         if not _partitions(disk):
             return
         try:
@@ -368,6 +369,7 @@ def _forget_partitions(disk: Path, src: Source) -> None:
     udev rereads a disk's partition table when a writer closes it; the copy's partitions would then
     claim /dev/disk/by-partuuid/<id>-NN. They are dropped again; the links return to this disk.
     """
+    run(["udevadm", "settle"])
     _delete_partitions(disk)
     run(["udevadm", "settle"])
     for role in (layout.Role.SYSTEM, layout.Role.PERSISTENCE):
