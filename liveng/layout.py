@@ -33,7 +33,10 @@ MiB = 1024 * 1024
 # Partitions start on MiB boundaries; a logical partition's EBR sits in the MiB before it.
 ALIGN = MiB
 
-LAYOUT_VERSION = 1
+# 2: p7 may hold updated systems and a delta per system (SYSTEMS_DIR, DELTAS_DIR); every initramfs of
+# the image switches deltas with the system it boots, so only such an image takes system updates.
+LAYOUT_VERSION = 2
+UPDATABLE_LAYOUT = 2
 # An MBR entry holds 32-bit sector numbers: nothing of liveng's may end past 2 TiB. On a bigger disk
 # the rest stays unused (sfdisk would silently wrap a larger size).
 MBR_MAX_SECTORS = 2**32
@@ -174,6 +177,28 @@ ACTION_RESET = "reset"
 # liveng commit (RAM modes): the RAM delta, staged like a restore and switched in at the next boot.
 ACTION_COMMIT = "commit"
 
+# Whole-system updates (liveng/bundle.py, liveng/device/update.py). A system is "factory" (p2) or an
+# updated system on p7 in SYSTEMS_DIR/<name>/ (bundle.SYSTEM_NAME_RE): SYSTEM_ISO_NAME, the ISO9660
+# image that p2 of its build holds, read through a loop device, with its signed metadata beside it.
+# Each kernel slot is bound to one system (SLOT_SYSTEM_PATH in the slot, one line; absent: factory),
+# and each system has its own delta: the booted system's is DELTA_DIR, the others wait in
+# DELTAS_DIR/<name>. Which system owns DELTA_DIR says the empty marker file DELTA_OWNER_PREFIX<name>
+# (none: factory). The initramfs (live-premount/liveng-system) swaps deltas with renames only:
+#   rw -> DELTAS_DIR/<owner>, marker renamed to the booted system, DELTAS_DIR/<booted> -> rw
+# and whenever rw is missing it first moves DELTAS_DIR/<marker's system> back, so every step of a
+# swap cut by a power failure is finished or undone at the next boot.
+SYSTEM_FACTORY = "factory"
+SYSTEMS_DIR = "liveng/systems"
+SYSTEM_ISO_NAME = "system.iso"
+SYSTEM_META_NAME = "bundle.json"
+SYSTEM_SIG_NAME = "bundle.json.sig"
+DELTAS_DIR = "liveng/deltas"
+DELTA_OWNER_PREFIX = "liveng/owner."
+SLOT_SYSTEM_PATH = "liveng/system"
+# Downloads in progress (resumable), on p7 outside the delta.
+UPDATE_INCOMING_DIR = "liveng/incoming"
+# Where the initramfs tells the running system which system it booted (moved with /run).
+BOOTED_SYSTEM_PATH = "/run/liveng-system"
 # Boot modes. The default is in p1's grubenv (ENV_MODE, from the recipe, `liveng mode set`); extra
 # menu entries after the numbered ones boot one time in another mode. The kernel is told the mode
 # (KERNEL_ARG_MODE), the initramfs and the device tool act on it.
@@ -370,5 +395,12 @@ def initramfs_constants() -> str:
         "LIVENG_RAM_PERSISTENCE_MOUNT": RAM_PERSISTENCE_MOUNT,
         "LIVENG_MODE_RAM": MODE_RAM, "LIVENG_MODE_RAM_PATHS": MODE_RAM_PATHS,
         "LIVENG_KEY_FILE": f"/{KEY_FILE_PATH}", "LIVENG_TAR": f"/{INITRAMFS_TAR_PATH}",
+        "LIVENG_ARG_BOOT": KERNEL_ARG_BOOT, "LIVENG_SLOT_A_SUFFIX": partuuid_suffix(partition(Role.SLOT_A).number),
+        "LIVENG_SLOT_B_SUFFIX": partuuid_suffix(partition(Role.SLOT_B).number),
+        "LIVENG_ENTRY_SLOT_A": ENTRY_SLOT["a"], "LIVENG_ENTRY_SLOT_B": ENTRY_SLOT["b"],
+        "LIVENG_SYSTEM_FACTORY": SYSTEM_FACTORY, "LIVENG_SYSTEMS_DIR": SYSTEMS_DIR,
+        "LIVENG_SYSTEM_ISO": SYSTEM_ISO_NAME, "LIVENG_DELTAS_DIR": DELTAS_DIR,
+        "LIVENG_OWNER_PREFIX": DELTA_OWNER_PREFIX, "LIVENG_SLOT_SYSTEM_PATH": SLOT_SYSTEM_PATH,
+        "LIVENG_BOOTED_SYSTEM": BOOTED_SYSTEM_PATH,
     }
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
