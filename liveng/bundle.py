@@ -233,7 +233,8 @@ KEEP_PATH_RE = re.compile(r"^/$|^(/[A-Za-z0-9._@+-]+)+$")
 
 def check_keep(paths: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     for path in paths:
-        parts = path.split("/")[1:]
+        # The type first: the list may come from JSON, and anything but a string has no split().
+        parts = path.split("/")[1:] if isinstance(path, str) else []
         if not isinstance(path, str) or not KEEP_PATH_RE.fullmatch(path) or any(p in (".", "..") for p in parts):
             raise BundleError(f"keep path {path!r} is not an absolute path made of letters, digits and . _ @ + -")
         if path != "/" and parts[0] in ("proc", "sys", "dev", "run", "tmp", "boot"):
@@ -246,6 +247,8 @@ def parse_config(raw: bytes) -> UpdateConfig:
         data = json.loads(raw.decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise BundleError(f"{UPDATE_CONFIG_PATH} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{UPDATE_CONFIG_PATH} is not a JSON object")
     channel, keep = data.get("channel", ""), data.get("keep", list(UPDATE_KEEP_DEFAULT))
     if not isinstance(channel, str) or not isinstance(keep, list):
         raise BundleError(f"{UPDATE_CONFIG_PATH}: 'channel' must be a string and 'keep' a list")
