@@ -19,7 +19,18 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import __version__, bootargs, grubenv, layout
-from liveng.host import buildscripts, customize, disk, filesystems, luks, preflight, progress, rootfs, squashcache
+from liveng.host import (
+    buildscripts,
+    customize,
+    disk,
+    filesystems,
+    luks,
+    preflight,
+    progress,
+    rootfs,
+    squashcache,
+    updaterecipe,
+)
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import BuildError, UsageError
 from liveng.host.mirrors import Mirrors, resolve_mirrors
@@ -58,10 +69,18 @@ class Context:
     def part(self, name: str) -> Path:
         return self.workdir / f"{name}.part"
 
+    @property
+    def version(self) -> str:
+        return self.recipe.version or updaterecipe.default_version(self.built)
+
     def image_info(self) -> dict[str, object]:
         return {
             "layout": layout.LAYOUT_VERSION,
             "id": self.image_id,
+            "version": self.version,
+            # The keys this system takes update bundles from (liveng bundle warns about a bundle whose
+            # system would not take the next one from its own signer).
+            "update_keys": list(self.recipe.update.fingerprints),
             "target": self.recipe.target,
             "arch": self.recipe.arch,
             "suite": self.recipe.suite,
@@ -103,6 +122,7 @@ def step_customise(ctx: Context) -> None:
     customize.ssh(tree, recipe.settings)
     customize.wifi_support(tree)
     customize.device_settings(tree, recipe)
+    updaterecipe.install(tree, recipe.update)
     if recipe.autologin:
         customize.autologin(tree)
     customize.memory(tree, recipe.ram)
@@ -312,7 +332,7 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
             took = time.monotonic() - start
             times.record(name, took)
             log.info("[%d/%d] %s done in %.1f s", i, len(STEPS), name, took)
-        log.info("built %s (id %s, %d MiB) in %.1f s", output, ctx.image_id, ctx.sizes["image"] // layout.MiB,
-                 time.monotonic() - total_start)
+        log.info("built %s (id %s, version %s, %d MiB) in %.1f s", output, ctx.image_id, ctx.version,
+                 ctx.sizes["image"] // layout.MiB, time.monotonic() - total_start)
         return ctx
     raise AssertionError("unreachable")

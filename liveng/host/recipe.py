@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from liveng import bootargs, boundedread, layout, settings
-from liveng.host import appliance
+from liveng.host import appliance, updaterecipe
 from liveng.host.appliance import Repository, Script
 from liveng.host.errors import RecipeError
 from liveng.settings import Checker, Settings, Ssh, User, Wifi
@@ -128,6 +128,9 @@ class Recipe:
     debs: tuple[Path, ...] = ()
     extra_tree: Path | None = None
     scripts: tuple[Script, ...] = ()
+    # System updates (liveng/host/updaterecipe.py); version None: the build's time.
+    version: str | None = None
+    update: updaterecipe.Update = field(default_factory=updaterecipe.Update)
 
     @property
     def settings_from_boot_partition(self) -> bool:
@@ -206,6 +209,10 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["extra_tree"] = appliance.extra_tree(c, data["extra_tree"], base)
     if "scripts" in data:
         kw["scripts"] = appliance.scripts(c, data["scripts"], base)
+    if "version" in data:
+        kw["version"] = updaterecipe.version(c, data["version"])
+    if "update" in data:
+        kw["update"] = updaterecipe.update(c, data["update"], base)
     if "persistence" in data:
         kw["persistence"] = _persistence(c, c.table("persistence", data["persistence"]), base)
     if "settings" in data:

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import layout, settings
-from liveng.host import progress
+from liveng.host import progress, updaterecipe
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe
@@ -76,6 +76,9 @@ def packages(recipe: Recipe) -> tuple[str, ...]:
         # cryptsetup-initramfs puts cryptsetup, askpass and dm-crypt into every initramfs; live-boot
         # (persistence-encryption=luks) and liveng's live-premount/liveng-luks use them.
         wanted.update(ENCRYPTION_PACKAGES)
+    if recipe.update.keyring:
+        # The device checks update bundles with gpgv; not every suite's apt depends on it, so name it.
+        wanted.add(updaterecipe.GPGV_PACKAGE)
     return tuple(sorted(wanted))
 
 
