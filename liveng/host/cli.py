@@ -1,4 +1,4 @@
-"""The liveng command on the host: build, run, flash, inspect."""
+"""The liveng command on the host: build, run, flash, inspect, bundle."""
 
 from __future__ import annotations
 
@@ -113,6 +113,14 @@ def cmd_flash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from liveng.host import bundler
+
+    made = bundler.make(args.image, args.output, args.sign_key, args.passphrase_file, args.channel)
+    print(bundler.summary(made))
+    return 0
+
+
 def cmd_settings_check(args: argparse.Namespace) -> int:
     from liveng import boundedread, settings
     from liveng.host.errors import UsageError
@@ -189,6 +197,17 @@ def _parser() -> argparse.ArgumentParser:
     p = stsub.add_parser("check", help="check a settings file before copying it to a card's boot partition")
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_settings_check)
+
+    p = sub.add_parser("bundle", help="make a signed update bundle of an image's system (devices: liveng update)")
+    p.add_argument("image", type=Path, help="an image liveng build made (its recipe's version goes in the bundle)")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="bundle file to write, NAME.bundle (default: liveng-TARGET-VERSION.bundle here)")
+    p.add_argument("--sign-key", type=Path, required=True, metavar="KEYFILE",
+                   help="the OpenPGP secret key that signs it (gpg --export-secret-keys KEYID), one key")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE", help="the key's passphrase, one line")
+    p.add_argument("--channel", action="store_true",
+                   help="also write index.json and index.json.sig beside the bundle, offering it to the channel")
+    p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("inspect", help="show an image's (or a card's) layout, build information and device status")
     p.add_argument("image", type=Path)

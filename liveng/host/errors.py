@@ -50,3 +50,7 @@ class ImageError(LivengError):
 
 class FlashError(LivengError):
     """Writing or verifying a disk failed (the message says where and what that means)."""
+
+
+class UpdateBundleError(LivengError):
+    """An update bundle or channel index could not be made, or did not pass its own check."""
