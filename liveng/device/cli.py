@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from liveng import layout
+from liveng.device import updatecmd
 from liveng.device.runner import DeviceError
 from liveng.settings import SettingsError
 
@@ -215,6 +216,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify.Report()
     verify.verify_system(report)
     verify.verify_slots(report)
+    verify.verify_updated_systems(report)
     for problem in report.problems:
         print(f"liveng: FAILED {problem}")
     if report.ok:
@@ -337,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_kernel_mark_good)
     p = ksub.add_parser("rollback", help="boot the kernel in the other slot next")
     p.set_defaults(func=cmd_kernel_rollback)
+    updatecmd.register(sub)
     return parser
 
 

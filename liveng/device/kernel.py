@@ -113,7 +113,8 @@ def _install(kernel: str, initrd: Path | None, force: bool) -> InstallResult:
     # GRUB pointing at half a slot.
     if entry in state.order:
         bootstate.update_state(order=normalized([e for e in state.order if e != entry]))
-    slots.write_slot(target, kernel, files, wanted)
+    # The kernel belongs to the running system: the slot boots it with that system's squashfs and delta.
+    slots.write_slot(target, kernel, files, wanted, system.booted_system())
     rest = [e for e in state.order if e != entry]
     if booted and booted != FACTORY and booted not in rest:
         rest.insert(0, booted)
@@ -221,6 +222,6 @@ def status_dict() -> dict[str, object]:
         "good": state.good,
         # Copies of p1's env found damaged now (repaired at the next change, mark-good included).
         "env_damaged": list(state.damaged),
-        "slots": {name: {"kernel": i.kernel, "written": i.written}
+        "slots": {name: {"kernel": i.kernel, "written": i.written, "system": i.system}
                   for name in layout.ENTRY_SLOT for i in [slots.read_slot(name)]},
     }

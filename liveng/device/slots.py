@@ -28,6 +28,7 @@ class SlotInfo:
     kernel: str | None
     written: str | None
     files: dict[str, str]  # path in the slot -> sha256
+    system: str = layout.SYSTEM_FACTORY  # the system this kernel belongs to (layout.SLOT_SYSTEM_PATH)
 
     @property
     def entry(self) -> str:
@@ -46,7 +47,9 @@ def read_slot(name: str) -> SlotInfo:
     try:
         with mounted(layout.SLOTS[name], "iso9660") as root:
             info = json.loads((root / layout.SLOT_INFO_PATH).read_text())
-            return SlotInfo(name, info.get("kernel"), info.get("written"), dict(info.get("files", {})))
+            bound = root / layout.SLOT_SYSTEM_PATH
+            owner = bound.read_text().strip() if bound.is_file() else layout.SYSTEM_FACTORY
+            return SlotInfo(name, info.get("kernel"), info.get("written"), dict(info.get("files", {})), owner)
     except (DeviceError, OSError, ValueError, AttributeError, TypeError):  # missing, or not slot.json's shape
         return SlotInfo(name, None, None, {})
 
@@ -57,8 +60,10 @@ def slot_size(dev: Path) -> int:
     return sectors * 512
 
 
-def build_iso(name: str, kernel: str, files: dict[str, Path], hashes: dict[str, str], workdir: Path) -> Path:
-    """Make the slot's ISO in ``workdir`` (RAM), the kernel files grafted in without copies.
+def build_iso(name: str, kernel: str, files: dict[str, Path], hashes: dict[str, str], workdir: Path,
+              system: str = layout.SYSTEM_FACTORY) -> Path:
+    """Make the slot's ISO in ``workdir`` (RAM), the kernel files grafted in without copies, bound to
+    ``system`` (the initramfs boots that system with this kernel).
 
     ``files`` maps paths in the slot to their sources, ``hashes`` those paths to the sources' sha256
     (the caller has them already: each pass over a 50 MiB initrd costs seconds on a slow board).
@@ -66,11 +71,15 @@ def build_iso(name: str, kernel: str, files: dict[str, Path], hashes: dict[str, 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = workdir / "slot.json"
     info.write_text(layout.slot_info(name, kernel, now, hashes))
+    bound = workdir / "system"
+    bound.write_text(system + "\n")
     sums = workdir / "SHA256SUMS"
-    sums.write_text(layout.manifest_text({**hashes, layout.SLOT_INFO_PATH: layout.sha256_file(info)}))
+    sums.write_text(layout.manifest_text({**hashes, layout.SLOT_INFO_PATH: layout.sha256_file(info),
+                                          layout.SLOT_SYSTEM_PATH: layout.sha256_file(bound)}))
     iso = workdir / "slot.iso"
     grafts = [f"{rel}={src}" for rel, src in files.items()]
-    grafts += [f"{layout.SLOT_INFO_PATH}={info}", f"{layout.MANIFEST_PATH}={sums}"]
+    grafts += [f"{layout.SLOT_INFO_PATH}={info}", f"{layout.SLOT_SYSTEM_PATH}={bound}",
+               f"{layout.MANIFEST_PATH}={sums}"]
     run(["xorriso", "-as", "mkisofs", "-quiet", "-iso-level", "3", "-R", "-V", layout.SLOT_VOLID[name],
          "-o", str(iso), "-graft-points", *grafts])
     return iso
@@ -111,12 +120,14 @@ def write_and_verify(iso: Path, dev: Path) -> None:
         os.close(fd)
 
 
-def write_slot(name: str, kernel: str, files: dict[str, Path], hashes: dict[str, str]) -> None:
-    """Write ``files`` (path in the slot -> source, with their sha256 in ``hashes``) as slot ``name``."""
+def write_slot(name: str, kernel: str, files: dict[str, Path], hashes: dict[str, str],
+               system: str = layout.SYSTEM_FACTORY) -> None:
+    """Write ``files`` (path in the slot -> source, with their sha256 in ``hashes``) as slot ``name``,
+    the kernel of ``system``."""
     dev = device_path(layout.SLOTS[name])
     # The ISO is made in RAM: writing it to the persistence first would only wear the card.
     base = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="liveng-slot-", dir=base) as tmp:
-        iso = build_iso(name, kernel, files, hashes, Path(tmp))
+        iso = build_iso(name, kernel, files, hashes, Path(tmp), system)
         write_and_verify(iso, dev)
 

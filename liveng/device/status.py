@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from liveng import layout
-from liveng.device import bootstate, delta, kernel, ram, snapshot, system
+from liveng.device import bootstate, delta, kernel, ram, snapshot, system, update
 from liveng.device.bootstate import DeviceError
 
 
@@ -54,7 +54,8 @@ def collect() -> dict[str, Any]:
     report["partitions"] = _partitions(st.image_id)
     report["mode"] = {"running": ram.running_mode(), "persistent_paths": ram.mounted_paths()}
     for name, func in (("persistence", _persistence),
-                       ("kernel slots", lambda r: r.update(kernel_slots=kernel.status_dict()))):
+                       ("kernel slots", lambda r: r.update(kernel_slots=kernel.status_dict())),
+                       ("systems", lambda r: r.update(systems=update.status_dict()))):
         try:
             func(report)
         except (DeviceError, OSError) as exc:
@@ -98,8 +99,11 @@ def lines(r: dict[str, Any]) -> list[str]:
         ks = r["kernel_slots"]
         out.append(f"boot order:   {' '.join(ks['order'])}   tries {ks['tries']}   last good {ks['good'] or 'none'}")
         for name, slot in ks["slots"].items():
-            what = f"kernel {slot['kernel']}, written {slot['written']}" if slot["kernel"] else "empty"
+            what = (f"kernel {slot['kernel']}, written {slot['written']}, system {slot.get('system')}"
+                    if slot["kernel"] else "empty")
             out.append(f"slot {name.upper()}:       {what}")
+    if "systems" in r:
+        out.extend(f"{line}" for line in update.status_lines(r["systems"]))
     out.extend(f"error:        {e}" for e in r.get("errors", []))
     return out
 

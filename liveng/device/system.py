@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout
+from liveng import bundle, layout
 
 
 @dataclass(frozen=True)
@@ -83,3 +83,15 @@ def status() -> Status:
         upper=upper,
         persistence_device=persistence,
     )
+
+
+def booted_system(path: Path = Path(layout.BOOTED_SYSTEM_PATH)) -> str:
+    """The system this boot runs: "factory" (p2) or an updated system's name, as the initramfs
+    (live-premount/liveng-system) recorded it; an image made before system updates has no record."""
+    try:
+        name = path.read_text().strip()
+    except OSError:
+        return layout.SYSTEM_FACTORY
+    if name == layout.SYSTEM_FACTORY or bundle.SYSTEM_NAME_RE.fullmatch(name):
+        return name
+    return layout.SYSTEM_FACTORY

@@ -1,12 +1,13 @@
-"""liveng verify: check the system partition and the kernel slots against their SHA-256 manifests."""
+"""liveng verify: check the system partition, the kernel slots and the updated systems on p7 against
+their SHA-256 manifests (an updated system: its ISO against its signed metadata)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liveng import layout
-from liveng.device import bootstate, slots, system
+from liveng import bundle, layout
+from liveng.device import bootstate, delta, slots, system
 from liveng.device.runner import DeviceError
 
 
@@ -81,3 +82,41 @@ def intact(name: str) -> bool:
     except DeviceError:
         return False
     return report.ok
+
+
+def verify_updated_systems(report: Report) -> None:
+    """Each system on p7: its ISO against the hash in its metadata (and that metadata's signature, when
+    the image has a keyring); each slot's system must be there."""
+    try:
+        with delta.persistence_root(writable=False) as p7:
+            _updated_systems(p7, report)
+    except DeviceError as exc:
+        report.problems.append(f"updated systems: the persistence partition cannot be read: {exc}")
+
+
+def _updated_systems(p7: Path, report: Report) -> None:
+    from liveng.device import fetch  # only here: every boot's mark-good imports this module
+
+    keyring = Path("/") / bundle.UPDATE_KEYRING_PATH
+    base = p7 / layout.SYSTEMS_DIR
+    present = {d.name for d in base.iterdir() if not d.name.startswith(".")} if base.is_dir() else set()
+    for name in sorted(present):
+        d = base / name
+        try:
+            raw = (d / layout.SYSTEM_META_NAME).read_bytes()
+            if keyring.is_file():
+                fetch.verify_signature(raw, (d / layout.SYSTEM_SIG_NAME).read_bytes(), keyring)
+            meta = bundle.parse_metadata(raw)
+            actual = layout.sha256_file(d / layout.SYSTEM_ISO_NAME)
+        except (OSError, DeviceError, bundle.BundleError) as exc:
+            report.problems.append(f"system {name}: {exc}")
+            continue
+        report.checked += 1
+        if actual != meta.system_sha256:
+            report.problems.append(f"system {name}: {layout.SYSTEM_ISO_NAME} differs from its signed hash "
+                                   f"(sha256 {actual[:16]}…, expected {meta.system_sha256[:16]}…)")
+    for slot in layout.SLOTS:
+        info = slots.read_slot(slot)
+        if info.kernel and info.system != layout.SYSTEM_FACTORY and info.system not in present:
+            report.problems.append(f"kernel slot {slot.upper()} boots the system {info.system}, which is not on "
+                                   "the persistence partition: that slot cannot boot")

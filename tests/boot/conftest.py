@@ -129,8 +129,33 @@ def boot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trixie_image(boot_dir: Path) -> Path:
-    return build_image(boot_dir, "trixie", "trixie")
+def update_key(boot_dir: Path) -> tuple[Path, Path]:
+    """An OpenPGP signing key for update bundles: (secret key file, public key file)."""
+    secret, public = boot_dir / "update-key.sec", boot_dir / "update-key.pub"
+    with golden.locked(secret):
+        if not secret.exists():
+            make_signing_key(boot_dir / "update-gnupg", secret, public)
+    return secret, public
+
+
+def make_signing_key(home: Path, secret: Path, public: Path, uid: str = "liveng test updates") -> None:
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run([*gpg, "--quick-gen-key", uid, "ed25519", "sign", "never"], check=True)
+    secret.write_bytes(subprocess.run([*gpg, "--export-secret-keys", uid], check=True, capture_output=True).stdout)
+    public.write_bytes(subprocess.run([*gpg, "--export", uid], check=True, capture_output=True).stdout)
+    subprocess.run(["rm", "-rf", str(home)], check=True)
+
+
+def update_recipe(public_key: Path, version: str) -> str:
+    """The recipe keys that make an image take update bundles signed with ``public_key``."""
+    return f'version = "{version}"\n[update]\nkeyring = "{public_key}"\n'
+
+
+@pytest.fixture(scope="session")
+def trixie_image(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
+    # Version 1 of a system that takes updates (tests/boot/test_update.py); the other tests do not mind.
+    return build_image(boot_dir, "trixie", "trixie", extra=update_recipe(update_key[1], "1"))
 
 
 @pytest.fixture()
