@@ -93,8 +93,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     info = image.info
     print(f"image:   {image.path}")
-    print(f"id:      {info.get('id')}   layout {info.get('layout')}   built {info.get('built')} by liveng "
-          f"{info.get('liveng')}")
+    print(f"id:      {info.get('id')}   layout {info.get('layout')}   version {info.get('version', 'none')}   "
+          f"built {info.get('built')} by liveng {info.get('liveng')}")
     print(f"system:  Debian {info.get('suite')} {info.get('arch')} ({info.get('target')}), kernel "
           f"{info.get('kernel')}, hostname {info.get('hostname')}")
     roles = {p.number: p.role.value for p in layout.PARTITIONS}

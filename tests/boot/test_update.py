@@ -15,7 +15,13 @@ import pytest
 from liveng import bundle, layout
 from liveng.host.cli import main
 from tests.boot import golden
-from tests.boot.conftest import build_image, make_signing_key, partition_hash, update_recipe
+from tests.boot.conftest import (
+    build_image,
+    make_signing_key,
+    partition_hash,
+    persistence_needs_recovery,
+    update_recipe,
+)
 from tests.httpserve import serve
 from tests.vm import Vm
 
@@ -158,6 +164,8 @@ def test_update_keeps_data_refuses_bad_bundles_and_boots_v2(bios_golden: golden.
         assert "verify OK" in vm.sh("liveng verify", timeout=900)
         vm.poweroff()
     assert partition_hash(disk, layout.Role.SYSTEM) == before[layout.Role.SYSTEM]
+    # The power-off let go of the system's ISO file (a loop device) and then unmounted p7 cleanly.
+    assert not persistence_needs_recovery(disk)
 
 
 def test_update_failing_its_health_check_gives_v1_back(bios_golden: golden.Golden, v2_channel: Path,
