@@ -119,7 +119,7 @@ def _source(source: str | None, conf: bundle.UpdateConfig, ring: Path) -> tuple[
     if not source:
         raise DeviceError("no update source: give a bundle (URL or file) or a channel URL, or name a channel "
                           "in the recipe's [update] table")
-    if "://" not in source or source.endswith(bundle.BUNDLE_SUFFIX):
+    if source.endswith(bundle.BUNDLE_SUFFIX) or ("://" not in source and not Path(source).is_dir()):
         return source, None
     index, url = fetch.channel_index(source, ring)
     return url, index.size
@@ -128,7 +128,7 @@ def _source(source: str | None, conf: bundle.UpdateConfig, ring: Path) -> tuple[
 def check(source: str | None) -> str:
     conf, ring = config(), keyring()
     url = source or conf.channel
-    if not url or "://" not in url or url.endswith(bundle.BUNDLE_SUFFIX):
+    if not url or url.endswith(bundle.BUNDLE_SUFFIX):
         raise DeviceError("update check needs a channel URL (a directory holding index.json), given or in the recipe")
     index, bundle_url = fetch.channel_index(url, ring)
     factory = factory_info()
@@ -167,16 +167,6 @@ def _download(p7: Path, url: str, size: int | None) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, part)
     return part
-
-
-def _signed_parts(path: Path) -> tuple[bytes, bytes]:
-    """The metadata and signature bytes of a bundle whose signature open_bundle accepted."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(size - bundle.FOOTER_SIZE)
-        foot = bundle.parse_footer(f.read(bundle.FOOTER_SIZE), size)
-        f.seek(foot.metadata_offset)
-        return f.read(foot.metadata_size), f.read(foot.signature_size)
 
 
 def read_back(path: Path, meta: bundle.Metadata) -> None:
@@ -273,7 +263,8 @@ def _verified(p7: Path, part: Path, factory: dict[str, object], running: str, bo
               allow_downgrade: bool) -> tuple[bundle.Metadata, tuple[bytes, bytes]]:
     """Every check before anything is written: signature, target, layout, version, the system's hash.
     Returns the metadata and the signed bytes (to keep beside the system); the bundle is cut to its system."""
-    meta = fetch.open_bundle(part, keyring())
+    opened = fetch.open_signed_bundle(part, keyring())
+    meta = opened.meta
     if meta.target != factory.get("target") or meta.arch != factory.get("arch"):
         raise DeviceError(f"the bundle is for {meta.target}/{meta.arch}, this device is "
                           f"{factory.get('target')}/{factory.get('arch')}")
@@ -286,9 +277,8 @@ def _verified(p7: Path, part: Path, factory: dict[str, object], running: str, bo
     if meta.system_name == running or meta.system_name in bound.values():
         raise DeviceError(f"the system {meta.system_name} is already installed (a kernel slot boots it)")
     fetch.check_system(part, meta, fetch.print_progress)
-    signed = _signed_parts(part)
     fetch.cut_to_system(part, meta)
-    return meta, signed
+    return meta, (opened.metadata, opened.signature)
 
 
 def apply(source: str | None, allow_downgrade: bool = False) -> str:
