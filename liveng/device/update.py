@@ -201,24 +201,30 @@ def _install_system(p7: Path, part: Path, meta: bundle.Metadata, signed: tuple[b
 
 def _stage_delta(p7: Path, name: str, keep: tuple[str, ...]) -> list[str]:
     """The new system's delta: the kept paths of the running delta (p7:rw), copied. Returns them."""
-    deltas = p7 / layout.DELTAS_DIR
-    deltas.mkdir(mode=0o700, parents=True, exist_ok=True)
     src = p7 / layout.DELTA_DIR
-    final, tmp = deltas / name, deltas / f".{name}.new"
-    delta.remove_tree(tmp)
-    tmp.mkdir(mode=0o755)
     present = [p for p in keep if p == "/" or (src / p.lstrip("/")).exists() or (src / p.lstrip("/")).is_symlink()]
     members = tuple("." if p == "/" else f".{p}" for p in present)
     parents = tuple(sorted({f".{'/'.join(p.split('/')[:i])}" for p in present if p != "/"
                             for i in range(2, p.count("/") + 1)}))
-    need = sum(delta.used_bytes(src / p.lstrip("/")) or 0 for p in present if p != "/") if "/" not in present \
-        else (delta.used_bytes(src) or 0)
+    if "/" in present:
+        need = delta.used_bytes(src) or 0
+    else:
+        need = sum(delta.used_bytes(src / p.lstrip("/")) or 0 for p in present)
     if delta.filesystem_space(p7)[1] - MARGIN < need:
         raise DeviceError(f"the kept paths need {need // layout.MiB} MiB on the persistence partition, more than "
                           "it has free: delete snapshots or data first")
-    if members:
-        snapshot.copy_tree(src, tmp, members, parents=parents)
-    os.sync()
+    deltas = p7 / layout.DELTAS_DIR
+    deltas.mkdir(mode=0o700, parents=True, exist_ok=True)
+    final, tmp = deltas / name, deltas / f".{name}.new"
+    delta.remove_tree(tmp)
+    tmp.mkdir(mode=0o755)
+    try:
+        if members:
+            snapshot.copy_tree(src, tmp, members, parents=parents)
+        os.sync()
+    except BaseException:
+        delta.remove_tree(tmp)
+        raise
     delta.remove_tree(final)
     os.replace(tmp, final)
     fsync_dir(deltas)

@@ -1,0 +1,76 @@
+"""The device side of system updates that needs no booted image: the new system's delta made from
+the kept paths, the owner marker, and what garbage collection deletes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from liveng import bundle, layout
+from liveng.device import delta, update
+from liveng.device.bootstate import DeviceError
+
+
+def make_p7(root: Path) -> Path:
+    rw = root / layout.DELTA_DIR
+    for rel, text in {"home/pi/notes.txt": "n", "srv/db/data": "d", "etc/ssh/ssh_host_ed25519_key": "k",
+                      "etc/ssh/sshd_config": "c", "etc/passwd": "p", "var/lib/apt/x": "a"}.items():
+        (rw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rw / rel).write_text(text)
+    os.chmod(rw / "etc/ssh/ssh_host_ed25519_key", 0o600)
+    os.symlink("notes.txt", rw / "home/pi/link")
+    (root / layout.DELTA_STATE_DIR).mkdir()
+    return root
+
+
+def files(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*") if not p.is_dir()}
+
+
+def test_kept_paths_are_copied_with_their_parents(tmp_path: Path) -> None:
+    p7 = make_p7(tmp_path)
+    kept = update._stage_delta(p7, "2_0123456789ab", bundle.UPDATE_KEEP_DEFAULT)
+    assert kept == ["/home", "/srv", "/etc/ssh/ssh_host_ed25519_key"]
+    staged = p7 / layout.DELTAS_DIR / "2_0123456789ab"
+    assert files(staged) == {"home/pi/notes.txt", "home/pi/link", "srv/db/data", "etc/ssh/ssh_host_ed25519_key"}
+    assert (staged / "home/pi/link").is_symlink()
+    assert oct((staged / "etc/ssh/ssh_host_ed25519_key").stat().st_mode & 0o777) == "0o600"
+    assert files(p7 / layout.DELTA_DIR) >= {"etc/passwd", "var/lib/apt/x"}  # the running delta is untouched
+    assert not list((p7 / layout.DELTAS_DIR).glob(".*"))  # no temporary left
+
+
+def test_keep_everything_and_keep_nothing(tmp_path: Path) -> None:
+    p7 = make_p7(tmp_path)
+    update._stage_delta(p7, "2_0123456789ab", ("/",))
+    assert files(p7 / layout.DELTAS_DIR / "2_0123456789ab") == files(p7 / layout.DELTA_DIR)
+    assert update._stage_delta(p7, "3_0123456789ab", ("/nothing/here",)) == []
+    assert files(p7 / layout.DELTAS_DIR / "3_0123456789ab") == set()
+
+
+def test_owner_marker_is_made_once(tmp_path: Path) -> None:
+    p7 = make_p7(tmp_path)
+    update._mark_owner(p7, layout.SYSTEM_FACTORY)
+    update._mark_owner(p7, "2_0123456789ab")  # a marker exists already: it is the initramfs's to rename
+    assert sorted(p.name for p in (p7 / layout.DELTA_STATE_DIR).glob("owner.*")) == ["owner.factory"]
+
+
+def test_garbage_is_what_no_slot_boots(tmp_path: Path) -> None:
+    p7 = make_p7(tmp_path)
+    for name in ("1.5_aaaaaaaaaaaa", "2_bbbbbbbbbbbb", ".3_cccccccccccc.new"):
+        (p7 / layout.SYSTEMS_DIR / name).mkdir(parents=True)
+        (p7 / layout.DELTAS_DIR / name).mkdir(parents=True)
+    (p7 / layout.DELTAS_DIR / layout.SYSTEM_FACTORY).mkdir()
+    gone = update.collect_garbage(p7, {"2_bbbbbbbbbbbb"})
+    assert sorted(gone) == sorted(["systems/1.5_aaaaaaaaaaaa", "systems/.3_cccccccccccc.new",
+                                   "deltas/1.5_aaaaaaaaaaaa", "deltas/.3_cccccccccccc.new"])
+    assert {p.name for p in (p7 / layout.DELTAS_DIR).iterdir()} == {"2_bbbbbbbbbbbb", layout.SYSTEM_FACTORY}
+
+
+def test_no_room_for_the_kept_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p7 = make_p7(tmp_path)
+    monkeypatch.setattr(delta, "filesystem_space", lambda _p: (10**9, update.MARGIN))
+    with pytest.raises(DeviceError, match="kept paths need"):
+        update._stage_delta(p7, "2_0123456789ab", bundle.UPDATE_KEEP_DEFAULT)
+    assert not (p7 / layout.DELTAS_DIR).exists() or not any((p7 / layout.DELTAS_DIR).iterdir())
