@@ -307,7 +307,8 @@ def apply(source: str | None, allow_downgrade: bool = False) -> str:
         except (DeviceError, bundle.BundleError) as exc:
             # A bundle that is refused is not kept: the next attempt downloads afresh.
             part.unlink(missing_ok=True)
-            raise DeviceError(f"{exc}; nothing was installed") from None
+            text = str(exc)
+            raise DeviceError(text if "nothing was" in text else f"{text}; nothing was installed") from None
         final = _install_system(p7, part, meta, signed)
         kept = _stage_delta(p7, meta.system_name, conf.keep)
         _mark_owner(p7, running)

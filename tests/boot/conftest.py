@@ -35,8 +35,8 @@ MINUTES = {
     "test_ram_modes": 16,
     "test_damaged_grubenv_boots_is_repaired_and_counting_goes_on": 8,
     "test_virt_uefi_kernel_update_and_fallback": 13,
-    "test_update_keeps_data_refuses_bad_bundles_and_boots_v2": 10,  # estimates until measured
-    "test_update_failing_its_health_check_gives_v1_back": 9,
+    "test_update_keeps_data_refuses_bad_bundles_and_boots_v2": 4.5,  # with the v2 build and bundle
+    "test_update_failing_its_health_check_gives_v1_back": 3,
     "test_snapshot_reset_restore": 13,
     "test_apt_kernel_update_and_fallback": 11,
     "test_uefi_then_bios_boot_keep_the_delta": 10,
