@@ -265,7 +265,7 @@ def _kernel_files(iso: Path, meta: bundle.Metadata, workdir: Path) -> dict[str, 
         run(["umount", str(mnt)])
 
 
-def _verified(p7: Path, part: Path, factory: dict[str, object], running: str, bound: dict[str, str],
+def _verified(p7: Path, part: Path, factory: dict[str, object], running: str,
               allow_downgrade: bool) -> tuple[bundle.Metadata, tuple[bytes, bytes]]:
     """Every check before anything is written: signature, target, layout, version, the system's hash.
     Returns the metadata and the signed bytes (to keep beside the system); the bundle is cut to its system."""
@@ -280,8 +280,8 @@ def _verified(p7: Path, part: Path, factory: dict[str, object], running: str, bo
     if not allow_downgrade and not newer(meta.version, current):
         raise DeviceError(f"the bundle's version {meta.version} is not newer than the running {current} "
                           "(--allow-downgrade installs it anyway)")
-    if meta.system_name == running or meta.system_name in bound.values():
-        raise DeviceError(f"the system {meta.system_name} is already installed (a kernel slot boots it)")
+    if meta.system_name == running:
+        raise DeviceError(f"the system {meta.system_name} is the one running")
     fetch.check_system(part, meta, fetch.print_progress)
     fetch.cut_to_system(part, meta)
     return meta, (opened.metadata, opened.signature)
@@ -298,35 +298,37 @@ def apply(source: str | None, allow_downgrade: bool = False) -> str:
     with update_lock(), delta.persistence_root(writable=True) as p7:
         if delta.read_pending(p7) is not None or delta.switch_in_progress(p7):
             raise DeviceError("a restore, reset or commit waits for the next boot: reboot first (or 'liveng cancel')")
-        bound = bound_systems()
-        collect_garbage(p7, set(bound.values()) | {running})
+        collect_garbage(p7, set(bound_systems().values()) | {running})
         url, size = _source(source, conf, ring)
         part = _download(p7, url, size)
         try:
-            meta, signed = _verified(p7, part, factory, running, bound, allow_downgrade)
+            meta, signed = _verified(p7, part, factory, running, allow_downgrade)
         except (DeviceError, bundle.BundleError) as exc:
             # A bundle that is refused is not kept: the next attempt downloads afresh.
             part.unlink(missing_ok=True)
             text = str(exc)
             raise DeviceError(text if "nothing was" in text else f"{text}; nothing was installed") from None
-        final = _install_system(p7, part, meta, signed)
-        kept = _stage_delta(p7, meta.system_name, conf.keep)
-        _mark_owner(p7, running)
-        base = "/dev/shm" if Path("/dev/shm").is_dir() else None
-        with tempfile.TemporaryDirectory(prefix="liveng-update-", dir=base) as tmp:
-            files = _kernel_files(final / layout.SYSTEM_ISO_NAME, meta, Path(tmp))
-            with bootenv.locked():
-                state = bootstate.read_state()
-                target = kernel.target_slot(state, booted)
-                entry = layout.ENTRY_SLOT[target]
-                if entry in state.order:
-                    bootstate.update_state(order=kernel.normalized([e for e in state.order if e != entry]))
+        # The boot-state lock from here to the end: a kernel install waits instead of choosing the
+        # same idle slot. That slot leaves the boot order first, so that no boot takes it while the
+        # system it names (a system installed before, applied again) is being replaced.
+        with bootenv.locked():
+            state = bootstate.read_state()
+            target = kernel.target_slot(state, booted)
+            entry = layout.ENTRY_SLOT[target]
+            if entry in state.order:
+                bootstate.update_state(order=kernel.normalized([e for e in state.order if e != entry]))
+            final = _install_system(p7, part, meta, signed)
+            kept = _stage_delta(p7, meta.system_name, conf.keep)
+            _mark_owner(p7, running)
+            base = "/dev/shm" if Path("/dev/shm").is_dir() else None
+            with tempfile.TemporaryDirectory(prefix="liveng-update-", dir=base) as tmp:
+                files = _kernel_files(final / layout.SYSTEM_ISO_NAME, meta, Path(tmp))
                 slots.write_slot(target, meta.kernel, files, {rel: meta.files[rel] for rel in files},
                                  meta.system_name)
-                rest = [e for e in state.order if e != entry]
-                if booted and booted != layout.ENTRY_FACTORY and booted not in rest:
-                    rest.insert(0, booted)
-                bootstate.update_state(order=kernel.normalized([entry, *rest]), tries=layout.TRIES)
+            rest = [e for e in state.order if e != entry]
+            if booted and booted != layout.ENTRY_FACTORY and booted not in rest:
+                rest.insert(0, booted)
+            bootstate.update_state(order=kernel.normalized([entry, *rest]), tries=layout.TRIES)
     return (f"system {meta.version} installed (kernel {meta.kernel} in slot {target.upper()}, kept from this "
             f"system: {', '.join(kept) or 'nothing'}); it boots next and falls back to "
             f"{rest[0] if rest else layout.ENTRY_FACTORY} if it does not come up")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import layout
+from liveng import bundle, layout
 from liveng.host.cli import main
 from liveng.host.disk import read_table
 from tests.boot import golden
@@ -37,6 +37,7 @@ MINUTES = {
     "test_virt_uefi_kernel_update_and_fallback": 13,
     "test_update_keeps_data_refuses_bad_bundles_and_boots_v2": 4.5,  # with the v2 build and bundle
     "test_update_failing_its_health_check_gives_v1_back": 3,
+    "test_power_cuts_during_system_updates": 4,  # 1 round (CI), estimate
     "test_snapshot_reset_restore": 13,
     "test_apt_kernel_update_and_fallback": 11,
     "test_uefi_then_bios_boot_keep_the_delta": 10,
@@ -211,3 +212,32 @@ def bios_golden(trixie_image: Path, boot_dir: Path) -> golden.Golden:
 @pytest.fixture(scope="session")
 def ram_golden(ram_image: Path, boot_dir: Path) -> golden.Golden:
     return golden.make(ram_image, boot_dir, "golden-ram", memory=RAM_MEMORY)
+
+
+# Version 2 of the trixie test image, for the system update tests (tests/boot/test_update*.py).
+PACKAGE = "hello"  # what v2 adds
+RELEASE_FILE = "/etc/liveng-test-release"
+# v2's own health check: it fails while /srv/fail-health exists. /srv is kept by an update, so v1
+# can make a v2 that never comes up good, which a real broken release would be.
+HEALTH = "#!/bin/sh\n! test -e /srv/fail-health\n"
+
+
+@pytest.fixture(scope="session")
+def v2_channel(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
+    """A channel directory holding version 2 (zstd, as shipped systems are) and its signed index."""
+    channel = boot_dir / "channel"
+    with golden.locked(channel):
+        if not (channel / bundle.INDEX_NAME).exists():
+            files = boot_dir / "v2-files"
+            files.mkdir(exist_ok=True)
+            (files / "release").write_text("v2\n")
+            (files / "health").write_text(HEALTH)
+            extra = (f'packages = ["{PACKAGE}"]\n' + update_recipe(update_key[1], "2")
+                     + f'[[files]]\nsource = "{files / "release"}"\ndestination = "{RELEASE_FILE}"\n'
+                     + f'[[files]]\nsource = "{files / "health"}"\ndestination = "/etc/liveng/health.d/test"\n'
+                     + 'mode = "0755"\n')
+            image = build_image(boot_dir, "trixie", "update-v2", compression="zstd", extra=extra)
+            channel.mkdir(exist_ok=True)
+            assert main(["bundle", str(image), "-o", str(channel / "v2.bundle"), "--sign-key", str(update_key[0]),
+                         "--channel"]) == 0
+    return channel

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from liveng import bundle, layout
-from liveng.host.cli import main
 from tests.boot import golden
 from tests.boot.conftest import (
-    build_image,
+    PACKAGE,
+    RELEASE_FILE,
     make_signing_key,
     partition_hash,
     persistence_needs_recovery,
-    update_recipe,
 )
 from tests.httpserve import serve
 from tests.vm import Vm
@@ -28,35 +27,9 @@ from tests.vm import Vm
 pytestmark = [pytest.mark.boot]
 
 HOST = "10.0.2.2"  # the host, seen from QEMU's user-mode network
-PACKAGE = "hello"  # what v2 adds
-RELEASE_FILE = "/etc/liveng-test-release"
-# v2's own health check: it fails while /srv/fail-health exists. /srv is kept by an update, so v1
-# can make a v2 that never comes up good, which a real broken release would be.
-HEALTH = "#!/bin/sh\n! test -e /srv/fail-health\n"
 # What the owner's data looks like: names, sizes and times of everything in /home and /srv.
 DATA = "find /home /srv -xdev -printf '%p %s %T@\\n' | sort | sha256sum"
 UNTOUCHED = (layout.Role.BOOT, layout.Role.SYSTEM, layout.Role.SLOT_A, layout.Role.SLOT_B)
-
-
-@pytest.fixture(scope="session")
-def v2_channel(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
-    """A channel directory holding version 2 (zstd, as shipped systems are) and its signed index."""
-    channel = boot_dir / "channel"
-    with golden.locked(channel):
-        if not (channel / bundle.INDEX_NAME).exists():
-            files = boot_dir / "v2-files"
-            files.mkdir(exist_ok=True)
-            (files / "release").write_text("v2\n")
-            (files / "health").write_text(HEALTH)
-            extra = (f'packages = ["{PACKAGE}"]\n' + update_recipe(update_key[1], "2")
-                     + f'[[files]]\nsource = "{files / "release"}"\ndestination = "{RELEASE_FILE}"\n'
-                     + f'[[files]]\nsource = "{files / "health"}"\ndestination = "/etc/liveng/health.d/test"\n'
-                     + 'mode = "0755"\n')
-            image = build_image(boot_dir, "trixie", "update-v2", compression="zstd", extra=extra)
-            channel.mkdir(exist_ok=True)
-            assert main(["bundle", str(image), "-o", str(channel / "v2.bundle"), "--sign-key", str(update_key[0]),
-                         "--channel"]) == 0
-    return channel
 
 
 def ustatus(vm: Vm) -> dict[str, object]:
