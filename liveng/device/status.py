@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from liveng import layout
-from liveng.device import bootstate, delta, kernel, ram, snapshot, system, update
+from liveng.device import bootstate, delta, kernel, ram, snapshot, system, updatestatus
 from liveng.device.bootstate import DeviceError
 
 
@@ -55,7 +55,7 @@ def collect() -> dict[str, Any]:
     report["mode"] = {"running": ram.running_mode(), "persistent_paths": ram.mounted_paths()}
     for name, func in (("persistence", _persistence),
                        ("kernel slots", lambda r: r.update(kernel_slots=kernel.status_dict())),
-                       ("systems", lambda r: r.update(systems=update.status_dict()))):
+                       ("systems", lambda r: r.update(systems=updatestatus.status_dict()))):
         try:
             func(report)
         except (DeviceError, OSError) as exc:
@@ -103,7 +103,7 @@ def lines(r: dict[str, Any]) -> list[str]:
                     if slot["kernel"] else "empty")
             out.append(f"slot {name.upper()}:       {what}")
     if "systems" in r:
-        out.extend(f"{line}" for line in update.status_lines(r["systems"]))
+        out.extend(f"{line}" for line in updatestatus.status_lines(r["systems"]))
     out.extend(f"error:        {e}" for e in r.get("errors", []))
     return out
 

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,22 @@ from liveng.durable import fsync_dir
 
 LOCK = Path("/run/liveng-update.lock")
 MARGIN = 64 * layout.MiB  # room left on p7 after an update, for the delta to go on working
+
+
+class _Clock:
+    """Step times for the report: where an update spends its time on a slow card."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.laps)
 
 
 def config() -> bundle.UpdateConfig:
@@ -300,7 +317,9 @@ def apply(source: str | None, allow_downgrade: bool = False) -> str:
             raise DeviceError("a restore, reset or commit waits for the next boot: reboot first (or 'liveng cancel')")
         collect_garbage(p7, set(bound_systems().values()) | {running})
         url, size = _source(source, conf, ring)
+        clock = _Clock()
         part = _download(p7, url, size)
+        clock.lap("download")
         try:
             meta, signed = _verified(p7, part, factory, running, allow_downgrade)
         except (DeviceError, bundle.BundleError) as exc:
@@ -308,6 +327,7 @@ def apply(source: str | None, allow_downgrade: bool = False) -> str:
             part.unlink(missing_ok=True)
             text = str(exc)
             raise DeviceError(text if "nothing was" in text else f"{text}; nothing was installed") from None
+        clock.lap("checks")
         # The boot-state lock from here to the end: a kernel install waits instead of choosing the
         # same idle slot. That slot leaves the boot order first, so that no boot takes it while the
         # system it names (a system installed before, applied again) is being replaced.
@@ -318,8 +338,10 @@ def apply(source: str | None, allow_downgrade: bool = False) -> str:
             if entry in state.order:
                 bootstate.update_state(order=kernel.normalized([e for e in state.order if e != entry]))
             final = _install_system(p7, part, meta, signed)
+            clock.lap("system written and read back")
             kept = _stage_delta(p7, meta.system_name, conf.keep)
             _mark_owner(p7, running)
+            clock.lap("delta")
             base = "/dev/shm" if Path("/dev/shm").is_dir() else None
             with tempfile.TemporaryDirectory(prefix="liveng-update-", dir=base) as tmp:
                 files = _kernel_files(final / layout.SYSTEM_ISO_NAME, meta, Path(tmp))
@@ -329,46 +351,7 @@ def apply(source: str | None, allow_downgrade: bool = False) -> str:
             if booted and booted != layout.ENTRY_FACTORY and booted not in rest:
                 rest.insert(0, booted)
             bootstate.update_state(order=kernel.normalized([entry, *rest]), tries=layout.TRIES)
+            clock.lap("kernel slot")
     return (f"system {meta.version} installed (kernel {meta.kernel} in slot {target.upper()}, kept from this "
             f"system: {', '.join(kept) or 'nothing'}); it boots next and falls back to "
-            f"{rest[0] if rest else layout.ENTRY_FACTORY} if it does not come up")
-
-
-def status_dict() -> dict[str, object]:
-    factory = factory_info()
-    running = system.booted_system()
-    report: dict[str, object] = {"running": running, "channel": config().channel,
-                                 "keyring": (Path("/") / bundle.UPDATE_KEYRING_PATH).is_file()}
-    slot_systems = bound_systems()
-    with delta.persistence_root(writable=False) as p7:
-        report["version"] = version_of(p7, running, factory)
-        systems: dict[str, dict[str, object]] = {layout.SYSTEM_FACTORY: {"version": str(factory.get("version") or "0"),
-                                                                         "where": "p2"}}
-        base = p7 / layout.SYSTEMS_DIR
-        for d in sorted(base.iterdir()) if base.is_dir() else ():
-            if d.name.startswith("."):
-                continue
-            meta = system_metadata(p7, d.name)
-            iso = d / layout.SYSTEM_ISO_NAME
-            systems[d.name] = {"version": meta.version if meta else None, "where": "p7",
-                               "size": iso.stat().st_size if iso.exists() else None,
-                               "built": meta.built if meta else None}
-        for name, info in systems.items():
-            info["slots"] = sorted(s for s, owner in slot_systems.items() if owner == name)
-            parked = p7 / layout.DELTAS_DIR / name
-            info["delta"] = "running" if name == running else ("parked" if parked.is_dir() else None)
-        report["systems"] = systems
-    return report
-
-
-def status_lines(report: dict[str, object]) -> list[str]:
-    lines = [f"system:       {report['running']}, version {report['version']}",
-             f"updates:      channel {report['channel'] or '(none)'}, "
-             f"{'signed bundles accepted' if report['keyring'] else 'no keyring: no bundles accepted'}"]
-    systems = report["systems"]
-    assert isinstance(systems, dict)
-    for name, info in systems.items():
-        slots_text = ",".join(s.upper() for s in info["slots"]) or "none"
-        lines.append(f"  {name}: version {info['version']} on {info['where']}, kernel slots {slots_text}, "
-                     f"delta {info['delta'] or 'none'}")
-    return lines
+            f"{rest[0] if rest else layout.ENTRY_FACTORY} if it does not come up ({clock})")

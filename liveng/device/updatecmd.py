@@ -24,9 +24,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    update = _update()
-    report = update.status_dict()
-    print(json.dumps(report, indent=1) if args.json else "\n".join(update.status_lines(report)))
+    status = importlib.import_module("liveng.device.updatestatus")
+    report = status.status_dict()
+    print(json.dumps(report, indent=1) if args.json else "\n".join(status.status_lines(report)))
     return 0
 
 
