@@ -34,13 +34,15 @@ def allowed(name: str, device: bool) -> bool:
     parts = name.split(".")
     if len(parts) == 1:
         return True
-    if parts[1] in SHARED:
+    if parts[1] in SHARED or parts[1] == "seeds":
         return True
     return device and parts[1] == "device"
 
 
 DEVICE = sorted((PKG / "device").glob("*.py"))
-SHARED_FILES = sorted(PKG / f"{name}.py" for name in SHARED)
+# liveng/seeds (Raspberry Pi Imager and cloud-init set-up files): shared too, standard library only.
+SEEDS = sorted((PKG / "seeds").glob("*.py"))
+SHARED_FILES = sorted(PKG / f"{name}.py" for name in SHARED) + SEEDS
 
 
 @pytest.mark.parametrize("path", DEVICE + SHARED_FILES, ids=lambda p: str(p.relative_to(PKG)))
