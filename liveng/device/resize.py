@@ -134,9 +134,14 @@ def fs_size(part: Path) -> int:
 
 def resize(say: Callable[[str], None] = print) -> bool:
     """Grow p3, p7 and its ext4 as far as the disk allows; returns whether anything changed."""
-    part = bootstate.device_path(layout.Role.PERSISTENCE)
-    if not part.exists():
-        raise DeviceError(f"{part} (the persistence partition) is missing")
+    link = bootstate.device_path(layout.Role.PERSISTENCE)
+    if not link.exists():
+        raise DeviceError(f"{link} (the persistence partition) is missing")
+    # The kernel's names from here on: rewriting the partition table makes udev take the
+    # by-partuuid links away for a moment (seen on a raspi3b: ENOENT from /sys/class/block/<id>-07).
+    part = link.resolve(strict=True)
+    mapping = bootstate.persistence_filesystem()  # p7 itself, or /dev/mapper/NAME (cryptsetup wants the name)
+    fs = mapping.resolve(strict=True)
     disk = disk_of(part)
     g = read_geometry(disk)
     p = plan(g)
@@ -159,9 +164,8 @@ def resize(say: Callable[[str], None] = print) -> bool:
         # trixie's util-linux).
         run(["partx", "--update", "--nr", str(number), str(disk)])
         changed = True
-    fs = bootstate.persistence_filesystem()
     if fs != part:
-        changed |= _grow_mapping(part, fs, say)
+        changed |= _grow_mapping(part, mapping, say)
     fs_bytes = int((_sys_block(fs) / "size").read_text()) * layout.SECTOR
     if fs_size(fs) + layout.ALIGN <= fs_bytes:
         mounted = any(m.device.startswith("/dev/") and Path(m.device).resolve() == fs.resolve()
