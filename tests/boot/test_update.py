@@ -27,8 +27,10 @@ from tests.vm import Vm
 pytestmark = [pytest.mark.boot]
 
 HOST = "10.0.2.2"  # the host, seen from QEMU's user-mode network
-# What the owner's data looks like: names, sizes and times of everything in /home and /srv.
+# What the owner's data looks like: names, sizes and times of everything in /home and /srv (the same
+# delta, as a rollback must give it back), and the content of its files (carried into a new delta).
 DATA = "find /home /srv -xdev -printf '%p %s %T@\\n' | sort | sha256sum"
+CONTENT = "cd / && find home srv -xdev -type f -print0 | sort -z | xargs -0r sha256sum | sha256sum"
 UNTOUCHED = (layout.Role.BOOT, layout.Role.SYSTEM, layout.Role.SLOT_A, layout.Role.SLOT_B)
 
 
