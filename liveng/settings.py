@@ -93,10 +93,13 @@ class Checker:
             raise self.fail(key, f"{text!r} is not one of: {', '.join(choices)}")
         return text
 
-    def pattern(self, key: str, value: Any, regex: re.Pattern[str], what: str) -> str:
+    def pattern(self, key: str, value: Any, regex: re.Pattern[str], what: str, secret: bool = False) -> str:
         text = self.string(key, value)
         if not regex.fullmatch(text):
-            raise self.fail(key, f"{text!r} is not {what}")
+            # A secret is never repeated: the message goes to the console, the journal and a file on p1,
+            # and a "hash" that does not look like one is often the plain password.
+            shown = "the value (not shown: it may be a password)" if secret else repr(text)
+            raise self.fail(key, f"{shown} is not {what}")
         return text
 
 
@@ -189,7 +192,7 @@ def _user(c: Checker, key: str, table: dict[str, Any]) -> User:
     if "password_hash" in table:
         password_hash = c.pattern(f"{key}.password_hash", table["password_hash"], HASH_RE,
                                   "a crypt(3) hash (make one with: mkpasswd -m yescrypt, or openssl passwd -6); "
-                                  "plain passwords are refused")
+                                  "plain passwords are refused", secret=True)
     keys: tuple[str, ...] = ()
     if "ssh_keys" in table:
         keys = c.strings(f"{key}.ssh_keys", table["ssh_keys"])

@@ -181,3 +181,12 @@ def test_host_checks_a_settings_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text('[wifi]\ncountry = "de"\nssid = "x"\n')
     assert main(["settings", "check", str(bad)]) == 2
     assert f"{bad}: wifi.country: 'de' is not" in capsys.readouterr().err
+
+
+def test_a_malformed_password_hash_is_not_repeated_in_the_error() -> None:
+    """Such a "hash" is often the plain password; the error goes to the console, the journal and p1."""
+    text = '[[users]]\nname = "pi"\npassword_hash = "Tr0ub4dor&3-secret"\n'
+    with pytest.raises(SettingsError) as err:
+        settings.loads(text, "liveng-settings.toml")
+    assert "users[0].password_hash" in str(err.value) and "not shown" in str(err.value)
+    assert "Tr0ub4dor" not in str(err.value)
