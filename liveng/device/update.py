@@ -166,20 +166,22 @@ def _download(p7: Path, url: str, size: int | None) -> Path:
         if stale != part:
             delta.remove_tree(stale)
     have = part.stat().st_size if part.exists() else 0
+    local = None if "://" in url and not url.startswith("file://") else Path(url.removeprefix("file://"))
+    if local is not None:
+        if not local.is_file():
+            raise DeviceError(f"{local}: no such bundle file")
+        size, have = local.stat().st_size, 0
     if size is not None:
         free = delta.filesystem_space(p7)[1]
         if free - MARGIN < size - have:
-            raise DeviceError(f"the bundle needs {(size - have) // layout.MiB} MiB more on the persistence "
-                              f"partition, which has {free // layout.MiB} MiB free (keeping {MARGIN // layout.MiB} "
-                              "MiB): delete snapshots or data, or resize it")
-    if "://" in url and not url.startswith("file://"):
+            raise DeviceError(f"the bundle needs {(size - have) / layout.MiB:.1f} MiB more on the persistence "
+                              f"partition, which has {free / layout.MiB:.1f} MiB free (keeping "
+                              f"{MARGIN // layout.MiB} MiB): delete snapshots or data, or resize it")
+    if local is None:
         return fetch.download(url, part, size, fetch.print_progress)
     # A file: copied onto p7 whole, so that a removed USB stick cannot take the system away.
-    src = Path(url.removeprefix("file://"))
-    if not src.is_file():
-        raise DeviceError(f"{src}: no such bundle file")
     tmp = part.with_suffix(".copy")
-    shutil.copyfile(src, tmp)
+    shutil.copyfile(local, tmp)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, part)
@@ -194,8 +196,8 @@ def read_back(path: Path, meta: bundle.Metadata) -> None:
         while chunk := f.read(4 * layout.MiB):
             h.update(chunk)
     if h.hexdigest() != meta.system_sha256:
-        raise DeviceError(f"{path} does not read back as written (the card may be failing): the boot order "
-                          "was not changed")
+        raise DeviceError(f"{path} does not read back as written (the card may be failing): the new system "
+                          "is not installed; this one boots as before")
 
 
 def _install_system(p7: Path, part: Path, meta: bundle.Metadata, signed: tuple[bytes, bytes]) -> Path:

@@ -74,3 +74,19 @@ def test_no_room_for_the_kept_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(DeviceError, match="kept paths need"):
         update._stage_delta(p7, "2_0123456789ab", bundle.UPDATE_KEEP_DEFAULT)
     assert not (p7 / layout.DELTAS_DIR).exists() or not any((p7 / layout.DELTAS_DIR).iterdir())
+
+
+def test_a_bundle_file_is_copied_onto_p7_if_it_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p7 = make_p7(tmp_path / "p7")
+    src = tmp_path / "v2.bundle"
+    src.write_bytes(b"x" * 10_000)
+    (p7 / layout.UPDATE_INCOMING_DIR).mkdir(parents=True)
+    (p7 / layout.UPDATE_INCOMING_DIR / "old.part").write_bytes(b"stale")  # an earlier download goes
+    part = update._download(p7, str(src), None)
+    assert part.read_bytes() == src.read_bytes() and part.parent == p7 / layout.UPDATE_INCOMING_DIR
+    assert [p.name for p in part.parent.iterdir()] == [part.name]
+    monkeypatch.setattr(delta, "filesystem_space", lambda _p: (10**9, update.MARGIN + 5_000))
+    with pytest.raises(DeviceError, match=r"needs 0\.0 MiB more .* 64 MiB"):
+        update._download(p7, f"file://{src}", None)
+    with pytest.raises(DeviceError, match="no such bundle file"):
+        update._download(p7, str(tmp_path / "missing.bundle"), None)
