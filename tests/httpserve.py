@@ -1,6 +1,8 @@
 """A static web server for tests: a directory over HTTP with range requests (as any web server or CDN
-answers them), in a thread. ``cut_after``: drop the connection after that many bytes of a body, once
-per request, to play a server that dies in the middle of a download."""
+answers them), in a thread. ``cut_after``: drop the connection after that many bytes of a body, once,
+to play a connection that breaks in the middle of a download. ``down_after``: once that many body
+bytes were sent in all, the server goes down (the connection dropped, every later request closed
+unanswered) until ``down_after`` is set to None again: a server that dies and comes back."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ class Server:
     def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
         self.root = root
         self.cut_after: int | None = None
+        self.down_after: int | None = None
         self.sent = 0  # body bytes sent, over all requests
         self.requests: list[str] = []  # "GET /path range" of each request
         server = self
@@ -24,8 +27,15 @@ class Server:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def hang_up(self) -> None:
+                self.close_connection = True
+                self.connection.shutdown(2)
+
             def do_GET(self) -> None:
                 rng = self.headers.get("Range") or ""
+                if server.down_after is not None and server.sent >= server.down_after:
+                    self.hang_up()
+                    return
                 server.requests.append(f"GET {self.path} {rng}".strip())
                 path = (server.root / self.path.lstrip("/").split("?")[0]).resolve()
                 if server.root.resolve() not in path.parents or not path.is_file():
@@ -60,10 +70,12 @@ class Server:
                         self.wfile.write(chunk)
                         server.sent += len(chunk)
                         limit -= len(chunk)
+                        if server.down_after is not None and server.sent >= server.down_after:
+                            cut = True
+                            break
                 if cut:
-                    # The server dies mid-body: the client sees the connection end early.
-                    self.close_connection = True
-                    self.connection.shutdown(2)
+                    # The connection ends mid-body, as the client sees a server die.
+                    self.hang_up()
 
         self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.port = self.httpd.server_address[1]

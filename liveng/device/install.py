@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootenv, bootstate, delta, kernel, resize, snapshot, system
+from liveng.device import bootenv, bootstate, delta, kernel, resize, snapshot, system, update
 from liveng.device.bootstate import DeviceError
 from liveng.device.runner import run
 
@@ -291,9 +291,13 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         raise DeviceError(f"{', '.join(others)} already carries this system (id {src.image_id}); two copies "
                           "besides this one would be ambiguous at boot: remove it first")
     need = MIN_PERSISTENCE
-    if with_delta:
-        with delta.persistence_root() as root:
+    # A running updated system (an ISO file on p7, bound to the running slot) goes with its slot.
+    running = system.booted_system()
+    with delta.persistence_root() as root:
+        if with_delta:
             need += int((delta.used_bytes(root / layout.DELTA_DIR) or 0) * 1.2)
+        if running != layout.SYSTEM_FACTORY:
+            need += update.system_bytes(root, running)
     extents = plan(src.extents, _disk_bytes(disk), need)
     # sfdisk checks the new table before anything is wiped (it refuses what it would not write).
     run(["sfdisk", "--no-act", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
@@ -334,6 +338,12 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         run(["mkfs.ext4", "-q", "-F", "-L", layout.persistence_label(src.image_id), str(fs_dev)])
         with _mount(fs_dev, "ext4") as root:
             (root / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
+            if running != layout.SYSTEM_FACTORY:
+                say(f"copying system {running}")
+                with delta.persistence_root() as current:
+                    update.copy_system(current, root, running)
+                # rw (copied below, or made at the first boot) belongs to that system.
+                (root / f"{layout.DELTA_OWNER_PREFIX}{running}").touch(mode=0o644)
             if with_delta:
                 os.sync()  # what the copy reads is what a power cut now would leave
                 (root / layout.DELTA_DIR).mkdir(mode=0o755)

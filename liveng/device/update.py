@@ -200,6 +200,29 @@ def read_back(path: Path, meta: bundle.Metadata) -> None:
                           "is not installed; this one boots as before")
 
 
+def copy_system(src_p7: Path, dest_p7: Path, name: str) -> int:
+    """An installed system onto another card's p7 (liveng install of a running updated system), read
+    back there against its signed hash. Returns its size."""
+    meta = system_metadata(src_p7, name)
+    if meta is None:
+        raise DeviceError(f"system {name}'s {layout.SYSTEM_META_NAME} is missing or damaged: run liveng verify")
+    src, dest = src_p7 / layout.SYSTEMS_DIR / name, dest_p7 / layout.SYSTEMS_DIR / name
+    dest.mkdir(mode=0o755, parents=True)
+    for file in (layout.SYSTEM_META_NAME, layout.SYSTEM_SIG_NAME, layout.SYSTEM_ISO_NAME):
+        shutil.copyfile(src / file, dest / file, follow_symlinks=False)
+        with open(dest / file, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(dest)
+    read_back(dest / layout.SYSTEM_ISO_NAME, meta)
+    return meta.system_size
+
+
+def system_bytes(p7: Path, name: str) -> int:
+    """What an installed system takes on p7."""
+    d = p7 / layout.SYSTEMS_DIR / name
+    return sum(f.stat().st_size for f in d.iterdir()) if d.is_dir() else 0
+
+
 def _install_system(p7: Path, part: Path, meta: bundle.Metadata, signed: tuple[bytes, bytes]) -> Path:
     systems = p7 / layout.SYSTEMS_DIR
     systems.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from liveng import grubenv, layout, settings
+from liveng import bundle, grubenv, layout, settings
 from liveng.host.errors import CommandError, ImageError
 from liveng.host.imagefile import ImageFile, fat_file
 from liveng.host.runner import output
@@ -121,6 +121,37 @@ def persistence_status(image: Path, offset: int) -> dict[str, Any]:
             "switch_in_progress": bool(state & {Path(layout.SWITCH_PATH).name, Path(layout.RESET_DELTA_DIR).name})}
 
 
+def _debugfs_cat(image: Path, offset: int, path: str) -> bytes:
+    text = _debugfs(image, offset, [f'cat "/{path}"'])
+    return "\n".join(line for line in text.splitlines() if not line.startswith("debugfs")).encode()
+
+
+def systems_status(image: Path, offset: int, slot_systems: dict[str, str], factory_version: str) -> dict[str, Any]:
+    """The systems an image can boot: the factory one (p2) and the updated ones on p7, with the kernel
+    slots bound to each and where each one's delta is (the booted one's in rw, the others parked)."""
+    top = _listing(image, offset, ["/liveng", f"/{layout.SYSTEMS_DIR}", f"/{layout.DELTAS_DIR}"])
+    owner_name = Path(layout.DELTA_OWNER_PREFIX).name
+    owners = [name.removeprefix(owner_name) for _, _, name, _ in top.get("/liveng", []) if name.startswith(owner_name)]
+    in_rw = owners[0] if owners else layout.SYSTEM_FACTORY
+    parked = {name for _, _, name, _ in top.get(f"/{layout.DELTAS_DIR}", []) if name not in (".", "..")}
+    systems: dict[str, dict[str, Any]] = {layout.SYSTEM_FACTORY: {"version": factory_version, "where": "p2"}}
+    for _, mode, name, _ in top.get(f"/{layout.SYSTEMS_DIR}", []):
+        if name in (".", "..") or name.startswith(".") or mode & 0o170000 != 0o040000:
+            continue  # an unfinished install (a dot name) is not a system
+        d = f"{layout.SYSTEMS_DIR}/{name}"
+        version: str | None
+        try:
+            version = bundle.parse_metadata(_debugfs_cat(image, offset, f"{d}/{layout.SYSTEM_META_NAME}")).version
+        except bundle.BundleError:
+            version = None  # `liveng verify` on the device names what is wrong
+        sizes = {n: sz for _, _, n, sz in _listing(image, offset, [f"/{d}"]).get(f"/{d}", [])}
+        systems[name] = {"version": version, "where": "p7", "size": sizes.get(layout.SYSTEM_ISO_NAME)}
+    for name, info in systems.items():
+        info["slots"] = sorted(s for s, owner in slot_systems.items() if owner == name)
+        info["delta"] = "rw" if name == in_rw else ("parked" if name in parked else None)
+    return systems
+
+
 def settings_status(image: Path, offset: int) -> dict[str, Any]:
     """The owner's settings file on p1: what it sets, whether it still holds secrets, the device's last error."""
     def read(path: str) -> str | None:
@@ -141,6 +172,16 @@ def settings_status(image: Path, offset: int) -> dict[str, Any]:
         except settings.SettingsError as exc:
             result["error"] = str(exc)
     return result
+
+
+def _factory_version(image: ImageFile) -> str:
+    raw = iso_file(image.path, image.table.entry(layout.partition(layout.Role.SYSTEM).number).start,
+                   layout.IMAGE_INFO_PATH)
+    try:
+        info = json.loads(raw) if raw else None
+    except ValueError:
+        info = None
+    return str(info.get("version") or "0") if isinstance(info, dict) else "unknown (p2's image.json unreadable)"
 
 
 def status(image: ImageFile) -> dict[str, Any]:
@@ -173,7 +214,9 @@ def status(image: ImageFile) -> dict[str, Any]:
             report["errors"].append(f"slot {name}: {layout.SLOT_INFO_PATH} is damaged: the slot cannot be trusted "
                                     "(a kernel update rewrites it)")
             info = {}
-        slots[name] = {"kernel": info.get("kernel"), "written": info.get("written")}
+        bound = iso_file(image.path, table.entry(layout.partition(role).number).start, layout.SLOT_SYSTEM_PATH)
+        slots[name] = {"kernel": info.get("kernel"), "written": info.get("written"),
+                       "system": bound.decode(errors="replace").strip() if bound else layout.SYSTEM_FACTORY}
     report["slots"] = slots
     p7 = table.entry(layout.partition(layout.Role.PERSISTENCE).number).start
     with open(image.path, "rb") as f:
@@ -183,6 +226,8 @@ def status(image: ImageFile) -> dict[str, Any]:
         report["persistence_encrypted"] = encrypted
         if not encrypted:
             report["persistence"] = persistence_status(image.path, p7)
+            report["systems"] = systems_status(image.path, p7, {n: str(s["system"]) for n, s in slots.items()
+                                                                 if s["kernel"]}, _factory_version(image))
     except (CommandError, KeyError, ValueError) as exc:
         report["errors"].append(f"persistence partition: {exc}")
     return report
@@ -214,6 +259,10 @@ def lines(report: dict[str, Any]) -> list[str]:
     for name, s in report["slots"].items():
         out.append(f"slot {name.upper()}:  " + (f"kernel {s['kernel']}, written {s['written']}" if s["kernel"]
                                                else "empty"))
+    for name, info in report.get("systems", {}).items():
+        slots_text = ",".join(s.upper() for s in info["slots"]) or "none"
+        out.append(f"system {name}: version {info['version']} on {info['where']}, kernel slots {slots_text}, "
+                   f"delta {info['delta'] or 'none'}")
     p = report.get("persistence")
     if p:
         delta = mib(p["delta_bytes"]) if p["booted"] else "none yet (never booted)"

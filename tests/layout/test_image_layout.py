@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import configfiles, grubenv, layout, settings
+from liveng import bundle, configfiles, grubenv, layout, settings
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
@@ -310,6 +310,27 @@ def test_inspect_shows_the_device_status_offline(built: Built, tmp_path: Path,
     sh("debugfs", "-w", "-f", script, target)
     assert main(["inspect", "--json", str(image)]) == 0
     assert json.loads(capsys.readouterr().out)["status"]["persistence"]["switch_in_progress"]
+    # An updated system on p7 owning rw, the factory system's delta parked (what an update leaves).
+    meta = bundle.Metadata(version="2", target="pc", arch="amd64", layout=layout.LAYOUT_VERSION, built="now",
+                           kernel=fixture.KERNEL, system_size=4096, system_sha256="ab" * 32,
+                           files={f: "cd" * 32 for f in (layout.KERNEL_PATH, layout.INITRD_PATH, layout.SQUASHFS_PATH)})
+    (files / "meta").write_bytes(meta.to_json())
+    name, owner = meta.system_name, layout.DELTA_OWNER_PREFIX + meta.system_name
+    script.write_text("\n".join([f"rmdir {layout.RESET_DELTA_DIR}", f"mkdir {layout.SYSTEMS_DIR}",
+                                 f"mkdir {layout.SYSTEMS_DIR}/{name}", f"mkdir {layout.SYSTEMS_DIR}/.{name}.new",
+                                 f"write {files / 'meta'} {layout.SYSTEMS_DIR}/{name}/{layout.SYSTEM_META_NAME}",
+                                 f"write {files / 'snap'} {layout.SYSTEMS_DIR}/{name}/{layout.SYSTEM_ISO_NAME}",
+                                 f"mkdir {layout.DELTAS_DIR}", f"mkdir {layout.DELTAS_DIR}/{layout.SYSTEM_FACTORY}",
+                                 f"write /dev/null {owner}"]) + "\n")
+    sh("debugfs", "-w", "-f", script, target)
+    assert main(["inspect", "--json", str(image)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    systems, factory_version = report["status"]["systems"], report["info"]["version"]
+    assert systems == {layout.SYSTEM_FACTORY: {"version": factory_version, "where": "p2", "slots": ["a"],
+                                               "delta": "parked"},
+                       name: {"version": "2", "where": "p7", "size": 3000, "slots": [], "delta": "rw"}}, systems
+    assert main(["inspect", str(image)]) == 0
+    assert f"system {name}: version 2 on p7, kernel slots none, delta rw" in capsys.readouterr().out
     # The owner's settings on p1, as inspect sees them: what they set, secrets not yet applied, invalid.
     p1 = f"{image}@@{int(str(partitions(image)[1]['start'])) * 512}"
     (files / "settings").write_text('hostname = "x"\n[[users]]\nname = "pi"\npassword_hash = "$6$a$b"\n')

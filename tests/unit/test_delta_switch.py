@@ -16,27 +16,6 @@ from liveng.host.rootfs import initramfs_functions
 from liveng.requests import Request
 
 SCRIPT = Path(str(resources.files("liveng.device").joinpath("data/initramfs/live-premount/liveng-delta")))
-WRAPPED = ("mv", "rm", "mkdir", "sync", "chmod", "chown")
-# Each wrapped command counts itself; at CRASH_AT it kills the script (the power goes) instead of running;
-# at FAIL_AT it fails without doing anything (an I/O error, a full disk).
-WRAPPER = """#!/bin/sh
-n=$(cat "$COUNTER"); n=$((n + 1)); echo "$n" >"$COUNTER"
-if [ "$n" -ge "$CRASH_AT" ]; then kill -9 "$PPID"; exit 1; fi
-if [ "$n" -eq "${{FAIL_AT:-0}}" ]; then echo "{name}: injected failure" >&2; : >"$COUNTER.failed"; exit 1; fi
-exec /bin/{name} "$@"
-"""
-
-
-@pytest.fixture()
-def bin_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "bin"
-    d.mkdir()
-    for name in WRAPPED:
-        (d / name).write_text(WRAPPER.format(name=name))
-        (d / name).chmod(0o755)
-    return d
-
-
 def make_p7(root: Path, *, pending: Request | None, staged: bool, cmdline: str = "") -> Path:
     p7 = root / "p7"
     (p7 / "rw/etc").mkdir(parents=True)

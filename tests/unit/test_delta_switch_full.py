@@ -16,9 +16,7 @@ import pytest
 
 from liveng import layout
 from liveng.requests import Request
-from tests.unit.test_delta_switch import bin_dir, make_p7, run_output
-
-__all__ = ["bin_dir"]  # the fixture, used by name
+from tests.unit.test_delta_switch import make_p7, run_output
 
 KEEP = "/srv/keep,/var/lib/app"
 LEFTOVERS = (layout.SWITCH_PATH, layout.PENDING_PATH, layout.STAGED_DIR, layout.OLD_DELTA_DIR,

@@ -13,22 +13,11 @@ import pytest
 
 from liveng import layout
 from liveng.host.rootfs import initramfs_functions
-from tests.unit.test_delta_switch import WRAPPED, WRAPPER
 
 SCRIPT = Path(str(resources.files("liveng.device").joinpath("data/initramfs/live-premount/liveng-system")))
 V2 = "2.0_0123456789ab"
 SLOT_B = f"slot{layout.partuuid_suffix(layout.partition(layout.Role.SLOT_B).number)}"
 SLOT_A = f"slot{layout.partuuid_suffix(layout.partition(layout.Role.SLOT_A).number)}"
-
-
-@pytest.fixture()
-def bin_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "bin"
-    d.mkdir()
-    for name in WRAPPED:
-        (d / name).write_text(WRAPPER.format(name=name))
-        (d / name).chmod(0o755)
-    return d
 
 
 def make_root(root: Path, *, system_on_p7: bool = True, staged_delta: bool = True) -> Path:

@@ -3,6 +3,7 @@ the kept paths, the owner marker, and what garbage collection deletes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -90,3 +91,27 @@ def test_a_bundle_file_is_copied_onto_p7_if_it_fits(tmp_path: Path, monkeypatch:
         update._download(p7, f"file://{src}", None)
     with pytest.raises(DeviceError, match="no such bundle file"):
         update._download(p7, str(tmp_path / "missing.bundle"), None)
+
+
+def test_an_installed_system_is_copied_and_read_back(tmp_path: Path) -> None:
+    iso = b"system" * 1000
+    meta = bundle.Metadata(version="2", target="pc", arch="amd64", layout=layout.LAYOUT_VERSION, built="now",
+                           kernel="6.12", system_size=len(iso), system_sha256=hashlib.sha256(iso).hexdigest(),
+                           files={f: "ab" * 32 for f in (layout.KERNEL_PATH, layout.INITRD_PATH, layout.SQUASHFS_PATH)})
+    src = make_p7(tmp_path / "src")
+    d = src / layout.SYSTEMS_DIR / meta.system_name
+    d.mkdir(parents=True)
+    (d / layout.SYSTEM_META_NAME).write_bytes(meta.to_json())
+    (d / layout.SYSTEM_SIG_NAME).write_bytes(b"sig")
+    (d / layout.SYSTEM_ISO_NAME).write_bytes(iso)
+    assert update.system_bytes(src, meta.system_name) == len(iso) + 3 + len(meta.to_json())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert update.copy_system(src, dest, meta.system_name) == len(iso)
+    assert files(dest / layout.SYSTEMS_DIR / meta.system_name) == files(d)
+    # A system whose file no longer matches its signed hash is not carried to another card.
+    (d / layout.SYSTEM_ISO_NAME).write_bytes(iso[:-1] + b"X")
+    with pytest.raises(DeviceError, match="does not read back"):
+        update.copy_system(src, tmp_path / "dest2", meta.system_name)
+    with pytest.raises(DeviceError, match="missing or damaged"):
+        update.copy_system(src, tmp_path / "dest3", "3_abababababab")
