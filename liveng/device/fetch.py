@@ -20,25 +20,20 @@ import re
 import shutil
 import ssl
 import stat
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 from liveng import bundle, layout
 from liveng.boundedread import ReadError, read_regular
 from liveng.device import runner
+from liveng.device.progress import Progress, Throttled
 from liveng.device.runner import DeviceError
 from liveng.durable import fsync_dir
-
-# (bytes done, total bytes or None while unknown); the last call of a success has done == total.
-Progress = Callable[[int, int | None], None]
 
 TIMEOUT = 30.0  # seconds a connect or a read may stall before it counts as a dropped connection
 RETRIES = 5  # consecutive attempts that bring no new byte before giving up
@@ -46,7 +41,6 @@ RETRY_DELAY = 2.0  # seconds before the first retry, doubled with each attempt t
 READ_SIZE = 1024 * 1024
 HASH_CHUNK = 4 * layout.MiB
 SYNC_EVERY = 64 * layout.MiB  # a power cut loses at most this much of a download
-PROGRESS_INTERVAL = 0.25
 INDEX_CAP = 64 * 1024
 NO_KEYRING = "this image accepts no update bundles: its recipe names no [update] keyring"
 
@@ -65,63 +59,6 @@ def local_path(url: str) -> Path | None:
     if parts.scheme == "":
         return Path(url)
     raise DeviceError(f"{url}: liveng reads http://, https:// and file:// URLs or paths: correct the URL")
-
-
-class ConsoleProgress:
-    """Progress on stderr: one line redrawn on a terminal; otherwise (a log) only a line at the start
-    and one at the end. download and check_system label it for each operation (begin)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream
-        self.begin("")
-
-    def begin(self, verb: str) -> None:
-        self.verb, self.started, self.ended = verb, False, False
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if self.ended:
-            return
-        stream = self.stream or sys.stderr  # looked up late: whatever stderr is when it prints
-        end = total is not None and done >= total
-        mib = f"{done // layout.MiB}/{total // layout.MiB} MiB" if total is not None else f"{done // layout.MiB} MiB"
-        line = " ".join(filter(None, ("liveng:", self.verb, f"{100 * done // total}%" if total else "", f"({mib})")))
-        if stream.isatty():
-            stream.write("\r" + line + ("\n" if end else ""))
-        elif not self.started or end:
-            stream.write(line + "\n")
-        self.started, self.ended = True, end
-        stream.flush()
-
-    def close(self) -> None:
-        """Ends a redrawn line an error cut short, so that the error starts a line of its own."""
-        if self.started and not self.ended and (self.stream or sys.stderr).isatty():
-            (self.stream or sys.stderr).write("\n")
-        self.ended = True
-
-
-print_progress = ConsoleProgress()  # the default progress
-
-
-class _Throttled:
-    """Hands progress on a few times a second, and always the final call."""
-
-    def __init__(self, progress: Progress | None, verb: str) -> None:
-        self.progress, self.last = progress or print_progress, float("-inf")
-        if isinstance(self.progress, ConsoleProgress):
-            self.progress.begin(verb)
-
-    def __enter__(self) -> _Throttled:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if isinstance(self.progress, ConsoleProgress):
-            self.progress.close()
-
-    def __call__(self, done: int, total: int | None, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            self.progress(done, total)
 
 
 def _retry_pause(failures: int, url: str, exc: _Dropped, kept: str = "") -> None:
@@ -179,7 +116,7 @@ def download(url: str, dest: Path, expected_size: int | None = None, progress: P
             raise DeviceError(f"{local}: not a regular file{size}, not the bundle meant")
         return local
     failures = 0
-    with _Throttled(progress, f"downloading {url.rstrip('/').rsplit('/', 1)[-1]}") as report:
+    with Throttled(progress, f"downloading {url.rstrip('/').rsplit('/', 1)[-1]}") as report:
         while True:
             before = _size(dest)
             try:
@@ -191,7 +128,7 @@ def download(url: str, dest: Path, expected_size: int | None = None, progress: P
                 _retry_pause(failures, url, exc, f"; the {_size(dest)} bytes received are kept in {dest}")
 
 
-def _download_once(url: str, dest: Path, expected: int | None, report: _Throttled) -> bool:
+def _download_once(url: str, dest: Path, expected: int | None, report: Throttled) -> bool:
     """One request; True when ``dest`` is complete, False to start again from byte 0 at once."""
     have = _size(dest)
     if expected is not None and have > expected:
@@ -225,7 +162,7 @@ def _download_once(url: str, dest: Path, expected: int | None, report: _Throttle
 
 
 def _receive(response: http.client.HTTPResponse, url: str, dest: Path, done: int, total: int | None,
-             report: _Throttled) -> None:
+             report: Throttled) -> None:
     created = not dest.exists()
     try:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -368,7 +305,7 @@ def open_bundle(path: Path, keyring: Path) -> bundle.Metadata:
 def check_system(path: Path, meta: bundle.Metadata, progress: Progress | None = None) -> None:
     """The first meta.system_size bytes of ``path`` have the signed SHA-256, else DeviceError."""
     digest, done = hashlib.sha256(), 0
-    with _Throttled(progress, "checking the new system") as report:
+    with Throttled(progress, "checking the new system") as report:
         try:
             with open(path, "rb") as f:
                 while done < meta.system_size and (chunk := f.read(min(HASH_CHUNK, meta.system_size - done))):

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from liveng import bundle, layout
-from liveng.device import bootenv, bootstate, delta, fetch, kernel, slots, snapshot, system
+from liveng.device import bootenv, bootstate, delta, fetch, kernel, progress, slots, snapshot, system
 from liveng.device.bootstate import DeviceError
 from liveng.device.runner import returncode, run
 from liveng.durable import fsync_dir
@@ -178,7 +178,7 @@ def _download(p7: Path, url: str, size: int | None) -> Path:
                               f"partition, which has {free / layout.MiB:.1f} MiB free (keeping "
                               f"{MARGIN // layout.MiB} MiB): delete snapshots or data, or resize it")
     if local is None:
-        return fetch.download(url, part, size, fetch.print_progress)
+        return fetch.download(url, part, size, progress.print_progress)
     # A file: copied onto p7 whole, so that a removed USB stick cannot take the system away.
     tmp = part.with_suffix(".copy")
     shutil.copyfile(local, tmp)
@@ -324,7 +324,7 @@ def _verified(p7: Path, part: Path, factory: dict[str, object], running: str,
                           "(--allow-downgrade installs it anyway)")
     if meta.system_name == running:
         raise DeviceError(f"the system {meta.system_name} is the one running")
-    fetch.check_system(part, meta, fetch.print_progress)
+    fetch.check_system(part, meta, progress.print_progress)
     fetch.cut_to_system(part, meta)
     return meta, (opened.metadata, opened.signature)
 

@@ -21,6 +21,7 @@ import pytest
 
 from liveng import bundle, layout
 from liveng.device import fetch
+from liveng.device.progress import ConsoleProgress
 from liveng.device.runner import DeviceError
 
 SIGNER = "t@example.org"
@@ -394,7 +395,7 @@ def test_console_progress() -> None:
     mib = layout.MiB
     log, tty = io.StringIO(), Terminal()
     for stream in (log, tty):
-        progress = fetch.ConsoleProgress(stream)
+        progress = ConsoleProgress(stream)
         progress.begin("downloading b")
         for done in (0, 123 * mib, 270 * mib, 270 * mib):
             progress(done, 270 * mib)
@@ -408,7 +409,7 @@ def test_console_progress_is_labelled_by_each_operation(server: tuple[Served, st
     system = system_bytes(20_000)
     (served.root / "b").write_bytes(system)
     log = io.StringIO()
-    progress = fetch.ConsoleProgress(log)
+    progress = ConsoleProgress(log)
     fetch.download(base + "b", tmp_path / "b.part", None, progress)  # no size known: the server's
     fetch.check_system(tmp_path / "b.part", metadata_for(system), progress)
     assert log.getvalue().splitlines() == ["liveng: downloading b 0% (0/0 MiB)", "liveng: downloading b 100% (0/0 MiB)",
@@ -432,7 +433,7 @@ def test_redrawn_line_cut_short_by_an_error_is_ended(server: tuple[Served, str],
     served.drop_after = 0
     tty = Terminal()
     with pytest.raises(DeviceError, match="cannot download"):
-        fetch.download(base + "b", tmp_path / "b.part", 1000, fetch.ConsoleProgress(tty))
+        fetch.download(base + "b", tmp_path / "b.part", 1000, ConsoleProgress(tty))
     # The error starts a line of its own.
     assert tty.getvalue().startswith("\rliveng: downloading b 0% (0/0 MiB)") and tty.getvalue().count("\n") == 1
     assert tty.getvalue().endswith("\n")
