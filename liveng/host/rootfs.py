@@ -264,12 +264,18 @@ def _write_meta(meta: Path, spec: RootfsSpec, stamps: dict[str, str] | None) -> 
 
 
 def prune(cache_dir: Path, keep: int = CACHE_KEEP) -> None:
-    """Drop all but the ``keep`` most recently used rootfs tarballs (a hit touches its tarball)."""
-    tarballs = sorted(cache_dir.glob("rootfs-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in tarballs[keep:]:
-        log.info("rootfs cache: dropping %s (least recently used)", old.name)
-        old.unlink(missing_ok=True)
-        old.with_name(f"{old.name}.json").unlink(missing_ok=True)
+    """Drop all but the ``keep`` most recently used rootfs tarballs of each architecture (a hit
+    touches its tarball): an arm64 rootfs, made through qemu-user, costs ten times an amd64 one, and
+    a day of PC builds must not push it out."""
+    by_arch: dict[str, list[Path]] = {}
+    for tar in cache_dir.glob("rootfs-*.tar"):
+        parts = tar.name.split("-")  # rootfs-SUITE-ARCH-KEY.tar
+        by_arch.setdefault(parts[2] if len(parts) >= 4 else "", []).append(tar)
+    for tarballs in by_arch.values():
+        for old in sorted(tarballs, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
+            log.info("rootfs cache: dropping %s (least recently used)", old.name)
+            old.unlink(missing_ok=True)
+            old.with_name(f"{old.name}.json").unlink(missing_ok=True)
 
 
 def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:

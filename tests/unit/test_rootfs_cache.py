@@ -113,13 +113,17 @@ def test_offline_builds_use_the_cache(tmp_path: Path, no_mmdebstrap: list[Path])
     assert rootfs.obtain(s, cache, tmp_path, refresh=False) == (first, True)
 
 
-def test_prune_keeps_the_most_recently_used(tmp_path: Path) -> None:
+def test_prune_keeps_the_most_recently_used_of_each_architecture(tmp_path: Path) -> None:
     for i in range(5):
         tar = tmp_path / f"rootfs-trixie-amd64-{i}.tar"
         tar.write_bytes(b"x")
         (tmp_path / f"{tar.name}.json").write_text("{}")
         os.utime(tar, (1000 + i, 1000 + i))
     os.utime(tmp_path / "rootfs-trixie-amd64-0.tar", (5000, 5000))  # used last
+    arm = tmp_path / "rootfs-trixie-arm64-9.tar"  # the oldest of all, but the only arm64 one
+    arm.write_bytes(b"x")
+    os.utime(arm, (10, 10))
     rootfs.prune(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["rootfs-trixie-amd64-0.tar", "rootfs-trixie-amd64-4.tar"]
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["rootfs-trixie-amd64-0.tar", "rootfs-trixie-amd64-4.tar",
+                                                             "rootfs-trixie-arm64-9.tar"]
     assert not (tmp_path / "rootfs-trixie-amd64-1.tar.json").exists()
