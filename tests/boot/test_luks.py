@@ -1,5 +1,6 @@
 """Encrypted persistence: p7 is LUKS2, unlocked by the key file in the initramfs or by the passphrase
-typed on the serial console; resize, snapshots and a kernel update (new initramfs in slot B) work."""
+typed on the serial console; resize, snapshots, a kernel update (new initramfs in slot B), a system
+update (version 2 from p7, unlocked by its own initramfs) and install onto another disk work."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from liveng import layout
 from liveng.host.disk import read_table
-from tests.boot.conftest import build_image
+from tests.boot.conftest import build_channel, build_image, update_recipe
+from tests.boot.test_update import HOST, ustatus
+from tests.httpserve import serve
 from tests.vm import Vm, VmError
 
 pytestmark = pytest.mark.boot
@@ -32,12 +35,18 @@ kdf_memory = 64
 
 
 @pytest.fixture(scope="session")
-def luks_image(boot_dir: Path) -> Path:
+def luks_image(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
     workdir = boot_dir / "luks"
     workdir.mkdir(exist_ok=True)
     (workdir / "passphrase.txt").write_text(PASSPHRASE + "\n")
     (workdir / "persistence.key").write_bytes(secrets.token_bytes(64))
-    return build_image(workdir, "trixie", "luks", extra=RECIPE)
+    return build_image(workdir, "trixie", "luks", extra=update_recipe(update_key[1], "1") + RECIPE)
+
+
+@pytest.fixture(scope="session")
+def luks_v2_channel(luks_image: Path, boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
+    """Version 2 of the LUKS image: the same recipe and key file (its initramfs unlocks p7 too)."""
+    return build_channel(boot_dir, update_key, "luks-v2", extra=RECIPE, workdir=luks_image.parent)
 
 
 def p7_offset(image: Path) -> int:
@@ -90,7 +99,7 @@ def answer_passphrase(vm: Vm, wrong_first: bool) -> float:
     return time.monotonic() - start
 
 
-def test_luks_persistence(luks_image: Path, tmp_path: Path) -> None:
+def test_luks_persistence(luks_image: Path, luks_v2_channel: Path, tmp_path: Path) -> None:
     image_id = read_table(luks_image).image_id
     check_p7_on_host(luks_image, image_id, luks_image.parent)
     disk = tmp_path / "disk.img"
@@ -138,10 +147,21 @@ def test_luks_persistence(luks_image: Path, tmp_path: Path) -> None:
         assert vm.sh("cat /root/luks-token") == token
         assert vm.sh("findmnt -no SOURCE --target /run/live/persistence/vda7") == "/dev/mapper/vda7"
         assert "before-update" in vm.sh("liveng snapshot list")
+        # A system update on encrypted persistence: version 2 (its ISO on the LUKS p7) into slot A; its
+        # initramfs holds the key file again, so nobody types anything.
+        with serve(luks_v2_channel) as channel:
+            out = vm.sh(f"liveng update apply http://{HOST}:{channel.port}/", timeout=2400)
+        assert "system 2 installed" in out and "slot A" in out, out
+        print(f"reboot into system version 2: {vm.reboot():.1f} s")
+        st = ustatus(vm)
+        assert st["version"] == "2" and str(st["running"]).startswith("2_"), st
+        assert "liveng.boot=slot-a" in vm.sh("cat /proc/cmdline")
+        assert vm.sh("findmnt -no SOURCE --target /run/live/persistence/vda7") == "/dev/mapper/vda7"
+        assert vm.sh("cat /root/luks-token") == token  # /root is kept
         # Last (the copy's LUKS partition would be one more for live-boot to ask about at a boot):
-        # install onto the second disk; its p7 gets this p7's LUKS header.
+        # install onto the second disk; its p7 gets this p7's LUKS header, and the running system 2.
         out = vm.sh("liveng install /dev/vdb --with-delta --yes", timeout=1200)
-        assert "installed on /dev/vdb" in out, out
+        assert "installed on /dev/vdb" in out and f"copying system {st['running']}" in out, out
         vm.poweroff()
     offset = p7_offset(disk)
     assert subprocess.run(["dumpe2fs", "-h", f"{disk}?offset={offset}"], capture_output=True).returncode != 0

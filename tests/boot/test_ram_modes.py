@@ -15,6 +15,9 @@ import pytest
 from liveng.host.qmp import Qmp
 from tests.boot import golden
 from tests.boot.conftest import RAM_MEMORY as MEMORY
+from tests.boot.conftest import RELEASE_FILE
+from tests.boot.test_update import HOST, ustatus
+from tests.httpserve import serve
 from tests.vm import Vm
 
 pytestmark = pytest.mark.boot
@@ -34,8 +37,9 @@ def exists(vm: Vm, path: str) -> bool:
     return vm.sh(f"test -e {path} && echo yes || echo no") == "yes"
 
 
-def test_ram_modes(ram_golden: golden.Golden, tmp_path: Path) -> None:
-    """The golden's boot is the first ram-mode boot of the image; the later boots are real."""
+def test_ram_modes(ram_golden: golden.Golden, v2_channel: Path, tmp_path: Path) -> None:
+    """The golden's boot is the first ram-mode boot of the image; the later boots are real. Last, a
+    system update arrives and the updated system (an ISO file on p7) runs from RAM."""
     log = tmp_path / "console.log"
     ram_copy = tmp_path / "ram-disk.img"
     with golden.resume(ram_golden, ram_copy, log) as vm:
@@ -107,4 +111,18 @@ def test_ram_modes(ram_golden: golden.Golden, tmp_path: Path) -> None:
         assert vm.sh(f"cat {DEVICE_PATH}/kept") == "kept"
         assert not exists(vm, "/root/lost") and not exists(vm, "/root/not-committed")
         assert vm.sh("cat /root/partial") == "one"
+
+        with serve(v2_channel) as channel:
+            assert "system 2 installed" in vm.sh(f"liveng update apply http://{HOST}:{channel.port}/", timeout=2400)
+        vm.sh("liveng mode set ram")
+        vm.reboot()
+        settle(vm)
+        assert "liveng.mode=ram " in vm.sh("cat /proc/cmdline") + " "
+        st = ustatus(vm)
+        assert str(st["running"]).startswith("2_") and st["version"] == "2", st
+        assert vm.sh(f"cat {RELEASE_FILE}") == "v2"
+        assert vm.sh("cat /root/partial") == "one"  # /root is a kept path: in v2's delta, copied into RAM
+        # v2's squashfs is in RAM: the card, its p7 and the loop device that held v2's ISO are let go.
+        assert vm.sh("grep -c '^/dev/vd' /proc/mounts || true") == "0"
+        assert vm.sh("losetup -n -O BACK-FILE | grep -c system.iso || true") == "0"
         vm.poweroff()

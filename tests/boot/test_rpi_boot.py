@@ -15,9 +15,11 @@ import pytest
 from liveng import layout
 from liveng.host.bootloader import rpi
 from liveng.host.disk import read_table
-from tests.boot.conftest import build_image, partition_hash
+from tests.boot.conftest import RELEASE_FILE, build_image, partition_hash, update_recipe
 from tests.boot.test_kernel_slots import kstatus, settle, slot_kernel
 from tests.boot.test_pc_boot import check_live_layout
+from tests.boot.test_update import HOST, ustatus
+from tests.httpserve import serve
 from tests.vm import Vm, VmError, raspi3b_emulator_fault
 
 pytestmark = pytest.mark.boot
@@ -29,8 +31,9 @@ LONG = os.environ.get("LIVENG_LONG_TESTS") == "1"
 
 
 @pytest.fixture(scope="session")
-def rpi_image(boot_dir: Path) -> Path:
-    return build_image(boot_dir, "trixie", "rpi", target="rpi")
+def rpi_image(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
+    # Version 1, taking updates (test_virt_uefi_kernel_update_system_update_and_fallback).
+    return build_image(boot_dir, "trixie", "rpi", target="rpi", extra=update_recipe(update_key[1], "1"))
 
 
 def copy_of(image: Path, dest: Path, size: int | None = None) -> Path:
@@ -130,9 +133,11 @@ def shipped_dtbs(vm: Vm, kernel: str) -> set[str]:
         "print(json.dumps(sorted(layout.kernel_dtbs(Path(\"/\"), sys.argv[1]))))' " + kernel)))
 
 
-def test_virt_uefi_kernel_update_and_fallback(rpi_image: Path, tmp_path: Path) -> None:
+def test_virt_uefi_kernel_update_system_update_and_fallback(rpi_image: Path, rpi_v2_channel: Path,
+                                                            tmp_path: Path) -> None:
     """arm64 on AAVMF: a kernel written to slot B carries its device trees and boots next, with the
-    delta kept. LIVENG_LONG_TESTS=1 (outside CI: about 40 min more under TCG): apt installs the cloud
+    delta kept; then version 2 of the system, a signed bundle over HTTP, goes to slot A and boots with
+    the kept files. LIVENG_LONG_TESTS=1 (outside CI: about 40 min more under TCG): apt installs the cloud
     kernel for it, then the factory kernel goes to slot A, random bytes over slot A → slot B boots,
     nobody at the console."""
     disk = copy_of(rpi_image, tmp_path / "disk.img")
@@ -162,10 +167,27 @@ def test_virt_uefi_kernel_update_and_fallback(rpi_image: Path, tmp_path: Path) -
             st = settle(vm)
             assert st["running"] == "slot-b" and st["good"] == "slot-b" and vm.sh("uname -r") == factory
             assert vm.sh("cat /root/keep.txt") == token
+            vm.sh("echo v1-only > /etc/v1-only.conf && sync")
+
+            with serve(rpi_v2_channel) as channel:
+                start = time.monotonic()
+                out = vm.sh(f"liveng update apply http://{HOST}:{channel.port}/", timeout=2400)
+                applied = time.monotonic() - start
+            assert "system 2 installed" in out and "slot A" in out, out
+            updated = vm.reboot(timeout=1500)
+            st = settle(vm)
+            assert st["running"] == "slot-a" and st["good"] == "slot-a", st
+            ust = ustatus(vm)
+            assert ust["version"] == "2" and str(ust["running"]).startswith("2_"), ust
+            assert vm.sh(f"cat {RELEASE_FILE}") == "v2"
+            assert vm.sh("cat /root/keep.txt") == token  # /root is kept
+            assert vm.sh("test -e /etc/v1-only.conf || echo gone") == "gone"  # v2 starts from its own state
+            assert "verify OK" in vm.sh("liveng verify", timeout=1500)
             vm.poweroff()
             assert partition_hash(disk, layout.Role.SYSTEM) == before
             print(f"\narm64 virt (AAVMF): shell after {first:.0f} s; reboot into slot B {rebooted:.0f} s; "
-                  f"device trees in the slot: {len(dtbs)}")
+                  f"device trees in the slot: {len(dtbs)}; system update applied in {applied:.0f} s, "
+                  f"reboot into version 2 {updated:.0f} s")
             return
 
         vm.sh("apt-get update -q", timeout=1500)

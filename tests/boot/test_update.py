@@ -90,6 +90,13 @@ def bad_bundles(good: Path, key: Path, tmp: Path) -> dict[str, tuple[Path, str]]
     }
 
 
+def nothing_installed(vm: Vm) -> bool:
+    """No system and no parked delta on p7 (a refused or broken-off update leaves neither)."""
+    left = vm.sh(f"ls /run/live/persistence/*/{layout.SYSTEMS_DIR} /run/live/persistence/*/{layout.DELTAS_DIR}"
+                 " 2>/dev/null | grep -v '^/' || true")
+    return left == ""
+
+
 def push_deb(vm: Vm, workdir: Path) -> None:
     """A tiny package for apt to install from a file (no mirror needed)."""
     root = workdir / "deb"
@@ -117,14 +124,23 @@ def test_update_keeps_data_refuses_bad_bundles_and_boots_v2(bios_golden: golden.
         for name, (path, words) in bad.items():
             out = vm.sh(f"liveng update apply http://{HOST}:{badweb.port}/{path.name}", timeout=1800, check=False)
             assert "error" in out and words in out, (name, out)
-        left = vm.sh(f"ls /run/live/persistence/*/{layout.SYSTEMS_DIR} /run/live/persistence/*/{layout.DELTAS_DIR}"
-                     " 2>/dev/null | grep -v '^/' || true")
-        assert left == "", left
+        assert nothing_installed(vm)
         assert hashes(disk) == before
 
+        # The web server dies a third into the bundle: apply gives up after its retries, keeping what
+        # arrived and installing nothing; with the server back, the same apply resumes from there.
+        size = (v2_channel / "v2.bundle").stat().st_size
+        channel.down_after = size // 3
+        out = vm.sh(f"liveng update apply http://{HOST}:{channel.port}/", timeout=2400, check=False)
+        assert "error" in out and "bytes received are kept" in out, out
+        assert nothing_installed(vm)
+        assert hashes(disk) == before
+        channel.down_after = None
         out = vm.sh(f"liveng update apply http://{HOST}:{channel.port}/", timeout=2400)
         assert "system 2 installed" in out and "/home" in out and "/srv" in out, out
-        assert any("v2.bundle" in r for r in channel.requests)
+        resumed = [r for r in channel.requests if "v2.bundle bytes=" in r]
+        assert resumed and int(resumed[-1].split("bytes=")[1].rstrip("-")) >= size // 4, channel.requests
+        assert channel.sent < 2 * size  # the rest, not the whole bundle again
         vm.reboot()
         vm.sh("systemctl start liveng-boot-ok.service")
         st = ustatus(vm)
