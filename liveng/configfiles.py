@@ -27,6 +27,11 @@ KEYBOARD_PATH = "etc/default/keyboard"
 # wlx<MAC> for a USB stick): a drop-in points Debian's wpa_supplicant@.service at it.
 WIFI_CONF_PATH = "etc/wpa_supplicant/liveng-wifi.conf"
 SSHD_DROPIN_PATH = "etc/ssh/sshd_config.d/liveng.conf"
+# The Wi-Fi country as the kernel's regulatory domain when cfg80211 loads (wpa_supplicant's country= sets it
+# again when it starts): the Pi's firmware puts cmdline.txt's cfg80211.ieee80211_regdom= on the kernel command
+# line, but liveng boots through U-Boot and GRUB, which never read cmdline.txt.
+REGDOM_PATH = "etc/modprobe.d/liveng-wifi-country.conf"
+SUDOERS_DIR = "etc/sudoers.d"
 SSH_UNIT = "ssh.service"
 
 
@@ -58,6 +63,26 @@ def keyboard_text(keyboard: str) -> str:
     # The format of keyboard-configuration (console-setup reads it; so do X and Wayland sessions).
     return (f'# Written by liveng from its settings; see keyboard(5).\nXKBMODEL="pc105"\nXKBLAYOUT="{layout}"\n'
             f'XKBVARIANT="{variant}"\nXKBOPTIONS=""\n\nBACKSPACE="guess"\n')
+
+
+def regdom_text(country: str) -> str:
+    return f"# Written by liveng from its settings (wifi.country).\noptions cfg80211 ieee80211_regdom={country}\n"
+
+
+def nopasswd_path(user: str) -> str:
+    """The sudoers drop-in of a user with sudo_nopasswd (user names have no '.', which sudo would skip)."""
+    return f"{SUDOERS_DIR}/liveng-nopasswd-{user}"
+
+
+def nopasswd_text(user: str) -> str:
+    return f"# Written by liveng from its settings (sudo_nopasswd).\n{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
+
+def wifi_key(wifi: Wifi) -> str | None:
+    """The WPA key the settings give (the psk itself, or derived from the passphrase); None: open or not given."""
+    if wifi.psk is not None:
+        return wifi.psk
+    return wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
 
 
 def wifi_psk(ssid: str, passphrase: str) -> str:

@@ -24,66 +24,19 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import boundedread, configfiles, layout, settings
-from liveng.device import bootstate, runner, settingsfiles, userfiles
+from liveng.device import bootstate, settingsfiles, settingsusers
+from liveng.device.settingsusers import System as System  # the type callers and tests name
 from liveng.durable import fsync_dir
-from liveng.settings import Settings, SettingsError, User
+from liveng.settings import Settings, SettingsError
 
 STATE_PATH = "var/lib/liveng/settings.json"
-SUDO_GROUP = "sudo"
-FIRST_UID = 1000  # below: Debian's system accounts, which the settings may not take over
 DEVICE_WAIT = 15.0  # seconds for udev to show p1 early in the boot
-
-Runner = Callable[[list[str], str | None], str]
-
-
-def _run(argv: list[str], input_text: str | None = None) -> str:
-    return runner.run(argv, input_text)
-
-
-@dataclass
-class System:
-    """Where settings are applied: the running system (root /, live) or a directory in a test."""
-
-    root: Path = Path("/")
-    run: Runner = _run
-    live: bool = True  # set the host name now, start and stop services
-    kept: Path | None = None  # liveng's directory on p7, outside the delta (settingsfiles)
-    changes: list[str] = field(default_factory=list)
-
-    def path(self, rel: str) -> Path:
-        return self.root / rel
-
-    def exists(self, *rels: str) -> bool:
-        return any(self.path(r).exists() for r in rels)
-
-
-@dataclass(frozen=True)
-class Account:
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
-def accounts(system: System) -> dict[str, Account]:
-    found = {}
-    passwd = system.path("etc/passwd")
-    for line in passwd.read_text().splitlines() if passwd.exists() else []:
-        f = line.split(":")
-        if len(f) >= 6 and f[2].isdigit() and f[3].isdigit():
-            found[f[0]] = Account(f[0], int(f[2]), int(f[3]), f[5])
-    return found
-
-
-def groups(system: System) -> set[str]:
-    group = system.path("etc/group")
-    return {line.split(":")[0] for line in group.read_text().splitlines()} if group.exists() else set()
+_write = settingsusers.write
 
 
 def check(s: Settings, system: System, source: str) -> None:
@@ -103,24 +56,11 @@ def check(s: Settings, system: System, source: str) -> None:
         if not system.exists("usr/sbin/wpa_supplicant", "sbin/wpa_supplicant"):
             raise fail("wifi", "this image has no Wi-Fi support (wpasupplicant): Raspberry Pi images have it; for a "
                        "PC add wpasupplicant and the Wi-Fi chip's firmware to the recipe's packages")
-        if s.wifi.passphrase is None and _kept_psk(system, s.wifi.ssid) is None:
+        if not s.wifi.key_given and _kept_psk(system, s.wifi.ssid) is None:
             raise fail("wifi.passphrase", f"is missing for the network {s.wifi.ssid!r} (\"\" for an open network)")
     if settings.ssh_wanted(s) and not system.exists("usr/sbin/sshd"):
         raise fail("ssh", "this image has no SSH server (openssh-server)")
-    known = accounts(system)
-    for i, user in enumerate(s.users):
-        account = known.get(user.name)
-        if account is not None and account.uid != 0 and account.uid < FIRST_UID:
-            raise fail(f"users[{i}].name", f"{user.name!r} is a system account: choose another name")
-        if account is None and user.name in groups(system):
-            raise fail(f"users[{i}].name", f"{user.name!r} is the name of a group on this system: choose another "
-                       "name")
-        if user.sudo and SUDO_GROUP not in groups(system):
-            raise fail(f"users[{i}].sudo", "this image has no sudo: build it with sudo in the recipe's packages")
-        if account is not None and user.ssh_keys:
-            problem = userfiles.unsafe(system.root, account.home, account.uid)
-            if problem:
-                raise fail(f"users[{i}].ssh_keys", problem)
+    settingsusers.check(s.users, system, fail)
 
 
 def _supported_line(system: System, locale: str) -> str | None:
@@ -134,18 +74,6 @@ def _kept_psk(system: System, ssid: str) -> str | None:
     conf = system.path(configfiles.WIFI_CONF_PATH)
     psk = configfiles.existing_psk(conf.read_text(), ssid) if conf.exists() else None
     return psk or settingsfiles.kept_psk(system.kept, ssid)  # after a reset: from p7, outside the delta
-
-
-def _write(system: System, rel: str, text: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
-    """Replace one file whole; False when it already had this content (nothing to do)."""
-    path = system.path(rel)
-    data = text.encode()
-    if path.is_file() and not path.is_symlink() and path.read_bytes() == data and owner is None:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bootstate.write_atomic(path, data, mode=mode, owner=owner)
-    system.changes.append(f"/{rel}")
-    return True
 
 
 def apply(s: Settings, system: System) -> list[str]:
@@ -166,7 +94,7 @@ def apply(s: Settings, system: System) -> list[str]:
     if s.keyboard is not None:
         _write(system, configfiles.KEYBOARD_PATH, configfiles.keyboard_text(s.keyboard))
     for user in s.users:
-        _user(user, system)
+        settingsusers.apply(user, system)
     if s.wifi is not None:
         _wifi(s, system)
     _ssh(s, system)
@@ -195,59 +123,16 @@ def _timezone(zone: str, system: System) -> None:
     _write(system, configfiles.TIMEZONE_PATH, zone + "\n")
 
 
-def _user(user: User, system: System) -> None:
-    account = accounts(system).get(user.name)
-    if account is None:
-        argv = ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group"]
-        if user.sudo:
-            argv += ["--groups", SUDO_GROUP]
-        system.run([*argv, user.name], None)
-        system.changes.append(f"user {user.name} added")
-    elif user.sudo and user.name != "root" and user.name not in _members(system, SUDO_GROUP):
-        system.run(["usermod", "--append", "--groups", SUDO_GROUP, user.name], None)
-        system.changes.append(f"user {user.name} in {SUDO_GROUP}")
-    if user.password_hash is not None:
-        # On stdin, not the command line (which any process can read).
-        system.run(["chpasswd", "--encrypted"], f"{user.name}:{user.password_hash}\n")
-        system.changes.append(f"password of {user.name}")
-    if user.ssh_keys:
-        _authorized_keys(user, system)
-
-
-def _members(system: System, group: str) -> set[str]:
-    path = system.path("etc/group")
-    for line in path.read_text().splitlines() if path.exists() else []:
-        f = line.split(":")
-        if f[0] == group and len(f) >= 4:
-            return {m for m in f[3].split(",") if m}
-    return set()
-
-
-def _authorized_keys(user: User, system: System) -> None:
-    account = accounts(system).get(user.name)
-    if account is None:
-        raise SettingsError(f"user {user.name} was not created (useradd)")
-    owner = (account.uid, account.gid)
-    # The user owns ~ and ~/.ssh: nothing in there is followed (userfiles).
-    with userfiles.user_dir(system.root, account.home, ".ssh", owner) as ssh_dir:
-        keys = f"{account.home.rstrip('/')}/.ssh/authorized_keys"
-        lines = userfiles.read_text(ssh_dir, "authorized_keys", keys).splitlines()
-        missing = [k for k in user.ssh_keys if k not in lines]
-        if missing:
-            userfiles.write_file(ssh_dir, "authorized_keys", ("\n".join(lines + missing) + "\n").encode(), 0o600,
-                                 owner)
-            system.changes.append(keys)
-
-
 def _wifi(s: Settings, system: System) -> None:
     wifi = s.wifi
     assert wifi is not None
-    if wifi.passphrase is None:
+    if not wifi.key_given:
         psk = _kept_psk(system, wifi.ssid)
     else:
-        psk = configfiles.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+        psk = configfiles.wifi_key(wifi)
         if psk is not None:
             settingsfiles.keep_psk(system.kept, wifi.ssid, psk)
+    _write(system, configfiles.REGDOM_PATH, configfiles.regdom_text(wifi.country))
     if _write(system, configfiles.WIFI_CONF_PATH, configfiles.wifi_text(wifi, psk), 0o600) and system.live:
         # Interfaces already up take the new network; at boot none is up yet (they wait for this service).
         for iface in sorted(p.parent.name for p in Path("/sys/class/net").glob("*/wireless")):

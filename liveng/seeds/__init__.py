@@ -87,20 +87,12 @@ def merge(parts: list[Translation]) -> Translation:
     (a key that a higher source overrides is not listed as ignored: it is simply not used)."""
     out = Translation()
     names: dict[str, int] = {}
-    wifi_taken = False
     digest = hashlib.sha256()
     for part in parts:
         for key in part.data:
-            if key not in ("users", "wifi") and key not in out.data:
+            if key != "users" and key not in out.data:
                 out.data[key] = part.data[key]
                 out.sources[key] = part.sources.get(key, "")
-        # A Wi-Fi network given as a WPA key still claims the Wi-Fi: a lower source's does not replace it.
-        if not wifi_taken and ("wifi" in part.data or part.wifi_with_psk is not None):
-            wifi_taken = True
-            if "wifi" in part.data:
-                out.data["wifi"] = part.data["wifi"]
-            out.wifi_with_psk = part.wifi_with_psk
-            out.sources["wifi"] = part.sources.get("wifi", "")
         for i, user in enumerate(part.data.get("users") or []):
             if isinstance(user, dict) and user.get("name") not in names:
                 names[user["name"]] = len(names)
@@ -109,6 +101,7 @@ def merge(parts: list[Translation]) -> Translation:
         out.ignored += [x for x in part.ignored if x not in out.ignored]
         out.notes += [x for x in part.notes if x not in out.notes]
         out.secrets += [x for x in part.secrets if x not in out.secrets]
+        out.secret_paths += [x for x in part.secret_paths if x not in out.secret_paths]
         if out.instance_id is None:
             out.instance_id = part.instance_id
         digest.update(part.digest.encode())

@@ -278,3 +278,33 @@ def test_check_refuses_a_linked_ssh_dir_before_applying_anything(tmp_path: Path)
     s = settings.loads(f'hostname = "x"\n[[users]]\nname = "pi"\nssh_keys = ["{KEY}"]', "f")
     with pytest.raises(SettingsError, match=r"users\[0\]\.ssh_keys: /home/pi/\.ssh is a symbolic link"):
         firstboot.check(s, system(root)[0], "f")
+
+
+def test_imager_settings_key_nopasswd_groups_and_country(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "usr/bin").mkdir()
+    (root / "usr/bin/sudo").touch()
+    (root / "etc/group").write_text("root:x:0:\nsudo:x:27:\nvideo:x:44:\nadm:x:4:\n")
+    psk = configfiles.wifi_psk("home", "very secret")
+    text = (f'[[users]]\nname = "pi"\nsudo_nopasswd = true\ngroups = ["video", "gpio"]\n'
+            f'[wifi]\ncountry = "GB"\nssid = "home"\npsk = "{psk}"\n')
+    sys_, rec = system(root)
+    s = settings.loads(text, "f")
+    firstboot.check(s, sys_, "f")
+    firstboot.apply(s, sys_)
+    assert rec.commands()[0] == "useradd --create-home --shell /bin/bash --user-group --groups sudo,video pi"
+    assert sys_.notes == ["user pi: not in gpio: this system has no such group"]
+    dropin = root / configfiles.nopasswd_path("pi")
+    assert dropin.read_text().endswith("pi ALL=(ALL:ALL) NOPASSWD: ALL\n") and dropin.stat().st_mode & 0o777 == 0o440
+    conf = (root / configfiles.WIFI_CONF_PATH).read_text()
+    assert f"psk={psk}" in conf and "country=GB" in conf  # the key as given: nothing derived
+    assert (root / configfiles.REGDOM_PATH).read_text().endswith("ieee80211_regdom=GB\n")
+    # An existing user: only the groups it lacks are added.
+    (root / "etc/group").write_text("root:x:0:\nsudo:x:27:pi\nvideo:x:44:\nadm:x:4:\n")
+    sys2, rec2 = system(root)
+    firstboot.apply(settings.loads('[[users]]\nname = "pi"\nsudo = true\ngroups = ["video", "adm"]', "f"), sys2)
+    assert rec2.commands() == ["usermod --append --groups video,adm pi"]
+    assert dropin.exists()  # like sudo, passwordless sudo is not taken away by a file that omits it
+    (root / "usr/bin/sudo").unlink()
+    with pytest.raises(SettingsError, match=r"users\[0\]\.sudo_nopasswd: this image has no sudo"):
+        firstboot.check(settings.loads('[[users]]\nname = "x"\nsudo_nopasswd = true', "f"), sys2, "f")
