@@ -1,16 +1,19 @@
-"""liveng settings apply: the settings file on p1, applied at boot by liveng-settings.service.
+"""liveng settings apply: the settings on p1 (and a seed disk), applied at boot by liveng-settings.service.
 
-The owner edits liveng-settings.toml on the FAT boot partition from any computer. At every boot the
-service reads it; when it differs from what was last applied:
+The owner edits liveng-settings.toml on the FAT boot partition from any computer, or Raspberry Pi Imager
+writes its OS customisation there (rpi-preseed.toml, or cloud-init's user-data, network-config and
+meta-data), or a VM gets a cloud-init NoCloud seed disk (seedfiles, liveng.seeds). At every boot the service
+reads them all; when they differ from what was last applied:
 
-1. the whole file is checked (the schema in liveng/settings.py, then what only this system can
-   tell: the time zone exists, sudo is installed, a user name is not a system account...). Any
+1. all of it is translated into one Settings and checked (the schema in liveng/settings.py, then what
+   only this system can tell: the time zone exists, sudo is installed, a user name is not a system
+   account...). Any
    error: nothing is applied, the reason goes to the console, the journal and
    liveng-settings-error.txt on p1, and the boot goes on;
 2. everything is applied, each file replaced whole (temporary name, fsync, rename);
-3. the applied state reaches p7 (sync), and only then is the file on p1 replaced by a copy without
-   its secrets (password hashes, Wi-Fi passphrase);
-4. the digest of that copy is recorded in the delta (STATE_PATH), so the next boot leaves it alone.
+3. the applied state reaches p7 (sync), and only then are the files on p1 replaced by copies without
+   their secrets (password hashes, Wi-Fi passphrase or key; a seed disk is never written);
+4. the digest of those copies is recorded in the delta (STATE_PATH), so the next boot leaves it alone.
 
 A power cut between the steps repeats the work at the next boot: every step can run twice. The
 record lives in the delta, so after a factory reset the file (now without its secrets) is applied
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -29,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import boundedread, configfiles, layout, settings
-from liveng.device import bootstate, settingsfiles, settingsusers
+from liveng.device import bootstate, seedfiles, settingsfiles, settingsusers
 from liveng.device.settingsusers import System as System  # the type callers and tests name
 from liveng.durable import fsync_dir
 from liveng.settings import Settings, SettingsError
@@ -39,10 +43,12 @@ DEVICE_WAIT = 15.0  # seconds for udev to show p1 early in the boot
 _write = settingsusers.write
 
 
-def check(s: Settings, system: System, source: str) -> None:
-    """What only this system can tell; raises SettingsError naming the file and the key."""
+def check(s: Settings, system: System, source: str, sources: dict[str, str] | None = None) -> None:
+    """What only this system can tell; raises SettingsError naming the file (``sources``: the file each
+    top-level key came from, "users[N]" for each user) and the key."""
     def fail(key: str, message: str) -> SettingsError:
-        return SettingsError(f"{source}: {key}: {message}")
+        top = re.match(r"^(users\[\d+\]|[a-z_]+)", key)
+        return SettingsError(f"{(sources or {}).get(top.group(1) if top else key, source)}: {key}: {message}")
 
     if s.timezone is not None and not system.path(f"{configfiles.ZONEINFO_DIR}/{s.timezone}").is_file():
         raise fail("timezone", f"{s.timezone!r} is not a time zone this system knows (timedatectl list-timezones)")
@@ -53,7 +59,7 @@ def check(s: Settings, system: System, source: str) -> None:
         if _supported_line(system, s.locale) is None:
             raise fail("locale", f"{s.locale!r} is not a locale glibc supports (/{configfiles.SUPPORTED_LOCALES_PATH})")
     if s.wifi is not None:
-        if not system.exists("usr/sbin/wpa_supplicant", "sbin/wpa_supplicant"):
+        if not _wifi_support(system):
             raise fail("wifi", "this image has no Wi-Fi support (wpasupplicant): Raspberry Pi images have it; for a "
                        "PC add wpasupplicant and the Wi-Fi chip's firmware to the recipe's packages")
         if not s.wifi.key_given and _kept_psk(system, s.wifi.ssid) is None:
@@ -240,39 +246,49 @@ def boot_partition_allowed(system: System) -> bool:
 
 
 def _apply_from(system: System, force: bool) -> Outcome:
-    source = f"{layout.SETTINGS_PATH} on the boot partition"
     try:
-        raw, error_note = settingsfiles.read_boot_file()
+        p1, error_note = settingsfiles.read_boot_files(seedfiles.P1_FILES)
+        found = seedfiles.Found(p1, seedfiles.read_seed_disk(), error_note)
     except boundedread.ReadError as exc:
-        settingsfiles.note_error(now(), f"{source}: {exc.reason}")
-        raise SettingsError(f"{source}: {exc.reason}") from None
-    if raw is None:
-        return Outcome(False, f"no {layout.SETTINGS_PATH} on the boot partition: nothing to apply")
-    digest = settings.digest(raw)
+        settingsfiles.note_error(now(), str(exc))
+        raise SettingsError(str(exc)) from None
+    if found.empty:
+        return Outcome(False, f"no {layout.SETTINGS_PATH}, rpi-preseed.toml or cloud-init seed (user-data...) on the "
+                       "boot partition and no seed disk: nothing to apply")
+    digest = found.digest()
     state = read_state(system)
     if state.get("digest") == digest and not force and not error_note:
-        return Outcome(False, f"{layout.SETTINGS_PATH} unchanged since {state.get('applied', '?')}")
+        return Outcome(False, f"the settings are unchanged since {state.get('applied', '?')}")
     try:
-        text, s = decode_file(raw, source)
-        check(s, system, source)
+        t = seedfiles.translate(found)
+        if t.settings.wifi is not None and not _wifi_support(system) and \
+                t.translation.sources.get("wifi") != layout.SETTINGS_PATH:
+            # Imager offers Wi-Fi for every image (and fills in the computer's own network): not a reason to
+            # refuse the user and the key of a PC image.
+            t = seedfiles.without_wifi(t, "this image has no Wi-Fi support (wpasupplicant)")
+        check(t.settings, system, "the settings", t.translation.sources)
     except SettingsError as exc:
         settingsfiles.note_error(now(), str(exc))
         raise
-    changes = apply(s, system)
+    changes = apply(t.settings, system)
     os.sync()  # the applied settings are on p7 before the secrets leave p1
-    data = settings.decode(text, source)
-    secrets = settings.has_secrets(data)
-    if secrets or error_note:  # p1 is mounted writable only when there is something to write
+    fresh = seedfiles.redacted(found, t, f"applied {now()} and removed from this file")
+    if fresh or error_note:  # p1 is mounted writable only when there is something to write
         with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
-            if secrets:
-                redacted = settings.redact(text, f"applied {now()} and removed from this file")
-                settingsfiles.replace_wiping(boot, redacted.encode())
-                digest = settings.digest(redacted.encode())
+            for name, data in fresh.items():
+                settingsfiles.replace_wiping(boot, data, name)
             (boot / layout.SETTINGS_ERROR_PATH).unlink(missing_ok=True)
-    write_state(system, {"digest": digest, "applied": now(), "changes": changes})
+        found.p1.update(fresh)
+    write_state(system, {"digest": found.digest(), "applied": now(), "changes": changes})
     os.sync()
     what = ", ".join(changes) if changes else "nothing needed changing"
-    return Outcome(True, f"applied {layout.SETTINGS_PATH}: {what}")
+    files = sorted({f for f in t.translation.sources.values() if f})
+    report = "".join(f"\nliveng: note: {line}" for line in [*system.notes, *seedfiles.report(t)])
+    return Outcome(True, f"applied {', '.join(files) or 'the settings'}: {what}{report}")
+
+
+def _wifi_support(system: System) -> bool:
+    return system.exists("usr/sbin/wpa_supplicant", "sbin/wpa_supplicant")
 
 
 def check_file(path: Path | None, system: System | None = None) -> Settings:

@@ -25,6 +25,8 @@ SSH_GENERATOR = "usr/lib/systemd/system-generators/systemd-ssh-generator"
 # What the device side shares with the host: the layout contract, the boot-state format, the settings schema.
 SHARED_MODULES = ("__init__.py", "layout.py", "bootargs.py", "grubenv.py", "settings.py", "configfiles.py",
                   "requests.py", "boundedread.py", "durable.py", "bundle.py")
+# Shared packages: Raspberry Pi Imager's and cloud-init's set-up files in liveng's terms (the settings service).
+SHARED_PACKAGES = ("seeds",)
 
 _ENTRY_SCRIPT = """#!/usr/bin/python3
 # liveng device tool (installed by liveng build).
@@ -109,7 +111,8 @@ def device_tool(tree: Path) -> None:
     pkg = resources.files("liveng")
     for name in SHARED_MODULES:
         (target / name).write_bytes(pkg.joinpath(name).read_bytes())
-    _copy_traversable(pkg.joinpath("device"), target / "device")
+    for name in ("device", *SHARED_PACKAGES):
+        _copy_traversable(pkg.joinpath(name), target / name)
     _write(tree / DEVICE_ENTRY, _ENTRY_SCRIPT, 0o755)
 
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from liveng.seeds.cloudinit import from_cloud_init
-from liveng.seeds.common import MAX_BYTES, SeedError, Translation, decode
+from liveng.seeds.common import MAX_BYTES, REMOVED, SeedError, Translation, decode
 from liveng.seeds.preseed import from_preseed
 
-__all__ = ["MAX_BYTES", "NoCloud", "SeedError", "Translation", "decode", "from_cloud_init", "from_preseed",
+__all__ = ["MAX_BYTES", "REMOVED", "NoCloud", "SeedError", "Translation", "decode", "from_cloud_init", "from_preseed",
            "gather", "merge", "native"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from liveng import configfiles, layout, settings
-from liveng.device import bootstate, firstboot
+from liveng.device import bootstate, firstboot, seedfiles
 from liveng.settings import SettingsError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk me@host"
@@ -131,6 +131,7 @@ class BootPartition:
 
     path: Path
     writable: list[bool] = field(default_factory=list)
+    seed_disk: dict[str, bytes] | None = None  # the files of a CIDATA disk, if one is attached
 
 
 @pytest.fixture()
@@ -146,6 +147,7 @@ def p1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BootPartition:
 
     monkeypatch.setattr(bootstate, "mounted", mounted)
     monkeypatch.setattr(firstboot, "_wait_for_boot_partition", lambda: None)
+    monkeypatch.setattr(seedfiles, "read_seed_disk", lambda: boot.seed_disk)
     return boot
 
 
