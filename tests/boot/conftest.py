@@ -156,10 +156,15 @@ def update_recipe(public_key: Path, version: str) -> str:
     return f'version = "{version}"\n[update]\nkeyring = "{public_key}"\n'
 
 
+# Wi-Fi support in the PC test image (Raspberry Pi images always have it): the settings tests check the
+# Wi-Fi configuration that Raspberry Pi Imager's files and the settings file write (tests/boot/test_seeds.py).
+TRIXIE_PACKAGES = 'packages = ["wpasupplicant"]\n'
+
+
 @pytest.fixture(scope="session")
 def trixie_image(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
     # Version 1 of a system that takes updates (tests/boot/test_update.py); the other tests do not mind.
-    return build_image(boot_dir, "trixie", "trixie", extra=update_recipe(update_key[1], "1"))
+    return build_image(boot_dir, "trixie", "trixie", extra=TRIXIE_PACKAGES + update_recipe(update_key[1], "1"))
 
 
 @pytest.fixture()
