@@ -321,7 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     p = stsub.add_parser("apply", help="apply them if they changed (run at every boot by liveng-settings.service)")
     p.add_argument("--force", action="store_true", help="apply them even if they have not changed")
     p.set_defaults(func=cmd_settings_apply)
-    p = stsub.add_parser("check", help="check liveng-settings.toml (or FILE) against this system; apply nothing")
+    p = stsub.add_parser("check", help="check the settings on the boot partition and a seed disk (or FILE, a "
+                         "liveng-settings.toml) against this system; apply nothing")
     p.add_argument("file", nargs="?", type=Path)
     p.set_defaults(func=cmd_settings_check)
 

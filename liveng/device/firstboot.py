@@ -252,6 +252,9 @@ def _apply_from(system: System, force: bool) -> Outcome:
     except boundedread.ReadError as exc:
         settingsfiles.note_error(now(), str(exc))
         raise SettingsError(str(exc)) from None
+    except SettingsError as exc:
+        settingsfiles.note_error(now(), str(exc))
+        raise
     if found.empty:
         return Outcome(False, f"no {layout.SETTINGS_PATH}, rpi-preseed.toml or cloud-init seed (user-data...) on the "
                        "boot partition and no seed disk: nothing to apply")
@@ -294,10 +297,16 @@ def _wifi_support(system: System) -> bool:
 def check_file(path: Path | None, system: System | None = None) -> Settings:
     """Check a settings file (or p1's) against the schema and this system; apply nothing."""
     system = system or System(live=False)
-    if path is None:
-        with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
-            raw = (boot / layout.SETTINGS_PATH).read_bytes()
-        source = f"{layout.SETTINGS_PATH} on the boot partition"
+    if path is None:  # all of p1's sources and a seed disk, as the boot reads them
+        try:
+            p1, _ = settingsfiles.read_boot_files(seedfiles.P1_FILES)
+        except boundedread.ReadError as exc:
+            raise SettingsError(str(exc)) from None
+        t = seedfiles.translate(seedfiles.Found(p1, seedfiles.read_seed_disk()))
+        check(t.settings, system, "the settings", t.translation.sources)
+        for line in seedfiles.report(t):
+            print(f"liveng: note: {line}")
+        return t.settings
     else:
         try:
             raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP)

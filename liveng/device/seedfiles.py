@@ -92,7 +92,12 @@ def read_seed_disk() -> dict[str, bytes] | None:
     Path("/run/liveng").mkdir(parents=True, exist_ok=True)
     where = Path(tempfile.mkdtemp(prefix="cidata.", dir="/run/liveng"))
     try:
-        runner.run(["mount", "-o", "ro,nosuid,nodev,noexec", str(dev), str(where)])
+        try:
+            runner.run(["mount", "-o", "ro,nosuid,nodev,noexec", str(dev), str(where)])
+        except runner.DeviceError as exc:
+            # Its settings are part of the whole: none is applied without them.
+            raise SettingsError(f"{DISK_PREFIX} the seed disk {dev} cannot be read ({exc}): detach it or "
+                                "make it again (cloud-localds)") from None
         try:
             return read_dir(where, NOCLOUD)
         finally:

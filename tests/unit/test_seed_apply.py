@@ -163,3 +163,14 @@ def test_the_image_carries_the_seed_readers_and_no_cloud_init(tmp_path: Path) ->
     for target in ("pc", "rpi"):
         r = recipe.loads(f'target = "{target}"\n', "r.toml", None)
         assert not any("cloud-init" in p for p in rootfs.packages(r))
+
+
+def test_check_reads_what_the_boot_reads_and_applies_nothing(tmp_path: Path, p1: BootPartition) -> None:
+    put(p1, "imager-2.x", "user-data", "network-config", "meta-data")
+    sys_, rec = system(imager_root(tmp_path))
+    s = firstboot.check_file(None, sys_)
+    assert [u.name for u in s.users] == ["pi"] and s.wifi is not None and s.wifi.psk == PSK
+    assert rec.calls == [] and not (tmp_path / "root/home/pi").exists() and p1.writable == [False]
+    (p1.path / "user-data").write_text("#cloud-config\nusers:\n- name: daemon\n")
+    with pytest.raises(SettingsError, match=r"^user-data: users\[0\]\.name: 'daemon' is a system account"):
+        firstboot.check_file(None, sys_)
