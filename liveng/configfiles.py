@@ -82,7 +82,7 @@ def wifi_key(wifi: Wifi) -> str | None:
     """The WPA key the settings give (the psk itself, or derived from the passphrase); None: open or not given."""
     if wifi.psk is not None:
         return wifi.psk
-    return wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+    return wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase and wifi.ssid is not None else None
 
 
 def wifi_psk(ssid: str, passphrase: str) -> str:
@@ -91,10 +91,13 @@ def wifi_psk(ssid: str, passphrase: str) -> str:
 
 
 def wifi_text(wifi: Wifi, psk: str | None) -> str:
-    """wpa_supplicant's configuration. ``psk``: 64 hex digits, or None for an open network."""
+    """wpa_supplicant's configuration. ``psk``: 64 hex digits, or None for an open network (or none at all:
+    a Wifi without ssid gives the country only)."""
     lines = ["# Written by liveng from its settings. The passphrase is stored only as its WPA key.",
-             "ctrl_interface=DIR=/run/wpa_supplicant GROUP=netdev", "update_config=0", f"country={wifi.country}",
-             "", "network={",
+             "ctrl_interface=DIR=/run/wpa_supplicant GROUP=netdev", "update_config=0", f"country={wifi.country}"]
+    if wifi.ssid is None:
+        return "\n".join(lines) + "\n"
+    lines += ["", "network={",
              # Hex: any network name, quotes and all, without escaping rules.
              f"\tssid={wifi.ssid.encode().hex()}"]
     if wifi.hidden:
@@ -110,6 +113,14 @@ def wifi_text(wifi: Wifi, psk: str | None) -> str:
 
 _PSK_LINE = re.compile(r"^\s*psk=([0-9a-f]{64})\s*$", re.M)
 _SSID_LINE = re.compile(r"^\s*ssid=([0-9a-f]+)\s*$", re.M)
+
+
+_COUNTRY_LINE = re.compile(r"^country=.*$", re.M)
+
+
+def with_country(conf: str, country: str) -> str:
+    """A configuration written by wifi_text with another country, its network kept."""
+    return _COUNTRY_LINE.sub(f"country={country}", conf, count=1)
 
 
 def existing_psk(conf: str, ssid: str) -> str | None:

@@ -125,7 +125,7 @@ class User:
 @dataclass(frozen=True)
 class Wifi:
     country: str
-    ssid: str
+    ssid: str | None  # None: the country (the radio rules) only, no network (Imager's cmdline.txt can say that)
     # None: not given (p1 after the secret was removed: the network keeps the key it has); "": open network.
     passphrase: str | None = None
     hidden: bool = False
@@ -229,11 +229,16 @@ def _user(c: Checker, key: str, table: dict[str, Any]) -> User:
 
 def _wifi(c: Checker, table: dict[str, Any]) -> Wifi:
     c.unknown(table, {"country", "ssid", "passphrase", "psk", "hidden"}, "wifi")
-    for required in ("country", "ssid"):
-        if required not in table:
-            raise c.fail(f"wifi.{required}", "is missing")
+    if "country" not in table:
+        raise c.fail("wifi.country", "is missing")
     country = c.pattern("wifi.country", table["country"], COUNTRY_RE,
                         "a two-letter country code in capitals, like \"DE\" or \"GB\" (it sets the radio rules)")
+    if "ssid" not in table:
+        for key in ("passphrase", "psk", "hidden"):
+            if key in table:
+                raise c.fail("wifi.ssid", f"is missing: {key} is for a network (without ssid, [wifi] sets the "
+                             "country only)")
+        return Wifi(country=country, ssid=None)
     ssid = c.string("wifi.ssid", table["ssid"])
     if not 1 <= len(ssid.encode()) <= 32 or any(ord(ch) < 32 or ord(ch) == 127 for ch in ssid):
         raise c.fail("wifi.ssid", f"{ssid!r} is not a network name (1 to 32 bytes, no control characters)")

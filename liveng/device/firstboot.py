@@ -62,7 +62,7 @@ def check(s: Settings, system: System, source: str, sources: dict[str, str] | No
         if not _wifi_support(system):
             raise fail("wifi", "this image has no Wi-Fi support (wpasupplicant): Raspberry Pi images have it; for a "
                        "PC add wpasupplicant and the Wi-Fi chip's firmware to the recipe's packages")
-        if not s.wifi.key_given and _kept_psk(system, s.wifi.ssid) is None:
+        if s.wifi.ssid is not None and not s.wifi.key_given and _kept_psk(system, s.wifi.ssid) is None:
             raise fail("wifi.passphrase", f"is missing for the network {s.wifi.ssid!r} (\"\" for an open network)")
     if settings.ssh_wanted(s) and not system.exists("usr/sbin/sshd"):
         raise fail("ssh", "this image has no SSH server (openssh-server)")
@@ -132,14 +132,20 @@ def _timezone(zone: str, system: System) -> None:
 def _wifi(s: Settings, system: System) -> None:
     wifi = s.wifi
     assert wifi is not None
-    if not wifi.key_given:
-        psk = _kept_psk(system, wifi.ssid)
+    _write(system, configfiles.REGDOM_PATH, configfiles.regdom_text(wifi.country))
+    conf = system.path(configfiles.WIFI_CONF_PATH)
+    if wifi.ssid is None:
+        # The country only: a network set up before stays.
+        text = configfiles.with_country(conf.read_text(), wifi.country) if conf.is_file() else \
+            configfiles.wifi_text(wifi, None)
+    elif not wifi.key_given:
+        text = configfiles.wifi_text(wifi, _kept_psk(system, wifi.ssid))
     else:
         psk = configfiles.wifi_key(wifi)
         if psk is not None:
             settingsfiles.keep_psk(system.kept, wifi.ssid, psk)
-    _write(system, configfiles.REGDOM_PATH, configfiles.regdom_text(wifi.country))
-    if _write(system, configfiles.WIFI_CONF_PATH, configfiles.wifi_text(wifi, psk), 0o600) and system.live:
+        text = configfiles.wifi_text(wifi, psk)
+    if _write(system, configfiles.WIFI_CONF_PATH, text, 0o600) and system.live:
         # Interfaces already up take the new network; at boot none is up yet (they wait for this service).
         for iface in sorted(p.parent.name for p in Path("/sys/class/net").glob("*/wireless")):
             system.run(["systemctl", "try-restart", "--no-block", f"wpa_supplicant@{iface}.service"], None)

@@ -93,6 +93,12 @@ def merge(parts: list[Translation]) -> Translation:
             if key != "users" and key not in out.data:
                 out.data[key] = part.data[key]
                 out.sources[key] = part.sources.get(key, "")
+        # A country alone (cmdline.txt's regulatory domain) does not hide a network a lower source gives: that
+        # network is joined, under the higher source's country.
+        wifi = part.data.get("wifi")
+        if wifi and "ssid" in wifi and "ssid" not in out.data["wifi"]:
+            out.data["wifi"] = {**wifi, "country": out.data["wifi"]["country"]}
+            out.sources["wifi"] = part.sources.get("wifi", "")
         for i, user in enumerate(part.data.get("users") or []):
             if isinstance(user, dict) and user.get("name") not in names:
                 names[user["name"]] = len(names)

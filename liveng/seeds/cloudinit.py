@@ -61,6 +61,7 @@ def from_cloud_init(user_data: str | None, network_config: str | None = None, me
     if network_config is not None and network_config.strip():
         document = miniyaml.parse(network_config, names["network-config"])
         network.translate(b, Seed(b, names["network-config"], document.lines), document.value, boot)
+    network.country_only(b, boot)
     b.instance_id = meta.instance_id or boot.instance_id
     return b.finish([(names["user-data"], user_data), (names["network-config"], network_config),
                      (names["meta-data"], meta_data), (names["cmdline.txt"], " ".join(boot.relevant) or None)])

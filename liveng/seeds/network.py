@@ -51,6 +51,15 @@ def kernel(cmdline: str | None, file: str) -> Kernel:
     return out
 
 
+def country_only(b: Builder, boot: Kernel) -> None:
+    """Without a Wi-Fi network, cmdline.txt's regulatory domain is the country alone (Imager writes it so when the
+    customisation names a country but no network)."""
+    if "wifi" not in b.data and boot.regdom is not None:
+        b.data["wifi"] = {"country": boot.regdom.strip().upper()}
+        b.sources["wifi"] = boot.where["regdom"][0]
+        b.where["wifi"] = b.where["wifi.country"] = boot.where["regdom"]
+
+
 def country(seed: Seed, path: Path, value: Any) -> str:
     # Imager writes the code as the user picked it, also in lower case on the kernel command line.
     return seed.text(path, value).strip().upper()

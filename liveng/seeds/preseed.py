@@ -66,6 +66,7 @@ def from_preseed(text: str, cmdline: str | None = None, *, path: str = "rpi-pres
             seed.ignore(("system", key))
     if "wlan" in doc:
         _wlan(b, seed, seed.table(("wlan",), doc["wlan"]), boot)
+    network.country_only(b, boot)
     _locale(b, seed, seed.table(("locale",), doc.get("locale", {})))
     if isinstance(doc.get("connect"), dict) and "token" in doc["connect"]:
         seed.secret(("connect", "token"))
@@ -130,6 +131,13 @@ def _ssh(b: Builder, seed: Seed, ssh: dict[str, Any], user: tuple[dict[str, Any]
 def _wlan(b: Builder, seed: Seed, wlan: dict[str, Any], boot: network.Kernel) -> None:
     if "password" in wlan:
         seed.secret(("wlan", "password"))
+    if "ssid" not in wlan and "ssid_hex" not in wlan and "country" in wlan:
+        b.data["wifi"] = {"country": network.country(seed, ("wlan", "country"), wlan["country"])}
+        b.sources["wifi"], b.where["wifi.country"] = seed.file, seed.at(("wlan", "country"))
+        for key in wlan:
+            if key != "country":
+                seed.ignore(("wlan", key), "no network (ssid) is given")
+        return
     if "ssid_hex" in wlan:
         raw = seed.text(("wlan", "ssid_hex"), wlan["ssid_hex"])
         try:

@@ -310,3 +310,18 @@ def test_imager_settings_key_nopasswd_groups_and_country(tmp_path: Path) -> None
     (root / "usr/bin/sudo").unlink()
     with pytest.raises(SettingsError, match=r"users\[0\]\.sudo_nopasswd: this image has no sudo"):
         firstboot.check(settings.loads('[[users]]\nname = "x"\nsudo_nopasswd = true', "f"), sys2, "f")
+
+
+def test_a_country_alone_keeps_the_network(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    sys_, _ = system(root)
+    firstboot.apply(settings.loads('[wifi]\ncountry = "FR"', "f"), sys_)
+    assert (root / configfiles.WIFI_CONF_PATH).read_text().endswith("country=FR\n")  # no network block
+    assert "network=" not in (root / configfiles.WIFI_CONF_PATH).read_text()
+    firstboot.apply(settings.loads(GOOD, "f"), sys_)
+    firstboot.apply(settings.loads('[wifi]\ncountry = "AT"', "f"), sys_)
+    conf = (root / configfiles.WIFI_CONF_PATH).read_text()
+    assert "country=AT" in conf and f"psk={configfiles.wifi_psk('home', 'very secret')}" in conf
+    assert (root / configfiles.REGDOM_PATH).read_text().endswith("ieee80211_regdom=AT\n")
+    with pytest.raises(SettingsError, match=r"wifi\.ssid: is missing: passphrase is for a network"):
+        settings.loads('[wifi]\ncountry = "AT"\npassphrase = "12345678"', "f")

@@ -461,3 +461,16 @@ def test_the_package_stays_within_the_standard_library() -> None:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top == "__future__" or name in (
                     "liveng", "liveng.settings") or name.startswith("liveng.seeds"), f"{path.name} imports {name}"
+
+
+def test_a_country_without_a_network() -> None:
+    """Imager puts the country on cmdline.txt alone when the customisation names no network."""
+    t = from_cloud_init(UD + "hostname: a\n", None, "instance-id: i\n", "quiet cfg80211.ieee80211_regdom=gb")
+    assert t.data["wifi"] == {"country": "GB"} and t.sources["wifi"] == "cmdline.txt"
+    assert valid(t).wifi == settings.Wifi("GB", None)
+    assert preseed('[wlan]\ncountry = "fr"\nhidden = false\n').data["wifi"] == {"country": "FR"}
+    assert preseed("", "cfg80211.ieee80211_regdom=AT").data["wifi"] == {"country": "AT"}
+    # A lower source's network is still joined, under the higher source's country.
+    network = f"version: 2\nwifis: {{w: {{regulatory-domain: DE, access-points: {{N: {{password: '{PSK}'}}}}}}}}\n"
+    t = merge([preseed("", "cfg80211.ieee80211_regdom=AT"), net(network)])
+    assert t.data["wifi"] == {"country": "AT", "ssid": "N", "psk": PSK}

@@ -157,7 +157,7 @@ def test_wifi_configuration() -> None:
     assert configfiles.wifi_psk("IEEE", "password") == \
         "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
     wifi = settings.Wifi("DE", 'My "Net"', "correct horse", hidden=True)
-    psk = configfiles.wifi_psk(wifi.ssid, "correct horse")
+    psk = configfiles.wifi_psk('My "Net"', "correct horse")
     conf = configfiles.wifi_text(wifi, psk)
     assert "country=DE" in conf and "ssid=" + b'My "Net"'.hex() in conf and "scan_ssid=1" in conf
     assert f"psk={psk}" in conf and "correct horse" not in conf
