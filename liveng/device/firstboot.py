@@ -7,8 +7,7 @@ reads them all; when they differ from what was last applied:
 
 1. all of it is translated into one Settings and checked (the schema in liveng/settings.py, then what
    only this system can tell: the time zone exists, sudo is installed, a user name is not a system
-   account...). Any
-   error: nothing is applied, the reason goes to the console, the journal and
+   account...). Any error: nothing is applied, the reason goes to the console, the journal and
    liveng-settings-error.txt on p1, and the boot goes on;
 2. everything is applied, each file replaced whole (temporary name, fsync, rename);
 3. the applied state reaches p7 (sync), and only then are the files on p1 replaced by copies without

@@ -69,7 +69,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         packed = made[0]
         log.info("ready to ship in %.1f s: %s (%d MiB), %s, %s", time.monotonic() - start, made[0],
                  made[0].stat().st_size // (1 << 20), made[1].name, made[2].name)
-    _imager_manifest(ctx.output, packed, ctx.image_info())
+    if not args.no_imager_manifest:
+        _imager_manifest(ctx.output, packed, ctx.image_info())
     return 0
 
 
@@ -186,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
     p.add_argument("--compress", choices=["zstd", "xz"],
                    help="also write IMAGE.zst or IMAGE.xz, IMAGE.bmap and their SHA-256 sums, ready to ship")
+    p.add_argument("--no-imager-manifest", action="store_true",
+                   help="do not write IMAGE.rpi-imager-manifest (it reads the whole image for its SHA-256)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("run", help="boot an image in QEMU with the console on this terminal")

@@ -94,7 +94,8 @@ def build_image(workdir: Path, suite: str, name: str, compression: str = "none",
         if not image.exists():
             recipe.write_text(recipe_text(suite, compression, target, extra))
             # A cached rootfs however old: the mirror's updates are not what the boot tests test.
-            assert main(["build", str(recipe), "-o", str(image), "--cached-rootfs"]) == 0
+            # No Imager manifest: its SHA-256 of the whole image costs seconds per build (unit-tested instead).
+            assert main(["build", str(recipe), "-o", str(image), "--cached-rootfs", "--no-imager-manifest"]) == 0
     return image
 
 
