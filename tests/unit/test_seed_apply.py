@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from liveng import configfiles, layout
-from liveng.device import firstboot
+from liveng.device import firstboot, runner, seedfiles
 from liveng.host import customize, recipe, rootfs
 from liveng.seeds import REMOVED, from_cloud_init, from_preseed, miniyaml, redact
 from liveng.settings import SettingsError
@@ -174,3 +174,19 @@ def test_check_reads_what_the_boot_reads_and_applies_nothing(tmp_path: Path, p1:
     (p1.path / "user-data").write_text("#cloud-config\nusers:\n- name: daemon\n")
     with pytest.raises(SettingsError, match=r"^user-data: users\[0\]\.name: 'daemon' is a system account"):
         firstboot.check_file(None, sys_)
+
+
+def test_the_seed_disk_is_found_by_its_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def blkid(argv: list[str], input_text: str | None = None) -> str:
+        asked.append(argv)
+        if argv[-1] == "LABEL=cidata":
+            return "/dev/vdb\n"
+        raise runner.DeviceError("blkid failed (2)")
+
+    monkeypatch.setattr(runner, "run", blkid)
+    assert seedfiles.seed_disk() == Path("/dev/vdb")
+    assert asked[0] == ["blkid", "-c", "/dev/null", "-o", "device", "-t", "LABEL=CIDATA"]
+    monkeypatch.setattr(runner, "run", lambda argv, input_text=None: (_ for _ in ()).throw(runner.DeviceError("2")))
+    assert seedfiles.seed_disk() is None
