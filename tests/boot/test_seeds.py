@@ -119,6 +119,7 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         print(f"reboot 1 (Imager 2.x files and the seed disk), power-on to shell: {vm.reboot():.1f} s")
         assert vm.sh("systemctl show -P Result liveng-settings.service") == "success"
         print(vm.sh("journalctl -b -o cat -u liveng-settings | grep liveng: || true"))
+        print("liveng-settings.service:", vm.sh("systemd-analyze blame | grep liveng-settings || true"))
         assert vm.sh("hostname") == "liveng-pi"  # p1's user-data over the seed disk's host name
         assert vm.sh("readlink /etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
         assert 'XKBLAYOUT="de"' in vm.sh("cat /etc/default/keyboard")
@@ -136,7 +137,9 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         user_data, network_config = p1_text(vm, part, "user-data"), p1_text(vm, part, "network-config")
         assert "$y$" not in user_data and pi_hash not in user_data and PSK not in network_config
         assert "removed by liveng" in user_data and "hostname: liveng-pi" in user_data
-        assert "unchanged" in vm.sh("liveng settings apply")
+        out = vm.sh("time liveng settings apply")
+        print(out)
+        assert "unchanged" in out
 
         # Imager 1.8: the users: form, the keyboard by localectl, the country on cmdline.txt only.
         hash_18 = yescrypt("pi18-password")
