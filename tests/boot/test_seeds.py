@@ -6,7 +6,8 @@ in place of its blank second disk, and rebooted twice:
 - p1 gets user-data, meta-data, network-config and cmdline.txt in the shape Imager 2.x writes them (user pi
   with a yescrypt hash, an ed25519 key and NOPASSWD sudo, host name, time zone, keyboard, Wi-Fi with a hex
   PSK and a country). Reboot 1: ssh with the key works, sudo works, host name, time zone, keyboard and the
-  Wi-Fi configuration are set, the hash and the key are gone from p1; the seed disk's user came too.
+  Wi-Fi configuration (and the kernel's regulatory domain) are set, the hash and the key are gone from p1;
+  the seed disk's user came too.
 - In the running system (the same code the boot runs, `liveng settings apply`): Imager 1.8's `users:` form,
   then rpi-preseed.toml as Imager 2.0.11 writes it, then the seed disk alone (its host name).
 - A malformed user-data, reboot 2: the boot reaches its login prompt, nothing is applied, the reason is on
@@ -126,6 +127,8 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         conf = wifi_conf(vm)
         assert f"ssid={b'HomeNet'.hex()}" in conf and f"psk={PSK}" in conf and "country=DE" in conf
         assert vm.sh("cat /etc/modprobe.d/liveng-wifi-country.conf").endswith("ieee80211_regdom=DE")
+        # The kernel takes it: cfg80211 loaded now reads its regulatory domain from there (no cmdline.txt).
+        assert vm.sh("modprobe cfg80211 && cat /sys/module/cfg80211/parameters/ieee80211_regdom") == "DE"
         vm.sh("timeout 120 sh -c 'until systemctl is-active -q ssh.service; do sleep 1; done'")
         result = ssh_key(port, tmp_path / "key", "pi", "id -un; id -nG; sudo -n id -u; hostname")
         assert result.returncode == 0, result.stderr
