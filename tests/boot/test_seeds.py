@@ -118,6 +118,7 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
             "cmdline.txt": fixture("imager-2.x", "cmdline.txt", pi_hash, key),
         })
         print(f"reboot 1 (Imager 2.x files and the seed disk), power-on to shell: {vm.reboot():.1f} s")
+        vm.sh(golden.SETTLE, timeout=900)  # liveng-boot-ok has mounted p1 and let it go again
         assert vm.sh("systemctl show -P Result liveng-settings.service") == "success"
         print(vm.sh("journalctl -b -o cat -u liveng-settings | grep liveng: || true"))
         print("liveng-settings.service:", vm.sh("systemd-analyze blame | grep liveng-settings || true"))
@@ -191,6 +192,7 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         put_p1(vm, part, {"user-data": bad})
         mark = log.stat().st_size
         print(f"reboot 2 (malformed user-data), power-on to shell: {vm.reboot():.1f} s")
+        vm.sh(golden.SETTLE, timeout=900)
         assert vm.sh("hostname") == "vm-from-seed"
         assert vm.sh("getent passwd intruder || echo none") == "none"
         assert vm.sh("systemctl show -P Result liveng-settings.service") == "exit-code"
