@@ -27,6 +27,11 @@ KEYBOARD_PATH = "etc/default/keyboard"
 # wlx<MAC> for a USB stick): a drop-in points Debian's wpa_supplicant@.service at it.
 WIFI_CONF_PATH = "etc/wpa_supplicant/liveng-wifi.conf"
 SSHD_DROPIN_PATH = "etc/ssh/sshd_config.d/liveng.conf"
+# The Wi-Fi country as the kernel's regulatory domain when cfg80211 loads (wpa_supplicant's country= sets it
+# again when it starts): the Pi's firmware puts cmdline.txt's cfg80211.ieee80211_regdom= on the kernel command
+# line, but liveng boots through U-Boot and GRUB, which never read cmdline.txt.
+REGDOM_PATH = "etc/modprobe.d/liveng-wifi-country.conf"
+SUDOERS_DIR = "etc/sudoers.d"
 SSH_UNIT = "ssh.service"
 
 
@@ -60,16 +65,39 @@ def keyboard_text(keyboard: str) -> str:
             f'XKBVARIANT="{variant}"\nXKBOPTIONS=""\n\nBACKSPACE="guess"\n')
 
 
+def regdom_text(country: str) -> str:
+    return f"# Written by liveng from its settings (wifi.country).\noptions cfg80211 ieee80211_regdom={country}\n"
+
+
+def nopasswd_path(user: str) -> str:
+    """The sudoers drop-in of a user with sudo_nopasswd (user names have no '.', which sudo would skip)."""
+    return f"{SUDOERS_DIR}/liveng-nopasswd-{user}"
+
+
+def nopasswd_text(user: str) -> str:
+    return f"# Written by liveng from its settings (sudo_nopasswd).\n{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
+
+def wifi_key(wifi: Wifi) -> str | None:
+    """The WPA key the settings give (the psk itself, or derived from the passphrase); None: open or not given."""
+    if wifi.psk is not None:
+        return wifi.psk
+    return wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase and wifi.ssid is not None else None
+
+
 def wifi_psk(ssid: str, passphrase: str) -> str:
     """WPA's pre-shared key (what wpa_passphrase prints): the passphrase itself is not stored."""
     return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
 
 
 def wifi_text(wifi: Wifi, psk: str | None) -> str:
-    """wpa_supplicant's configuration. ``psk``: 64 hex digits, or None for an open network."""
+    """wpa_supplicant's configuration. ``psk``: 64 hex digits, or None for an open network (or none at all:
+    a Wifi without ssid gives the country only)."""
     lines = ["# Written by liveng from its settings. The passphrase is stored only as its WPA key.",
-             "ctrl_interface=DIR=/run/wpa_supplicant GROUP=netdev", "update_config=0", f"country={wifi.country}",
-             "", "network={",
+             "ctrl_interface=DIR=/run/wpa_supplicant GROUP=netdev", "update_config=0", f"country={wifi.country}"]
+    if wifi.ssid is None:
+        return "\n".join(lines) + "\n"
+    lines += ["", "network={",
              # Hex: any network name, quotes and all, without escaping rules.
              f"\tssid={wifi.ssid.encode().hex()}"]
     if wifi.hidden:
@@ -85,6 +113,14 @@ def wifi_text(wifi: Wifi, psk: str | None) -> str:
 
 _PSK_LINE = re.compile(r"^\s*psk=([0-9a-f]{64})\s*$", re.M)
 _SSID_LINE = re.compile(r"^\s*ssid=([0-9a-f]+)\s*$", re.M)
+
+
+_COUNTRY_LINE = re.compile(r"^country=.*$", re.M)
+
+
+def with_country(conf: str, country: str) -> str:
+    """A configuration written by wifi_text with another country, its network kept."""
+    return _COUNTRY_LINE.sub(f"country={country}", conf, count=1)
 
 
 def existing_psk(conf: str, ssid: str) -> str | None:

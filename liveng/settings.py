@@ -17,8 +17,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 # Secrets: applied, then removed from the file on p1 (they stay only in their hashed or derived form
-# in the system: /etc/shadow, the Wi-Fi PSK).
-SECRET_KEYS = ("password_hash", "passphrase")
+# in the system: /etc/shadow, the Wi-Fi PSK). A WPA key (psk) opens the network as the passphrase does.
+SECRET_KEYS = ("password_hash", "passphrase", "psk")
 
 HOSTNAME_RE = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -29,6 +29,8 @@ LOCALE_RE = re.compile(r"^(C|POSIX|C\.UTF-8|[a-z]{2,3}(_[A-Z]{2})?(\.[A-Za-z0-9-
 # An XKB layout, optionally with its variant in XKB's own notation: "de", "de(nodeadkeys)".
 KEYBOARD_RE = re.compile(r"^([a-z]{2,12})(\(([a-z0-9_-]{1,32})\))?$")
 COUNTRY_RE = re.compile(r"^([A-Z]{2}|00)$")
+# WPA's pre-shared key as wpa_passphrase prints it (what Raspberry Pi Imager writes instead of the passphrase).
+PSK_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 # Locales glibc has built in: they work in every image, without the locales package.
 BUILTIN_LOCALES = ("C", "POSIX", "C.UTF-8")
@@ -114,15 +116,26 @@ class User:
     password_hash: str | None = None
     ssh_keys: tuple[str, ...] = ()
     sudo: bool = False
+    # sudo without the user's password (Raspberry Pi OS's default user has it): implies sudo.
+    sudo_nopasswd: bool = False
+    # Supplementary groups besides sudo (video, dialout...); those the system lacks are skipped, and said so.
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Wifi:
     country: str
-    ssid: str
+    ssid: str | None  # None: the country (the radio rules) only, no network (Imager's cmdline.txt can say that)
     # None: not given (p1 after the secret was removed: the network keeps the key it has); "": open network.
     passphrase: str | None = None
     hidden: bool = False
+    # The WPA key itself (64 hex digits), instead of a passphrase.
+    psk: str | None = None
+
+    @property
+    def key_given(self) -> bool:
+        """Whether the settings say how to join (a passphrase, a key, or "" for an open network)."""
+        return self.passphrase is not None or self.psk is not None
 
 
 @dataclass(frozen=True)
@@ -184,7 +197,7 @@ def parse_fields(c: Checker, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _user(c: Checker, key: str, table: dict[str, Any]) -> User:
-    c.unknown(table, {"name", "password_hash", "ssh_keys", "sudo"}, key)
+    c.unknown(table, {"name", "password_hash", "ssh_keys", "sudo", "sudo_nopasswd", "groups"}, key)
     if "name" not in table:
         raise c.fail(f"{key}.name", "is missing")
     name = c.pattern(f"{key}.name", table["name"], USER_RE, "a valid user name")
@@ -200,16 +213,32 @@ def _user(c: Checker, key: str, table: dict[str, Any]) -> User:
             c.pattern(f"{key}.ssh_keys[{i}]", k, SSH_KEY_RE, "an OpenSSH public key line (the content of "
                       "~/.ssh/id_ed25519.pub)")
     sudo = c.boolean(f"{key}.sudo", table["sudo"]) if "sudo" in table else False
-    return User(name=name, password_hash=password_hash, ssh_keys=keys, sudo=sudo)
+    nopasswd = c.boolean(f"{key}.sudo_nopasswd", table["sudo_nopasswd"]) if "sudo_nopasswd" in table else False
+    if nopasswd and "sudo" in table and not sudo:
+        raise c.fail(f"{key}.sudo_nopasswd", "needs sudo: remove sudo = false, or set sudo_nopasswd = false")
+    groups: list[str] = []
+    for i, group in enumerate(c.strings(f"{key}.groups", table["groups"]) if "groups" in table else ()):
+        c.pattern(f"{key}.groups[{i}]", group, USER_RE, "a valid group name")
+        if group == "sudo":
+            sudo = True  # the sudo group is what sudo = true gives
+        elif group not in groups:
+            groups.append(group)
+    return User(name=name, password_hash=password_hash, ssh_keys=keys, sudo=sudo or nopasswd, sudo_nopasswd=nopasswd,
+                groups=tuple(groups))
 
 
 def _wifi(c: Checker, table: dict[str, Any]) -> Wifi:
-    c.unknown(table, {"country", "ssid", "passphrase", "hidden"}, "wifi")
-    for required in ("country", "ssid"):
-        if required not in table:
-            raise c.fail(f"wifi.{required}", "is missing")
+    c.unknown(table, {"country", "ssid", "passphrase", "psk", "hidden"}, "wifi")
+    if "country" not in table:
+        raise c.fail("wifi.country", "is missing")
     country = c.pattern("wifi.country", table["country"], COUNTRY_RE,
                         "a two-letter country code in capitals, like \"DE\" or \"GB\" (it sets the radio rules)")
+    if "ssid" not in table:
+        for key in ("passphrase", "psk", "hidden"):
+            if key in table:
+                raise c.fail("wifi.ssid", f"is missing: {key} is for a network (without ssid, [wifi] sets the "
+                             "country only)")
+        return Wifi(country=country, ssid=None)
     ssid = c.string("wifi.ssid", table["ssid"])
     if not 1 <= len(ssid.encode()) <= 32 or any(ord(ch) < 32 or ord(ch) == 127 for ch in ssid):
         raise c.fail("wifi.ssid", f"{ssid!r} is not a network name (1 to 32 bytes, no control characters)")
@@ -219,8 +248,14 @@ def _wifi(c: Checker, table: dict[str, Any]) -> Wifi:
         if passphrase and not (8 <= len(passphrase) <= 63 and all(32 <= ord(ch) < 127 for ch in passphrase)):
             raise c.fail("wifi.passphrase", "must be 8 to 63 printable ASCII characters (WPA2/WPA3 personal), "
                          "or \"\" for an open network")
+    psk = None
+    if "psk" in table:
+        if passphrase is not None:
+            raise c.fail("wifi.psk", "give the passphrase or the key (psk), not both")
+        psk = c.pattern("wifi.psk", table["psk"], PSK_RE, "a WPA key (64 hexadecimal digits, as wpa_passphrase "
+                        "prints it); for the passphrase itself use wifi.passphrase", secret=True).lower()
     hidden = c.boolean("wifi.hidden", table["hidden"]) if "hidden" in table else False
-    return Wifi(country=country, ssid=ssid, passphrase=passphrase, hidden=hidden)
+    return Wifi(country=country, ssid=ssid, passphrase=passphrase, hidden=hidden, psk=psk)
 
 
 def parse(data: dict[str, Any], path: str) -> Settings:

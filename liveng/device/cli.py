@@ -315,12 +315,14 @@ def _parser() -> argparse.ArgumentParser:
                                                 "cleanly (run by liveng-shutdown.service)")
     p.set_defaults(func=cmd_prepare_shutdown)
 
-    st = sub.add_parser("settings", help="the settings file on the boot partition (liveng-settings.toml)")
+    st = sub.add_parser("settings", help="the settings on the boot partition (liveng-settings.toml, Raspberry Pi "
+                                         "Imager's rpi-preseed.toml or cloud-init files) and a NoCloud seed disk")
     stsub = st.add_subparsers(dest="settings_command", required=True)
-    p = stsub.add_parser("apply", help="apply it if it changed (run at every boot by liveng-settings.service)")
-    p.add_argument("--force", action="store_true", help="apply it even if it has not changed")
+    p = stsub.add_parser("apply", help="apply them if they changed (run at every boot by liveng-settings.service)")
+    p.add_argument("--force", action="store_true", help="apply them even if they have not changed")
     p.set_defaults(func=cmd_settings_apply)
-    p = stsub.add_parser("check", help="check it (or FILE) against this system; apply nothing")
+    p = stsub.add_parser("check", help="check the settings on the boot partition and a seed disk (or FILE, a "
+                         "liveng-settings.toml) against this system; apply nothing")
     p.add_argument("file", nargs="?", type=Path)
     p.set_defaults(func=cmd_settings_check)
 

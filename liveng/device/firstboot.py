@@ -1,16 +1,18 @@
-"""liveng settings apply: the settings file on p1, applied at boot by liveng-settings.service.
+"""liveng settings apply: the settings on p1 (and a seed disk), applied at boot by liveng-settings.service.
 
-The owner edits liveng-settings.toml on the FAT boot partition from any computer. At every boot the
-service reads it; when it differs from what was last applied:
+The owner edits liveng-settings.toml on the FAT boot partition from any computer, or Raspberry Pi Imager
+writes its OS customisation there (rpi-preseed.toml, or cloud-init's user-data, network-config and
+meta-data), or a VM gets a cloud-init NoCloud seed disk (seedfiles, liveng.seeds). At every boot the service
+reads them all; when they differ from what was last applied:
 
-1. the whole file is checked (the schema in liveng/settings.py, then what only this system can
-   tell: the time zone exists, sudo is installed, a user name is not a system account...). Any
-   error: nothing is applied, the reason goes to the console, the journal and
+1. all of it is translated into one Settings and checked (the schema in liveng/settings.py, then what
+   only this system can tell: the time zone exists, sudo is installed, a user name is not a system
+   account...). Any error: nothing is applied, the reason goes to the console, the journal and
    liveng-settings-error.txt on p1, and the boot goes on;
 2. everything is applied, each file replaced whole (temporary name, fsync, rename);
-3. the applied state reaches p7 (sync), and only then is the file on p1 replaced by a copy without
-   its secrets (password hashes, Wi-Fi passphrase);
-4. the digest of that copy is recorded in the delta (STATE_PATH), so the next boot leaves it alone.
+3. the applied state reaches p7 (sync), and only then are the files on p1 replaced by copies without
+   their secrets (password hashes, Wi-Fi passphrase or key; a seed disk is never written);
+4. the digest of those copies is recorded in the delta (STATE_PATH), so the next boot leaves it alone.
 
 A power cut between the steps repeats the work at the next boot: every step can run twice. The
 record lives in the delta, so after a factory reset the file (now without its secrets) is applied
@@ -21,75 +23,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from liveng import boundedread, configfiles, layout, settings
-from liveng.device import bootstate, runner, settingsfiles, userfiles
+from liveng.device import bootstate, seedfiles, settingsfiles, settingsusers
+from liveng.device.settingsusers import System as System  # the type callers and tests name
 from liveng.durable import fsync_dir
-from liveng.settings import Settings, SettingsError, User
+from liveng.settings import Settings, SettingsError
 
 STATE_PATH = "var/lib/liveng/settings.json"
-SUDO_GROUP = "sudo"
-FIRST_UID = 1000  # below: Debian's system accounts, which the settings may not take over
 DEVICE_WAIT = 15.0  # seconds for udev to show p1 early in the boot
-
-Runner = Callable[[list[str], str | None], str]
-
-
-def _run(argv: list[str], input_text: str | None = None) -> str:
-    return runner.run(argv, input_text)
+_write = settingsusers.write
 
 
-@dataclass
-class System:
-    """Where settings are applied: the running system (root /, live) or a directory in a test."""
-
-    root: Path = Path("/")
-    run: Runner = _run
-    live: bool = True  # set the host name now, start and stop services
-    kept: Path | None = None  # liveng's directory on p7, outside the delta (settingsfiles)
-    changes: list[str] = field(default_factory=list)
-
-    def path(self, rel: str) -> Path:
-        return self.root / rel
-
-    def exists(self, *rels: str) -> bool:
-        return any(self.path(r).exists() for r in rels)
-
-
-@dataclass(frozen=True)
-class Account:
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
-def accounts(system: System) -> dict[str, Account]:
-    found = {}
-    passwd = system.path("etc/passwd")
-    for line in passwd.read_text().splitlines() if passwd.exists() else []:
-        f = line.split(":")
-        if len(f) >= 6 and f[2].isdigit() and f[3].isdigit():
-            found[f[0]] = Account(f[0], int(f[2]), int(f[3]), f[5])
-    return found
-
-
-def groups(system: System) -> set[str]:
-    group = system.path("etc/group")
-    return {line.split(":")[0] for line in group.read_text().splitlines()} if group.exists() else set()
-
-
-def check(s: Settings, system: System, source: str) -> None:
-    """What only this system can tell; raises SettingsError naming the file and the key."""
+def check(s: Settings, system: System, source: str, sources: dict[str, str] | None = None) -> None:
+    """What only this system can tell; raises SettingsError naming the file (``sources``: the file each
+    top-level key came from, "users[N]" for each user) and the key."""
     def fail(key: str, message: str) -> SettingsError:
-        return SettingsError(f"{source}: {key}: {message}")
+        top = re.match(r"^(users\[\d+\]|[a-z_]+)", key)
+        return SettingsError(f"{(sources or {}).get(top.group(1) if top else key, source)}: {key}: {message}")
 
     if s.timezone is not None and not system.path(f"{configfiles.ZONEINFO_DIR}/{s.timezone}").is_file():
         raise fail("timezone", f"{s.timezone!r} is not a time zone this system knows (timedatectl list-timezones)")
@@ -100,27 +58,14 @@ def check(s: Settings, system: System, source: str) -> None:
         if _supported_line(system, s.locale) is None:
             raise fail("locale", f"{s.locale!r} is not a locale glibc supports (/{configfiles.SUPPORTED_LOCALES_PATH})")
     if s.wifi is not None:
-        if not system.exists("usr/sbin/wpa_supplicant", "sbin/wpa_supplicant"):
+        if not _wifi_support(system):
             raise fail("wifi", "this image has no Wi-Fi support (wpasupplicant): Raspberry Pi images have it; for a "
                        "PC add wpasupplicant and the Wi-Fi chip's firmware to the recipe's packages")
-        if s.wifi.passphrase is None and _kept_psk(system, s.wifi.ssid) is None:
+        if s.wifi.ssid is not None and not s.wifi.key_given and _kept_psk(system, s.wifi.ssid) is None:
             raise fail("wifi.passphrase", f"is missing for the network {s.wifi.ssid!r} (\"\" for an open network)")
     if settings.ssh_wanted(s) and not system.exists("usr/sbin/sshd"):
         raise fail("ssh", "this image has no SSH server (openssh-server)")
-    known = accounts(system)
-    for i, user in enumerate(s.users):
-        account = known.get(user.name)
-        if account is not None and account.uid != 0 and account.uid < FIRST_UID:
-            raise fail(f"users[{i}].name", f"{user.name!r} is a system account: choose another name")
-        if account is None and user.name in groups(system):
-            raise fail(f"users[{i}].name", f"{user.name!r} is the name of a group on this system: choose another "
-                       "name")
-        if user.sudo and SUDO_GROUP not in groups(system):
-            raise fail(f"users[{i}].sudo", "this image has no sudo: build it with sudo in the recipe's packages")
-        if account is not None and user.ssh_keys:
-            problem = userfiles.unsafe(system.root, account.home, account.uid)
-            if problem:
-                raise fail(f"users[{i}].ssh_keys", problem)
+    settingsusers.check(s.users, system, fail)
 
 
 def _supported_line(system: System, locale: str) -> str | None:
@@ -134,18 +79,6 @@ def _kept_psk(system: System, ssid: str) -> str | None:
     conf = system.path(configfiles.WIFI_CONF_PATH)
     psk = configfiles.existing_psk(conf.read_text(), ssid) if conf.exists() else None
     return psk or settingsfiles.kept_psk(system.kept, ssid)  # after a reset: from p7, outside the delta
-
-
-def _write(system: System, rel: str, text: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
-    """Replace one file whole; False when it already had this content (nothing to do)."""
-    path = system.path(rel)
-    data = text.encode()
-    if path.is_file() and not path.is_symlink() and path.read_bytes() == data and owner is None:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bootstate.write_atomic(path, data, mode=mode, owner=owner)
-    system.changes.append(f"/{rel}")
-    return True
 
 
 def apply(s: Settings, system: System) -> list[str]:
@@ -166,7 +99,7 @@ def apply(s: Settings, system: System) -> list[str]:
     if s.keyboard is not None:
         _write(system, configfiles.KEYBOARD_PATH, configfiles.keyboard_text(s.keyboard))
     for user in s.users:
-        _user(user, system)
+        settingsusers.apply(user, system)
     if s.wifi is not None:
         _wifi(s, system)
     _ssh(s, system)
@@ -195,60 +128,23 @@ def _timezone(zone: str, system: System) -> None:
     _write(system, configfiles.TIMEZONE_PATH, zone + "\n")
 
 
-def _user(user: User, system: System) -> None:
-    account = accounts(system).get(user.name)
-    if account is None:
-        argv = ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group"]
-        if user.sudo:
-            argv += ["--groups", SUDO_GROUP]
-        system.run([*argv, user.name], None)
-        system.changes.append(f"user {user.name} added")
-    elif user.sudo and user.name != "root" and user.name not in _members(system, SUDO_GROUP):
-        system.run(["usermod", "--append", "--groups", SUDO_GROUP, user.name], None)
-        system.changes.append(f"user {user.name} in {SUDO_GROUP}")
-    if user.password_hash is not None:
-        # On stdin, not the command line (which any process can read).
-        system.run(["chpasswd", "--encrypted"], f"{user.name}:{user.password_hash}\n")
-        system.changes.append(f"password of {user.name}")
-    if user.ssh_keys:
-        _authorized_keys(user, system)
-
-
-def _members(system: System, group: str) -> set[str]:
-    path = system.path("etc/group")
-    for line in path.read_text().splitlines() if path.exists() else []:
-        f = line.split(":")
-        if f[0] == group and len(f) >= 4:
-            return {m for m in f[3].split(",") if m}
-    return set()
-
-
-def _authorized_keys(user: User, system: System) -> None:
-    account = accounts(system).get(user.name)
-    if account is None:
-        raise SettingsError(f"user {user.name} was not created (useradd)")
-    owner = (account.uid, account.gid)
-    # The user owns ~ and ~/.ssh: nothing in there is followed (userfiles).
-    with userfiles.user_dir(system.root, account.home, ".ssh", owner) as ssh_dir:
-        keys = f"{account.home.rstrip('/')}/.ssh/authorized_keys"
-        lines = userfiles.read_text(ssh_dir, "authorized_keys", keys).splitlines()
-        missing = [k for k in user.ssh_keys if k not in lines]
-        if missing:
-            userfiles.write_file(ssh_dir, "authorized_keys", ("\n".join(lines + missing) + "\n").encode(), 0o600,
-                                 owner)
-            system.changes.append(keys)
-
-
 def _wifi(s: Settings, system: System) -> None:
     wifi = s.wifi
     assert wifi is not None
-    if wifi.passphrase is None:
-        psk = _kept_psk(system, wifi.ssid)
+    _write(system, configfiles.REGDOM_PATH, configfiles.regdom_text(wifi.country))
+    conf = system.path(configfiles.WIFI_CONF_PATH)
+    if wifi.ssid is None:
+        # The country only: a network set up before stays.
+        text = configfiles.with_country(conf.read_text(), wifi.country) if conf.is_file() else \
+            configfiles.wifi_text(wifi, None)
+    elif not wifi.key_given:
+        text = configfiles.wifi_text(wifi, _kept_psk(system, wifi.ssid))
     else:
-        psk = configfiles.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
+        psk = configfiles.wifi_key(wifi)
         if psk is not None:
             settingsfiles.keep_psk(system.kept, wifi.ssid, psk)
-    if _write(system, configfiles.WIFI_CONF_PATH, configfiles.wifi_text(wifi, psk), 0o600) and system.live:
+        text = configfiles.wifi_text(wifi, psk)
+    if _write(system, configfiles.WIFI_CONF_PATH, text, 0o600) and system.live:
         # Interfaces already up take the new network; at boot none is up yet (they wait for this service).
         for iface in sorted(p.parent.name for p in Path("/sys/class/net").glob("*/wireless")):
             system.run(["systemctl", "try-restart", "--no-block", f"wpa_supplicant@{iface}.service"], None)
@@ -355,48 +251,67 @@ def boot_partition_allowed(system: System) -> bool:
 
 
 def _apply_from(system: System, force: bool) -> Outcome:
-    source = f"{layout.SETTINGS_PATH} on the boot partition"
     try:
-        raw, error_note = settingsfiles.read_boot_file()
+        p1, error_note = settingsfiles.read_boot_files(seedfiles.P1_FILES)
+        found = seedfiles.Found(p1, seedfiles.read_seed_disk(), error_note)
     except boundedread.ReadError as exc:
-        settingsfiles.note_error(now(), f"{source}: {exc.reason}")
-        raise SettingsError(f"{source}: {exc.reason}") from None
-    if raw is None:
-        return Outcome(False, f"no {layout.SETTINGS_PATH} on the boot partition: nothing to apply")
-    digest = settings.digest(raw)
-    state = read_state(system)
-    if state.get("digest") == digest and not force and not error_note:
-        return Outcome(False, f"{layout.SETTINGS_PATH} unchanged since {state.get('applied', '?')}")
-    try:
-        text, s = decode_file(raw, source)
-        check(s, system, source)
+        settingsfiles.note_error(now(), str(exc))
+        raise SettingsError(str(exc)) from None
     except SettingsError as exc:
         settingsfiles.note_error(now(), str(exc))
         raise
-    changes = apply(s, system)
+    if found.empty:
+        return Outcome(False, f"no {layout.SETTINGS_PATH}, rpi-preseed.toml or cloud-init seed (user-data...) on the "
+                       "boot partition and no seed disk: nothing to apply")
+    digest = found.digest()
+    state = read_state(system)
+    if state.get("digest") == digest and not force and not error_note:
+        return Outcome(False, f"the settings are unchanged since {state.get('applied', '?')}")
+    try:
+        t = seedfiles.translate(found)
+        if t.settings.wifi is not None and not _wifi_support(system) and \
+                t.translation.sources.get("wifi") != layout.SETTINGS_PATH:
+            # Imager offers Wi-Fi for every image (and fills in the computer's own network): not a reason to
+            # refuse the user and the key of a PC image.
+            t = seedfiles.without_wifi(t, "this image has no Wi-Fi support (wpasupplicant)")
+        check(t.settings, system, "the settings", t.translation.sources)
+    except SettingsError as exc:
+        settingsfiles.note_error(now(), str(exc))
+        raise
+    changes = apply(t.settings, system)
     os.sync()  # the applied settings are on p7 before the secrets leave p1
-    data = settings.decode(text, source)
-    secrets = settings.has_secrets(data)
-    if secrets or error_note:  # p1 is mounted writable only when there is something to write
+    fresh = seedfiles.redacted(found, t, f"applied {now()} and removed from this file")
+    if fresh or error_note:  # p1 is mounted writable only when there is something to write
         with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
-            if secrets:
-                redacted = settings.redact(text, f"applied {now()} and removed from this file")
-                settingsfiles.replace_wiping(boot, redacted.encode())
-                digest = settings.digest(redacted.encode())
+            for name, data in fresh.items():
+                settingsfiles.replace_wiping(boot, data, name)
             (boot / layout.SETTINGS_ERROR_PATH).unlink(missing_ok=True)
-    write_state(system, {"digest": digest, "applied": now(), "changes": changes})
+        found.p1.update(fresh)
+    write_state(system, {"digest": found.digest(), "applied": now(), "changes": changes})
     os.sync()
     what = ", ".join(changes) if changes else "nothing needed changing"
-    return Outcome(True, f"applied {layout.SETTINGS_PATH}: {what}")
+    files = sorted({f for f in t.translation.sources.values() if f})
+    report = "".join(f"\nliveng: note: {line}" for line in [*system.notes, *seedfiles.report(t)])
+    return Outcome(True, f"applied {', '.join(files) or 'the settings'}: {what}{report}")
+
+
+def _wifi_support(system: System) -> bool:
+    return system.exists("usr/sbin/wpa_supplicant", "sbin/wpa_supplicant")
 
 
 def check_file(path: Path | None, system: System | None = None) -> Settings:
     """Check a settings file (or p1's) against the schema and this system; apply nothing."""
     system = system or System(live=False)
-    if path is None:
-        with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
-            raw = (boot / layout.SETTINGS_PATH).read_bytes()
-        source = f"{layout.SETTINGS_PATH} on the boot partition"
+    if path is None:  # all of p1's sources and a seed disk, as the boot reads them
+        try:
+            p1, _ = settingsfiles.read_boot_files(seedfiles.P1_FILES)
+        except boundedread.ReadError as exc:
+            raise SettingsError(str(exc)) from None
+        t = seedfiles.translate(seedfiles.Found(p1, seedfiles.read_seed_disk()))
+        check(t.settings, system, "the settings", t.translation.sources)
+        for line in seedfiles.report(t):
+            print(f"liveng: note: {line}")
+        return t.settings
     else:
         try:
             raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP)

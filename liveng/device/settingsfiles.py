@@ -70,60 +70,66 @@ def keep_psk(kept: Path | None, ssid: str, psk: str) -> None:
               "after a factory reset, put the passphrase back into the settings file", file=sys.stderr)
 
 
-def _pending(boot: Path) -> Path:
+def _pending(boot: Path, name: str = layout.SETTINGS_PATH) -> Path:
     # No leading dot: write_atomic adds its own, and a name starting with ".." is best kept off FAT.
-    return boot / f"{layout.SETTINGS_PATH.removesuffix('.toml')}.redacted"
+    return boot / f"{name.removesuffix('.toml')}.redacted"
 
 
-def replace_wiping(boot: Path, data: bytes) -> None:
-    """Replace the settings file on the mounted p1 with ``data``, its old bytes overwritten first."""
-    bootstate.write_atomic(_pending(boot), data)  # whole or absent: only a whole copy is rolled forward
-    finish_redaction(boot)
+def replace_wiping(boot: Path, data: bytes, name: str = layout.SETTINGS_PATH) -> None:
+    """Replace the file ``name`` on the mounted p1 with ``data``, its old bytes overwritten first."""
+    bootstate.write_atomic(_pending(boot, name), data)  # whole or absent: only a whole copy is rolled forward
+    finish_redaction(boot, (name,))
 
 
-def finish_redaction(boot: Path) -> bool:
-    """Complete a replacement replace_wiping began (p1 mounted writable); False when none was pending."""
-    tmp, path = _pending(boot), boot / layout.SETTINGS_PATH
-    if not tmp.exists():
-        return False
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        pass
-    else:
+def finish_redaction(boot: Path, names: tuple[str, ...] = (layout.SETTINGS_PATH,)) -> bool:
+    """Complete the replacements replace_wiping began (p1 mounted writable); False when none was pending."""
+    done = False
+    for name in names:
+        tmp, path = _pending(boot, name), boot / name
+        if not tmp.exists():
+            continue
         try:
-            # Newlines: an interrupted overwrite still reads as TOML (the copy beside it is applied next).
-            size = os.fstat(fd).st_size
-            os.write(fd, b"\n" * size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(boot)
-    return True
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                # Newlines: an interrupted overwrite still reads as TOML or YAML (the copy beside it is applied next).
+                size = os.fstat(fd).st_size
+                os.write(fd, b"\n" * size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(boot)
+        done = True
+    return done
 
 
-def read_boot_file() -> tuple[bytes | None, bool]:
-    """p1's settings file (None: there is none) and whether an error note lies beside it; a redaction a
-    power cut interrupted is finished first. Raises boundedread.ReadError for what is not a small file."""
+def read_boot_files(names: tuple[str, ...]) -> tuple[dict[str, bytes], bool]:
+    """p1's files ``names`` that are present, and whether an error note lies beside them; a redaction a power
+    cut interrupted is finished first. Raises boundedread.ReadError for what is not a small file."""
     with bootstate.mounted(layout.Role.BOOT, "vfat") as boot:
-        if not _pending(boot).exists():
-            return _read(boot)
+        if not any(_pending(boot, n).exists() for n in names):
+            return _read(boot, names)
     with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
-        finish_redaction(boot)
-        return _read(boot)
+        finish_redaction(boot, names)
+        return _read(boot, names)
 
 
-def _read(boot: Path) -> tuple[bytes | None, bool]:
-    path = boot / layout.SETTINGS_PATH
-    raw = boundedread.read_regular(path, boundedread.SETTINGS_CAP) if path.is_file() else None
-    return raw, (boot / layout.SETTINGS_ERROR_PATH).exists()
+def _read(boot: Path, names: tuple[str, ...]) -> tuple[dict[str, bytes], bool]:
+    found = {}
+    for name in names:
+        path = boot / name
+        if path.is_file():
+            found[name] = boundedread.read_regular(path, boundedread.SETTINGS_CAP)
+    return found, (boot / layout.SETTINGS_ERROR_PATH).exists()
 
 
 def note_error(when: str, message: str) -> None:
     """The reason, next to the file on p1, for an owner who has no console."""
-    text = (f"liveng did NOT apply {layout.SETTINGS_PATH} at {when}: nothing was changed.\r\n{message}\r\n"
-            "Fix the file and boot again.\r\n")
+    text = (f"liveng did NOT apply the settings at {when}: nothing was changed.\r\n{message}\r\n"
+            "Fix the file named above and boot again.\r\n")
     try:
         with bootstate.mounted(layout.Role.BOOT, "vfat", writable=True) as boot:
             bootstate.write_atomic(boot / layout.SETTINGS_ERROR_PATH, text.encode())

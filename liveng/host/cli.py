@@ -59,14 +59,40 @@ def cmd_build(args: argparse.Namespace) -> int:
         from liveng.host import shipped
 
         shipped.check_tools("bmaptool", args.compress)  # before the build, not after its minutes
-    build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, cached_rootfs=args.cached_rootfs,
-          keep_workdir=args.keep_workdir,
-          rootfs_tarball=args.rootfs)
+    ctx = build(recipe, output, cache_dir=args.cache_dir, refresh=args.refresh, cached_rootfs=args.cached_rootfs,
+                keep_workdir=args.keep_workdir,
+                rootfs_tarball=args.rootfs)
+    packed = None
     if args.compress:
         start = time.monotonic()
         made = shipped.package(output, args.compress)
+        packed = made[0]
         log.info("ready to ship in %.1f s: %s (%d MiB), %s, %s", time.monotonic() - start, made[0],
                  made[0].stat().st_size // (1 << 20), made[1].name, made[2].name)
+    if not args.no_imager_manifest:
+        _imager_manifest(ctx.output, packed, ctx.image_info())
+    return 0
+
+
+def _imager_manifest(image: Path, packed: Path | None, info: dict[str, object]) -> None:
+    from liveng.host import imager
+
+    start = time.monotonic()
+    path = imager.write(image, packed, info)
+    log.info("Raspberry Pi Imager manifest (open it in Imager for its OS customisation): %s (%.1f s)", path,
+             time.monotonic() - start)
+
+
+def cmd_imager_manifest(args: argparse.Namespace) -> int:
+    from liveng.host.imagefile import open_image
+    from liveng.host.shipped import COMPRESSIONS
+
+    image = open_image(args.image)
+    packed = args.packed
+    if packed is None:
+        packed = next((p for suffix, _, _ in COMPRESSIONS.values()
+                       if (p := args.image.with_name(args.image.name + suffix)).is_file()), None)
+    _imager_manifest(args.image, packed, image.info)
     return 0
 
 
@@ -161,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
     p.add_argument("--compress", choices=["zstd", "xz"],
                    help="also write IMAGE.zst or IMAGE.xz, IMAGE.bmap and their SHA-256 sums, ready to ship")
+    p.add_argument("--no-imager-manifest", action="store_true",
+                   help="do not write IMAGE.rpi-imager-manifest (it reads the whole image for its SHA-256)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("run", help="boot an image in QEMU with the console on this terminal")
@@ -208,6 +236,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", action="store_true",
                    help="also write index.json and index.json.sig beside the bundle, offering it to the channel")
     p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("imager-manifest", help="write IMAGE.rpi-imager-manifest again (liveng build writes it), "
+                       "e.g. after moving the image: Raspberry Pi Imager opens it and offers its OS customisation")
+    p.add_argument("image", type=Path, help="the uncompressed image liveng build made")
+    p.add_argument("--packed", type=Path, metavar="FILE",
+                   help="the compressed image Imager should read (default: IMAGE.zst or IMAGE.xz if there)")
+    p.set_defaults(func=cmd_imager_manifest)
 
     p = sub.add_parser("inspect", help="show an image's (or a card's) layout, build information and device status")
     p.add_argument("image", type=Path)

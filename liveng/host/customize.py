@@ -25,6 +25,8 @@ SSH_GENERATOR = "usr/lib/systemd/system-generators/systemd-ssh-generator"
 # What the device side shares with the host: the layout contract, the boot-state format, the settings schema.
 SHARED_MODULES = ("__init__.py", "layout.py", "bootargs.py", "grubenv.py", "settings.py", "configfiles.py",
                   "requests.py", "boundedread.py", "durable.py", "bundle.py")
+# Shared packages: Raspberry Pi Imager's and cloud-init's set-up files in liveng's terms (the settings service).
+SHARED_PACKAGES = ("seeds",)
 
 _ENTRY_SCRIPT = """#!/usr/bin/python3
 # liveng device tool (installed by liveng build).
@@ -109,7 +111,8 @@ def device_tool(tree: Path) -> None:
     pkg = resources.files("liveng")
     for name in SHARED_MODULES:
         (target / name).write_bytes(pkg.joinpath(name).read_bytes())
-    _copy_traversable(pkg.joinpath("device"), target / "device")
+    for name in ("device", *SHARED_PACKAGES):
+        _copy_traversable(pkg.joinpath(name), target / name)
     _write(tree / DEVICE_ENTRY, _ENTRY_SCRIPT, 0o755)
 
 
@@ -140,6 +143,10 @@ def lock_root(tree: Path) -> None:
 
 def users(tree: Path, recipe_users: tuple[User, ...]) -> None:
     for user in recipe_users:
+        missing = [g for g in user.groups if not _has_group(tree, g)]
+        if missing:
+            raise BuildError(f"recipe users: {user.name}: the image has no group {', '.join(missing)} (groups come "
+                             "with their packages: add the package, or leave the group out)")
         if user.name == "root":
             if user.password_hash:
                 run(["usermod", "--prefix", tree, "-p", user.password_hash, "root"])
@@ -148,10 +155,13 @@ def users(tree: Path, recipe_users: tuple[User, ...]) -> None:
             args: list[str | Path] = ["useradd", "--prefix", tree, "-m", "-s", "/bin/bash", "-U"]
             if user.password_hash:
                 args += ["-p", user.password_hash]
-            if user.sudo:
-                args += ["-G", "sudo"]
+            groups = (["sudo"] if user.sudo else []) + list(user.groups)
+            if groups:
+                args += ["-G", ",".join(groups)]
             run([*args, user.name])
             home = tree / "home" / user.name
+        if user.sudo_nopasswd:
+            _write(tree / configfiles.nopasswd_path(user.name), configfiles.nopasswd_text(user.name), 0o440)
         if user.ssh_keys:
             uid, gid = _ids(tree, user.name)
             ssh = home / ".ssh"
@@ -161,6 +171,10 @@ def users(tree: Path, recipe_users: tuple[User, ...]) -> None:
             keys.chmod(0o600)
             for p in (ssh, keys):
                 os.chown(p, uid, gid)
+
+
+def _has_group(tree: Path, name: str) -> bool:
+    return any(line.split(":")[0] == name for line in (tree / "etc/group").read_text().splitlines())
 
 
 def _ids(tree: Path, name: str) -> tuple[int, int]:
@@ -363,8 +377,8 @@ def device_settings(tree: Path, recipe: Recipe) -> None:
         _write(tree / configfiles.KEYBOARD_PATH, configfiles.keyboard_text(recipe.keyboard))
     if recipe.wifi is not None:
         wifi = recipe.wifi
-        psk = configfiles.wifi_psk(wifi.ssid, wifi.passphrase) if wifi.passphrase else None
-        _write(tree / configfiles.WIFI_CONF_PATH, configfiles.wifi_text(wifi, psk), 0o600)
+        _write(tree / configfiles.WIFI_CONF_PATH, configfiles.wifi_text(wifi, configfiles.wifi_key(wifi)), 0o600)
+        _write(tree / configfiles.REGDOM_PATH, configfiles.regdom_text(wifi.country))
     policy = tree / layout.SETTINGS_POLICY_PATH
     policy.parent.mkdir(parents=True, exist_ok=True)
     _write(policy, "yes\n" if recipe.settings_from_boot_partition else "no\n")

@@ -171,8 +171,8 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
                                           "empty, \"none\" or an http:// or https:// URL")
     # hostname, users, timezone, locale, keyboard, wifi, ssh: the same schema as the settings file on p1.
     kw.update(settings.parse_fields(c, data))
-    if "wifi" in kw and kw["wifi"].passphrase is None:
-        raise c.fail("wifi.passphrase", "is missing (\"\" for an open network)")
+    if "wifi" in kw and kw["wifi"].ssid is not None and not kw["wifi"].key_given:
+        raise c.fail("wifi.passphrase", "is missing (or give the WPA key as wifi.psk; \"\" for an open network)")
     if "packages" in data:
         pkgs = c.strings("packages", data["packages"])
         for i, p in enumerate(pkgs):

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from liveng.seeds.cloudinit import from_cloud_init
-from liveng.seeds.common import MAX_BYTES, SeedError, Translation, decode
+from liveng.seeds.common import MAX_BYTES, REMOVED, SeedError, Translation, decode
 from liveng.seeds.preseed import from_preseed
 
-__all__ = ["MAX_BYTES", "NoCloud", "SeedError", "Translation", "decode", "from_cloud_init", "from_preseed",
+__all__ = ["MAX_BYTES", "REMOVED", "NoCloud", "SeedError", "Translation", "decode", "from_cloud_init", "from_preseed",
            "gather", "merge", "native"]
 
 
@@ -87,19 +87,17 @@ def merge(parts: list[Translation]) -> Translation:
     (a key that a higher source overrides is not listed as ignored: it is simply not used)."""
     out = Translation()
     names: dict[str, int] = {}
-    wifi_taken = False
     digest = hashlib.sha256()
     for part in parts:
         for key in part.data:
-            if key not in ("users", "wifi") and key not in out.data:
+            if key != "users" and key not in out.data:
                 out.data[key] = part.data[key]
                 out.sources[key] = part.sources.get(key, "")
-        # A Wi-Fi network given as a WPA key still claims the Wi-Fi: a lower source's does not replace it.
-        if not wifi_taken and ("wifi" in part.data or part.wifi_with_psk is not None):
-            wifi_taken = True
-            if "wifi" in part.data:
-                out.data["wifi"] = part.data["wifi"]
-            out.wifi_with_psk = part.wifi_with_psk
+        # A country alone (cmdline.txt's regulatory domain) does not hide a network a lower source gives: that
+        # network is joined, under the higher source's country.
+        wifi = part.data.get("wifi")
+        if wifi and "ssid" in wifi and "ssid" not in out.data["wifi"]:
+            out.data["wifi"] = {**wifi, "country": out.data["wifi"]["country"]}
             out.sources["wifi"] = part.sources.get("wifi", "")
         for i, user in enumerate(part.data.get("users") or []):
             if isinstance(user, dict) and user.get("name") not in names:
@@ -109,6 +107,7 @@ def merge(parts: list[Translation]) -> Translation:
         out.ignored += [x for x in part.ignored if x not in out.ignored]
         out.notes += [x for x in part.notes if x not in out.notes]
         out.secrets += [x for x in part.secrets if x not in out.secrets]
+        out.secret_paths += [x for x in part.secret_paths if x not in out.secret_paths]
         if out.instance_id is None:
             out.instance_id = part.instance_id
         digest.update(part.digest.encode())

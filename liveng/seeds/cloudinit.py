@@ -7,14 +7,16 @@ setting; the rest is listed as ignored. Choices where cloud-init's meaning needs
 - ``user:`` is the distribution's default user, which is in the sudo group on Debian and Raspberry Pi OS:
   without its own ``groups`` it gets ``sudo = true``. A ``users:`` entry gets sudo from ``groups``
   containing ``sudo`` or from a sudoers rule granting every command (``ALL=(ALL) ALL``, with or without
-  NOPASSWD); liveng's sudo always asks for the password, so NOPASSWD is listed as ignored. Narrower rules
-  are not widened into sudo: they are ignored.
+  NOPASSWD, which becomes ``sudo_nopasswd``). Narrower rules are not widened into sudo: they are ignored.
+  Other ``groups`` become the user's groups (the device skips those its system lacks, and says so).
 - ``lock_passwd`` is true unless set to false (cloud-init's default): a locked user's ``passwd`` is not
   applied, as cloud-init would leave it unusable. ``chpasswd`` hashes are applied (to users of the seed
   and to root); plain-text passwords never are (liveng takes crypt(3) hashes only).
 - SSH is switched on by ``enable_ssh: true`` (Imager 2.0.0-2.0.8), by ``runcmd`` entries that only enable
   or start ssh (Imager 2.0.9 on), and by ``ssh_pwauth: true`` (asking for password logins over SSH means
   wanting SSH; cloud images run sshd anyway); a user's SSH key switches it on in liveng itself.
+- ``runcmd`` entries that write a NOPASSWD sudoers file for a user who has ``sudo_nopasswd`` anyway, and the
+  ``chmod`` of that file (Imager 2.0.9 on), are accepted: liveng writes its own.
 - ``runcmd`` entries that set the X keyboard map (``localectl set-x11-keymap``, Imager 1.8) become
   ``keyboard`` unless a ``keyboard:`` key says it; ``setupcon`` (which applies it to the console) is
   accepted. Every other entry is ignored (``runcmd[N]``).
@@ -25,6 +27,7 @@ setting; the rest is listed as ignored. Choices where cloud-init's meaning needs
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
@@ -58,6 +61,7 @@ def from_cloud_init(user_data: str | None, network_config: str | None = None, me
     if network_config is not None and network_config.strip():
         document = miniyaml.parse(network_config, names["network-config"])
         network.translate(b, Seed(b, names["network-config"], document.lines), document.value, boot)
+    network.country_only(b, boot)
     b.instance_id = meta.instance_id or boot.instance_id
     return b.finish([(names["user-data"], user_data), (names["network-config"], network_config),
                      (names["meta-data"], meta_data), (names["cmdline.txt"], " ".join(boot.relevant) or None)])
@@ -188,11 +192,15 @@ def _keyboard(seed: Seed, cfg: dict[str, Any]) -> tuple[str, Path] | None:
 
 
 def _runcmd(seed: Seed, value: Any, ssh: dict[str, bool], keyboard: tuple[str, Path] | None) -> None:
+    nopasswd = {u["name"] for u in seed.b.data.get("users", []) if u.get("sudo_nopasswd")}
+    sudoers: set[str] = set()  # the files such entries wrote
     for i, entry in enumerate(seed.items(("runcmd",), value or [])):
         commands = _commands(entry)
         if commands and all(_starts_ssh(c) for c in commands):
             ssh["enabled"] = True
             seed.b.where["ssh.enabled"] = seed.at(("runcmd", i))
+            continue
+        if commands and len(commands) == 1 and _sudoers_entry(commands[0], nopasswd, sudoers):
             continue
         if commands and len(commands) == 1:
             keymap = _x11_keymap(commands[0])
@@ -205,6 +213,21 @@ def _runcmd(seed: Seed, value: Any, ssh: dict[str, bool], keyboard: tuple[str, P
             if commands[0][0] == "setupcon" and set(commands[0][1:]) <= {"-k", "--keyboard-only", "--force"}:
                 continue  # applies the keyboard map to the console, as liveng does itself
         seed.ignore(("runcmd", i))
+
+
+_NOPASSWD_ECHO = re.compile(r"echo '([a-z_][a-z0-9_-]*) ALL=\(ALL(:ALL)?\) NOPASSWD: ?ALL' ?> ?"
+                            r"(/etc/sudoers\.d/[\w.-]+)")
+
+
+def _sudoers_entry(argv: list[str], nopasswd: set[str], files: set[str]) -> bool:
+    """Imager's ``sh -c "echo 'USER ALL=(ALL) NOPASSWD:ALL' >/etc/sudoers.d/FILE"`` for a user who has
+    sudo_nopasswd, and ``chmod 0440`` of such a file."""
+    if len(argv) == 3 and argv[:2] == ["sh", "-c"]:
+        m = _NOPASSWD_ECHO.fullmatch(argv[2].strip())
+        if m and m.group(1) in nopasswd:
+            files.add(m.group(3))
+            return True
+    return len(argv) == 3 and argv[0] == "chmod" and argv[1] in ("0440", "440") and argv[2] in files
 
 
 def _commands(entry: Any) -> list[list[str]] | None:

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from liveng import settings
-from liveng.seeds.common import Builder, Path, Seed, add_keys, dotted
+from liveng.seeds.common import REMOVED, Builder, Path, Seed, add_keys
 
 _FULL_RULE = re.compile(r"ALL\s*=\s*\(\s*ALL\s*(:\s*ALL\s*)?\)\s*(NOPASSWD:\s*)?ALL")
 NO_DEFAULT_USER = "the distribution's default user: liveng images have none (name the user)"
@@ -76,8 +76,7 @@ def _user(seed: Seed, path: Path, entry: dict[str, Any], default: bool) -> tuple
     sudo = "sudo" in groups or (default and "groups" not in entry)
     others = [g for g in groups if g != "sudo"]
     if others:
-        seed.ignore((*path, "groups"), f"not applied: {', '.join(others)} (liveng's settings give a user only the "
-                    "sudo group)")
+        table["groups"], where["groups"] = others, (*path, "groups")
     rules = entry.get("sudo")
     nopasswd = False
     if rules is not None and rules is not False:
@@ -88,16 +87,18 @@ def _user(seed: Seed, path: Path, entry: dict[str, Any], default: bool) -> tuple
                             "sudo group (every command, with the user's password)")
                 continue
             sudo = True
-            if "NOPASSWD" in rule:
-                nopasswd = True
-                seed.ignore((*path, "sudo"), "NOPASSWD is not applied: liveng's sudo asks for the user's password")
+            nopasswd = nopasswd or "NOPASSWD" in rule
     if sudo:
         table["sudo"] = True
+    if nopasswd:
+        table["sudo_nopasswd"], where["sudo_nopasswd"] = True, (*path, "sudo")
     locked = seed.flag((*path, "lock_passwd"), entry.get("lock_passwd", True))
     for key in ("passwd", "hashed_passwd", "plain_text_passwd"):
         if entry.get(key) is None:
             continue
         seed.secret((*path, key))
+        if entry[key] == REMOVED:
+            continue  # applied before: the account has it
         if key == "plain_text_passwd":
             seed.ignore((*path, key), "a plain-text password: liveng takes crypt(3) hashes only (mkpasswd -m "
                         "yescrypt)")
@@ -118,8 +119,6 @@ def _user(seed: Seed, path: Path, entry: dict[str, Any], default: bool) -> tuple
         elif key not in expected and key not in ("name", "groups", "sudo", "lock_passwd", "passwd", "hashed_passwd",
                                                  "plain_text_passwd", "ssh_authorized_keys"):
             seed.ignore((*path, key))
-    if nopasswd and "password_hash" not in table:
-        seed.b.note(f"{seed.file}: {dotted(path)}: the user has no password, so liveng's sudo cannot be used")
     return table, where
 
 
@@ -150,6 +149,8 @@ def _chpasswd(seed: Seed, cfg: dict[str, Any], users: list[tuple[dict[str, Any],
     applied = False
     for path, name, password, kind in entries:
         seed.secret(path)
+        if REMOVED in password:
+            continue  # applied before
         if kind != "hash":
             why = "random passwords are" if kind.upper() == "RANDOM" else "a plain-text password is"
             seed.ignore(path, f"{why} not applied: liveng takes crypt(3) hashes only (mkpasswd -m yescrypt)")

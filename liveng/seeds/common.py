@@ -21,6 +21,11 @@ _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _OPTIONS_KEY = re.compile(r"\s(ssh-(ed25519|rsa|dss)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+")
 
 
+# What a secret's value becomes on p1 once applied (liveng.seeds.redact): the translators read it as "given
+# before, and removed" (no password; the Wi-Fi network keeps the key the device kept), not as a value.
+REMOVED = "(removed by liveng after it was applied)"
+
+
 class SeedError(ValueError):
     """A seed cannot be translated: the message names the file, the line where known, and what to do."""
 
@@ -61,11 +66,10 @@ class Translation:
     the seed asks for that liveng does not apply, as ``FILE: key`` (sorted), and ``notes`` say why where
     it is not plain (a partly applied value, a default chosen). ``secrets`` are the places in the seed
     files that hold a password, a password hash or a Wi-Fi key: the caller removes them once applied.
-    ``wifi_with_psk`` is the Wi-Fi network of a seed that gives a 64-hex WPA key instead of a passphrase
-    (what Raspberry Pi Imager writes): liveng's settings have no key for it yet, so it is not in ``data``.
-    ``instance_id`` is NoCloud's (meta-data, else ``ds=nocloud;i=`` on the kernel command line);
+    ``secret_paths`` has the same places as (file, path in the file), for the redaction. ``instance_id``
+    is NoCloud's (meta-data, else ``ds=nocloud;i=`` on the kernel command line);
     ``digest`` covers every input text, for seeds that carry no instance id. ``sources`` names the file each
-    key of ``data`` came from (``users[N]`` for each user; ``wifi`` also for ``wifi_with_psk``).
+    key of ``data`` came from (``users[N]`` for each user).
     """
 
     data: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +77,7 @@ class Translation:
     notes: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
-    wifi_with_psk: dict[str, Any] | None = None
+    secret_paths: list[tuple[str, Path]] = field(default_factory=list)
     instance_id: str | None = None
     digest: str = ""
 
@@ -92,7 +96,7 @@ class Builder:
         self.secrets: set[str] = set()
         self.sources: dict[str, str] = {}
         self.where: dict[str, Where] = {}
-        self.wifi_with_psk: dict[str, Any] | None = None
+        self.secret_paths: list[tuple[str, Path]] = []
         self.instance_id: str | None = None
 
     def ignore(self, file: str, key: str, note: str | None = None) -> None:
@@ -104,8 +108,10 @@ class Builder:
         if text not in self.notes:
             self.notes.append(text)
 
-    def secret(self, file: str, key: str) -> None:
+    def secret(self, file: str, key: str, path: Path | None = None) -> None:
         self.secrets.add(f"{file}: {key}")
+        if path is not None and (file, path) not in self.secret_paths:
+            self.secret_paths.append((file, path))
 
     def finish(self, texts: list[tuple[str, str | None]]) -> Translation:
         check(self.data, self.where)
@@ -114,7 +120,8 @@ class Builder:
             if text is not None:
                 digest.update(f"{len(name)}:{name}{len(text)}:".encode() + text.encode("utf-8", "surrogatepass"))
         return Translation(data=self.data, ignored=sorted(self.ignored), notes=list(self.notes),
-                           secrets=sorted(self.secrets), sources=dict(self.sources), wifi_with_psk=self.wifi_with_psk,
+                           secrets=sorted(self.secrets), sources=dict(self.sources),
+                           secret_paths=list(self.secret_paths),
                            instance_id=self.instance_id, digest=digest.hexdigest())
 
 
@@ -158,7 +165,7 @@ class Seed:
         self.b.ignore(self.file, dotted(path), note)
 
     def secret(self, path: Path) -> None:
-        self.b.secret(self.file, dotted(path))
+        self.b.secret(self.file, dotted(path), path)
 
     def fail(self, path: Path, message: str) -> SeedError:
         return SeedError(self.file, self.lines.get(path), f"{dotted(path)}: {message}" if path else message)

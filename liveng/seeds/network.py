@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from liveng.seeds.common import Builder, Path, Seed, Where, dotted
+from liveng.seeds.common import REMOVED, Builder, Path, Seed, Where, dotted
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _ENTERPRISE = ("eap", "eap-sha256", "eap-suite-b-192", "802.1x")
@@ -51,13 +51,22 @@ def kernel(cmdline: str | None, file: str) -> Kernel:
     return out
 
 
+def country_only(b: Builder, boot: Kernel) -> None:
+    """Without a Wi-Fi network, cmdline.txt's regulatory domain is the country alone (Imager writes it so when the
+    customisation names a country but no network)."""
+    if "wifi" not in b.data and boot.regdom is not None:
+        b.data["wifi"] = {"country": boot.regdom.strip().upper()}
+        b.sources["wifi"] = boot.where["regdom"][0]
+        b.where["wifi"] = b.where["wifi.country"] = boot.where["regdom"]
+
+
 def country(seed: Seed, path: Path, value: Any) -> str:
     # Imager writes the code as the user picked it, also in lower case on the kernel command line.
     return seed.text(path, value).strip().upper()
 
 
 def translate(b: Builder, seed: Seed, root: Any, boot: Kernel) -> None:
-    """network-config: the Wi-Fi network goes to ``wifi`` (or ``wifi_with_psk``), the rest is ignored."""
+    """network-config: the Wi-Fi network goes to ``wifi``, the rest is ignored."""
     if root is None:
         return
     net = seed.table((), root)
@@ -134,12 +143,19 @@ def _access_point(b: Builder, seed: Seed, path: Path, ssid: str, point: Any, int
         why = "enterprise (EAP) networks" if method in _ENTERPRISE else f"mode {point.get('mode')!r}"
         seed.ignore(path, f"liveng's settings do not cover {why}")
         return False
+    if password_path is not None and password == REMOVED:
+        password_path = password = None  # applied before: the device joins with the key it kept
+        removed = True
+    else:
+        removed = False
     if password_path is not None:
         if isinstance(password, int | float) and not isinstance(password, bool):
             raise seed.fail(password_path, "YAML reads this password as a number: put it in quotes")
         password = seed.text(password_path, password)
     if method not in (None, "none", "psk", "sae"):
         raise seed.fail((*path, "auth", "key-management"), f"{method!r} is not a key management netplan knows")
+    if method == "none" and removed:
+        removed = False
     if method == "none" and password_path is not None:
         seed.ignore(password_path, "the network is open (key-management: none)")
         password = None
@@ -171,15 +187,12 @@ def _access_point(b: Builder, seed: Seed, path: Path, ssid: str, point: Any, int
         table["hidden"] = True
     b.where["wifi"] = b.where["wifi.ssid"] = b.where["wifi.hidden"] = seed.at(path)
     if password_path is not None and password is not None and _HEX_KEY.fullmatch(password):
-        table["psk"] = password.lower()
-        b.wifi_with_psk = table
-        b.sources["wifi"] = seed.file
-        seed.ignore(password_path, "a WPA key (64 hex digits), not a passphrase: liveng's settings take a "
-                    "passphrase only, so this network is not set up; give its passphrase in liveng-settings.toml")
-        return True
-    table["passphrase"] = password or ""
-    if password_path is not None:
-        b.where["wifi.passphrase"] = seed.at(password_path)
+        table["psk"] = password.lower()  # Raspberry Pi Imager writes the key, derived from the passphrase
+        b.where["wifi.psk"] = seed.at(password_path)
+    elif not removed:
+        table["passphrase"] = password or ""
+        if password_path is not None:
+            b.where["wifi.passphrase"] = seed.at(password_path)
     b.data["wifi"] = table
     b.sources["wifi"] = seed.file
     return True

@@ -7,11 +7,11 @@ Keys mean what rpi-preseed(5) says (config_version 1.x); where that needs a read
   so ``[user]`` needs ``name`` and makes that user. Without a name, ``[user]`` and ``[ssh] authorized_keys``
   are ignored.
 - ``password`` is a crypt(3) hash only with ``password_encrypted = true`` (what Imager writes); a plain
-  one (rpi-preseed's default) is not applied. ``groups`` containing ``sudo`` gives ``sudo = true``;
-  ``passwordless_sudo`` is not applied (liveng's sudo asks for the password).
+  one (rpi-preseed's default) is not applied. ``groups`` become the user's groups (``sudo`` among them gives
+  ``sudo = true``); ``passwordless_sudo`` is ``sudo_nopasswd``.
 - ``[ssh]`` is on when ``enabled`` says so, else when it gives keys (rpi-preseed's default).
 - ``[wlan]``: ``ssid_hex`` wins over ``ssid``; without ``key_mgmt`` a password means WPA, none an open
-  network. A 64-hex ``password`` is a WPA key, not a passphrase (see ``Translation.wifi_with_psk``).
+  network. A 64-hex ``password`` is the WPA key (liveng's ``psk``), not a passphrase.
 - ``[locale]``: ``keymap`` and ``keymap_variant`` become ``keyboard``, ``lang`` becomes ``locale``.
 """
 
@@ -22,7 +22,7 @@ import tomllib
 from typing import Any
 
 from liveng.seeds import network
-from liveng.seeds.common import MAX_BYTES, Builder, Path, Seed, SeedError, Translation, add_keys
+from liveng.seeds.common import MAX_BYTES, REMOVED, Builder, Path, Seed, SeedError, Translation, add_keys
 
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
@@ -66,6 +66,7 @@ def from_preseed(text: str, cmdline: str | None = None, *, path: str = "rpi-pres
             seed.ignore(("system", key))
     if "wlan" in doc:
         _wlan(b, seed, seed.table(("wlan",), doc["wlan"]), boot)
+    network.country_only(b, boot)
     _locale(b, seed, seed.table(("locale",), doc.get("locale", {})))
     if isinstance(doc.get("connect"), dict) and "token" in doc["connect"]:
         seed.secret(("connect", "token"))
@@ -87,6 +88,8 @@ def _user(b: Builder, seed: Seed, user: dict[str, Any]) -> tuple[dict[str, Any],
     for key, value in user.items():
         here = ("user", key)
         if key == "password":
+            if value == REMOVED:
+                continue  # applied before: the account has it
             if seed.flag(("user", "password_encrypted"), user.get("password_encrypted", False)):
                 table["password_hash"], where["password_hash"] = seed.text(here, value), here
             else:
@@ -96,11 +99,10 @@ def _user(b: Builder, seed: Seed, user: dict[str, Any]) -> tuple[dict[str, Any],
             if "sudo" in groups:
                 table["sudo"] = True
             if any(g != "sudo" for g in groups):
-                others = ", ".join(g for g in groups if g != "sudo")
-                seed.ignore(here, f"not applied: {others} (liveng's settings give a user only the sudo group)")
+                table["groups"], where["groups"] = [g for g in groups if g != "sudo"], here
         elif key == "passwordless_sudo":
             if seed.flag(here, value):
-                seed.ignore(here, "liveng's sudo asks for the user's password")
+                table["sudo_nopasswd"], where["sudo_nopasswd"] = True, here
         elif key not in ("name", "password_encrypted"):
             seed.ignore(here)
     return table, where
@@ -129,6 +131,13 @@ def _ssh(b: Builder, seed: Seed, ssh: dict[str, Any], user: tuple[dict[str, Any]
 def _wlan(b: Builder, seed: Seed, wlan: dict[str, Any], boot: network.Kernel) -> None:
     if "password" in wlan:
         seed.secret(("wlan", "password"))
+    if "ssid" not in wlan and "ssid_hex" not in wlan and "country" in wlan:
+        b.data["wifi"] = {"country": network.country(seed, ("wlan", "country"), wlan["country"])}
+        b.sources["wifi"], b.where["wifi.country"] = seed.file, seed.at(("wlan", "country"))
+        for key in wlan:
+            if key != "country":
+                seed.ignore(("wlan", key), "no network (ssid) is given")
+        return
     if "ssid_hex" in wlan:
         raw = seed.text(("wlan", "ssid_hex"), wlan["ssid_hex"])
         try:
@@ -143,6 +152,7 @@ def _wlan(b: Builder, seed: Seed, wlan: dict[str, Any], boot: network.Kernel) ->
         where = ("wlan", "ssid")
         ssid = seed.text(where, wlan.get("ssid"))
     password = seed.text(("wlan", "password"), wlan["password"]) if "password" in wlan else None
+    removed = password == REMOVED  # applied before: the device joins with the key it kept
     method = wlan.get("key_mgmt") or ("wpa-psk" if password is not None else "none")
     if method == "owe":
         seed.ignore(("wlan",), "WPA3 Enhanced Open (owe) is not in liveng's settings")
@@ -177,12 +187,10 @@ def _wlan(b: Builder, seed: Seed, wlan: dict[str, Any], boot: network.Kernel) ->
     b.sources["wifi"] = seed.file
     if password is not None and _HEX_KEY.fullmatch(password):
         table["psk"] = password.lower()
-        b.wifi_with_psk = table
-        seed.ignore(("wlan", "password"), "a WPA key (64 hex digits), not a passphrase: liveng's settings take a "
-                    "passphrase only, so this network is not set up; give its passphrase in liveng-settings.toml")
-        return
-    table["passphrase"] = password or ""
-    b.where["wifi.passphrase"] = seed.at(("wlan", "password"))
+        b.where["wifi.psk"] = seed.at(("wlan", "password"))
+    elif not removed:
+        table["passphrase"] = password or ""
+        b.where["wifi.passphrase"] = seed.at(("wlan", "password"))
     b.data["wifi"] = table
 
 

@@ -5,6 +5,7 @@ failing script stops the build with its name and output, and leaves no image."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from liveng import layout
 from liveng.host.cli import main
 from liveng.host.disk import read_table
 from liveng.host.inspect import iso_file
+from tests.unit.test_imager_manifest import check_entry, local_path
 
 pytestmark = pytest.mark.boot
 
@@ -96,6 +98,11 @@ def test_appliance_recipe_builds_with_repository_deb_services_tree_and_script(
                       '[[scripts]]\npath = "script.sh"\n[services]\nenable = ["liveng-local.service"]\n')
     image = tmp_path / "appliance.img"
     assert main(["build", str(recipe), "-o", str(image), "--cached-rootfs"]) == 0
+    # Raspberry Pi Imager's manifest beside it, naming the real image (tests/unit/test_imager_manifest.py).
+    entry = check_entry(json.loads((tmp_path / "appliance.rpi-imager-manifest").read_text()))
+    assert local_path(entry["url"]) == image and entry["extract_size"] == image.stat().st_size
+    assert entry["extract_sha256"] == subprocess.run(["sha256sum", str(image)], capture_output=True, text=True,
+                                                     check=True).stdout.split()[0]
     sq = tmp_path / "filesystem.squashfs"
     assert squashfs_file(image, sq, "usr/share/liveng-hello/hello.txt") == "hello from the repository\n"
     assert squashfs_file(image, sq, "etc/liveng-script-ran") == "liveng-hello 1.0\nliveng-local 1.0\npc trixie\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from liveng import configfiles, layout, settings
-from liveng.device import bootstate, firstboot
+from liveng.device import bootstate, firstboot, seedfiles
 from liveng.settings import SettingsError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk me@host"
@@ -131,6 +131,7 @@ class BootPartition:
 
     path: Path
     writable: list[bool] = field(default_factory=list)
+    seed_disk: dict[str, bytes] | None = None  # the files of a CIDATA disk, if one is attached
 
 
 @pytest.fixture()
@@ -146,6 +147,7 @@ def p1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BootPartition:
 
     monkeypatch.setattr(bootstate, "mounted", mounted)
     monkeypatch.setattr(firstboot, "_wait_for_boot_partition", lambda: None)
+    monkeypatch.setattr(seedfiles, "read_seed_disk", lambda: boot.seed_disk)
     return boot
 
 
@@ -278,3 +280,48 @@ def test_check_refuses_a_linked_ssh_dir_before_applying_anything(tmp_path: Path)
     s = settings.loads(f'hostname = "x"\n[[users]]\nname = "pi"\nssh_keys = ["{KEY}"]', "f")
     with pytest.raises(SettingsError, match=r"users\[0\]\.ssh_keys: /home/pi/\.ssh is a symbolic link"):
         firstboot.check(s, system(root)[0], "f")
+
+
+def test_imager_settings_key_nopasswd_groups_and_country(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "usr/bin").mkdir()
+    (root / "usr/bin/sudo").touch()
+    (root / "etc/group").write_text("root:x:0:\nsudo:x:27:\nvideo:x:44:\nadm:x:4:\n")
+    psk = configfiles.wifi_psk("home", "very secret")
+    text = (f'[[users]]\nname = "pi"\nsudo_nopasswd = true\ngroups = ["video", "gpio"]\n'
+            f'[wifi]\ncountry = "GB"\nssid = "home"\npsk = "{psk}"\n')
+    sys_, rec = system(root)
+    s = settings.loads(text, "f")
+    firstboot.check(s, sys_, "f")
+    firstboot.apply(s, sys_)
+    assert rec.commands()[0] == "useradd --create-home --shell /bin/bash --user-group --groups sudo,video pi"
+    assert sys_.notes == ["user pi: not in gpio: this system has no such group"]
+    dropin = root / configfiles.nopasswd_path("pi")
+    assert dropin.read_text().endswith("pi ALL=(ALL:ALL) NOPASSWD: ALL\n") and dropin.stat().st_mode & 0o777 == 0o440
+    conf = (root / configfiles.WIFI_CONF_PATH).read_text()
+    assert f"psk={psk}" in conf and "country=GB" in conf  # the key as given: nothing derived
+    assert (root / configfiles.REGDOM_PATH).read_text().endswith("ieee80211_regdom=GB\n")
+    # An existing user: only the groups it lacks are added.
+    (root / "etc/group").write_text("root:x:0:\nsudo:x:27:pi\nvideo:x:44:\nadm:x:4:\n")
+    sys2, rec2 = system(root)
+    firstboot.apply(settings.loads('[[users]]\nname = "pi"\nsudo = true\ngroups = ["video", "adm"]', "f"), sys2)
+    assert rec2.commands() == ["usermod --append --groups video,adm pi"]
+    assert dropin.exists()  # like sudo, passwordless sudo is not taken away by a file that omits it
+    (root / "usr/bin/sudo").unlink()
+    with pytest.raises(SettingsError, match=r"users\[0\]\.sudo_nopasswd: this image has no sudo"):
+        firstboot.check(settings.loads('[[users]]\nname = "x"\nsudo_nopasswd = true', "f"), sys2, "f")
+
+
+def test_a_country_alone_keeps_the_network(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    sys_, _ = system(root)
+    firstboot.apply(settings.loads('[wifi]\ncountry = "FR"', "f"), sys_)
+    assert (root / configfiles.WIFI_CONF_PATH).read_text().endswith("country=FR\n")  # no network block
+    assert "network=" not in (root / configfiles.WIFI_CONF_PATH).read_text()
+    firstboot.apply(settings.loads(GOOD, "f"), sys_)
+    firstboot.apply(settings.loads('[wifi]\ncountry = "AT"', "f"), sys_)
+    conf = (root / configfiles.WIFI_CONF_PATH).read_text()
+    assert "country=AT" in conf and f"psk={configfiles.wifi_psk('home', 'very secret')}" in conf
+    assert (root / configfiles.REGDOM_PATH).read_text().endswith("ieee80211_regdom=AT\n")
+    with pytest.raises(SettingsError, match=r"wifi\.ssid: is missing: passphrase is for a network"):
+        settings.loads('[wifi]\ncountry = "AT"\npassphrase = "12345678"', "f")

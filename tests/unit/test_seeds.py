@@ -24,7 +24,9 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJcSWeJEDkPpgBEfCscFV2lnCSLf7HI5bt+D0
 HASH = "$y$j9T$Ve0bzkdrXr3Wm5uWNb0PK/$nQFXboIT4XJ.iccfiOrPoy93CM4ep7tktvfhNGihny4"
 # What Imager derives from the passphrase "correct horse battery staple" for HomeNet (checked below).
 PSK = "55b39d90a2105b229568d5b9c38f4aa08198bff015e98afc8d16fe75759732a2"
-PI = {"name": "pi", "password_hash": HASH, "ssh_keys": [KEY], "sudo": True}
+PI = {"name": "pi", "password_hash": HASH, "ssh_keys": [KEY], "sudo": True, "sudo_nopasswd": True}
+GROUPS_1_8 = ["users", "adm", "dialout", "audio", "netdev", "video", "plugdev", "cdrom", "games", "input", "gpio",
+              "spi", "i2c", "render"]
 HOME = {"country": "DE", "ssid": "HomeNet", "psk": PSK}
 UD = "#cloud-config\n"
 
@@ -56,26 +58,25 @@ def test_fixture_psk_is_what_imager_derives() -> None:
 def test_imager_2x_user_form() -> None:
     t = nocloud("imager-2.x")
     assert t.data == {"hostname": "liveng-pi", "timezone": "Europe/Berlin", "keyboard": "de", "users": [PI],
-                      "ssh": {"enabled": True, "password_authentication": False}}
-    assert t.ignored == ["network-config: network.wifis.wlan0.access-points.HomeNet.password", "user-data: apt",
-                         "user-data: packages", "user-data: runcmd[1]", "user-data: runcmd[2]", "user-data: user.sudo"]
-    assert t.wifi_with_psk == HOME
+                      "ssh": {"enabled": True, "password_authentication": False}, "wifi": HOME}
+    # runcmd[1] and [2] write and chmod Imager's NOPASSWD sudoers file: liveng writes its own.
+    assert t.ignored == ["user-data: apt", "user-data: packages"]
     assert t.instance_id == "rpi-imager-1755443964123"
     assert t.secrets == ["network-config: network.wifis.wlan0.access-points.HomeNet.password",
                          "user-data: user.passwd"]
     assert t.sources == {"hostname": "user-data", "timezone": "user-data", "keyboard": "user-data",
                          "users[0]": "user-data", "ssh": "user-data", "wifi": "network-config"}
-    assert any("NOPASSWD" in n for n in t.notes)
     s = valid(t)
-    assert s.users == (settings.User("pi", HASH, (KEY,), True),) and settings.ssh_wanted(s) is True
+    assert s.users == (settings.User("pi", HASH, (KEY,), True, True),) and settings.ssh_wanted(s) is True
+    assert s.wifi == settings.Wifi("DE", "HomeNet", psk=PSK)
 
 
 def test_imager_1_8_users_list() -> None:
     t = nocloud("imager-1.8")
-    assert t.data == {"hostname": "liveng-pi", "timezone": "Europe/Berlin", "keyboard": "de", "users": [PI]}
-    assert t.ignored == ["network-config: wifis.wlan0.access-points.HomeNet.password", "user-data: apt",
-                         "user-data: packages", "user-data: users[0].groups", "user-data: users[0].sudo"]
-    assert t.wifi_with_psk == HOME  # the country from cmdline.txt: 1.8 puts none in network-config
+    # The country from cmdline.txt: 1.8 puts none in network-config.
+    assert t.data == {"hostname": "liveng-pi", "timezone": "Europe/Berlin", "keyboard": "de",
+                      "users": [{**PI, "groups": GROUPS_1_8}], "wifi": HOME}
+    assert t.ignored == ["user-data: apt", "user-data: packages"]
     assert t.instance_id is None and len(t.digest) == 64  # 1.8 writes no meta-data
     assert settings.ssh_wanted(valid(t)) is True  # the key switches SSH on
 
@@ -87,24 +88,25 @@ def test_imager_2_0_8_users_list_enable_ssh_open_hidden_network() -> None:
                       "ssh": {"enabled": True, "password_authentication": True},
                       "wifi": {"country": "GB", "ssid": "Café Gäste", "passphrase": "", "hidden": True}}
     assert t.ignored == ["user-data: apt", "user-data: packages"]
-    assert t.secrets == ["user-data: users[0].passwd"] and t.wifi_with_psk is None
+    assert t.secrets == ["user-data: users[0].passwd"]
     assert valid(t).wifi == settings.Wifi("GB", "Café Gäste", "", True)
 
 
 def test_rpi_preseed() -> None:
     t = from_preseed(read("preseed", "rpi-preseed.toml") or "", read("preseed", "cmdline.txt"))
     assert t.data == {"hostname": "liveng-pi", "timezone": "Europe/Berlin", "keyboard": "de", "users": [PI],
-                      "ssh": {"enabled": True, "password_authentication": False}}
-    assert t.ignored == ["rpi-preseed.toml: user.passwordless_sudo", "rpi-preseed.toml: wlan.password"]
+                      "ssh": {"enabled": True, "password_authentication": False}, "wifi": HOME}
+    assert t.ignored == []
     assert t.secrets == ["rpi-preseed.toml: user.password", "rpi-preseed.toml: wlan.password"]
-    assert t.wifi_with_psk == HOME and t.instance_id is None
+    assert t.secret_paths == [("rpi-preseed.toml", ("user", "password")), ("rpi-preseed.toml", ("wlan", "password"))]
+    assert t.instance_id is None
     valid(t)
 
 
 def test_cloud_localds_seed_with_extras() -> None:
     t = nocloud("cidata")
     rsa = (DATA / "cidata" / "user-data").read_text().split(">-\n", 1)[1].split("\n", 1)[0].strip()
-    admin = {"name": "admin", "sudo": True,
+    admin = {"name": "admin", "sudo": True, "sudo_nopasswd": True, "groups": ["video"],
              "password_hash": "$6$rounds=4096$q7NwT3aVbXk2Lm9z$U5MdmWHRQhW2Gs/tYbj9zOb5vZxIiebfxw9PgQ1atr0R0yE8DYeSjmu"
                               "NAIwqTaEyOwRUXvf70hiVKetSMRgiS0",
              "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAQvTsRQkd8UQlt13yI0MJYkS55IOLHWvaDr2MDg4QvN "
@@ -120,8 +122,7 @@ def test_cloud_localds_seed_with_extras() -> None:
         "network-config: ethernets.eth0.nameservers", "network-config: ethernets.eth0.routes",
         "user-data: bootcmd", "user-data: final_message", "user-data: fqdn", "user-data: package_update",
         "user-data: packages", "user-data: runcmd[1]", "user-data: runcmd[2]", "user-data: users[0]",
-        "user-data: users[1].gecos", "user-data: users[1].groups", "user-data: users[1].sudo",
-        "user-data: users[2].ssh_import_id", "user-data: write_files"]
+        "user-data: users[1].gecos", "user-data: users[2].ssh_import_id", "user-data: write_files"]
     assert t.secrets == ['network-config: wifis.wlan0.access-points."Office Net".password',
                          "user-data: chpasswd.users[0].password", "user-data: users[1].hashed_passwd"]
     assert t.instance_id == "kiosk-7-2024-05-01"
@@ -275,16 +276,16 @@ def test_sudo_rules_groups_and_key_options() -> None:
     t = ud("users:\n- name: a\n  sudo: 'ALL=(ALL:ALL) ALL'\n- name: b\n  sudo: 'ALL=(ALL) /usr/bin/apt'\n"
            f"  groups: [video]\n- name: c\n  groups: 'adm, sudo'\n  shell: /bin/zsh\n"
            f"  ssh_authorized_keys: ['no-pty,command=\"x\" {KEY}', '{KEY}']\n")
-    assert t.data["users"] == [{"name": "a", "sudo": True}, {"name": "b"},
-                               {"name": "c", "sudo": True, "ssh_keys": [KEY]}]
-    assert t.ignored == ["user-data: users[1].groups", "user-data: users[1].sudo", "user-data: users[2].groups",
-                         "user-data: users[2].shell", "user-data: users[2].ssh_authorized_keys[0]"]
+    assert t.data["users"] == [{"name": "a", "sudo": True}, {"name": "b", "groups": ["video"]},
+                               {"name": "c", "groups": ["adm"], "sudo": True, "ssh_keys": [KEY]}]
+    assert t.ignored == ["user-data: users[1].sudo", "user-data: users[2].shell",
+                         "user-data: users[2].ssh_authorized_keys[0]"]
 
 
 def test_default_user_form() -> None:
     t = ud(f"user: pi\nssh_authorized_keys: ['{KEY}']\nusers: [default, {{name: x, groups: [sudo]}}]\n")
     assert t.data["users"] == [{"name": "pi", "sudo": True, "ssh_keys": [KEY]}, {"name": "x", "sudo": True}]
-    assert ud("user:\n  name: pi\n  groups: [video]\n").data["users"] == [{"name": "pi"}]
+    assert ud("user:\n  name: pi\n  groups: [video]\n").data["users"] == [{"name": "pi", "groups": ["video"]}]
     assert ud(f"ssh_authorized_keys: ['{KEY}']\n").ignored == ["user-data: ssh_authorized_keys"]
 
 
@@ -375,11 +376,10 @@ def test_preseed_plain_password_open_network_locale() -> None:
                 '[wlan]\nssid = "Open"\n[locale]\nkeymap = "de"\nkeymap_variant = "nodeadkeys"\nlang = "de_DE.UTF-8"\n'
                 'locales = ["de_DE.UTF-8", "en_GB.UTF-8"]\nkeymap_model = "pc105"\nlc_time = "en_GB.UTF-8"\n'
                 '[connect]\nenabled = true\nmode = "token"\ntoken = "t"\n', "cfg80211.ieee80211_regdom=AT")
-    assert t.data == {"users": [{"name": "alice", "sudo": True}], "keyboard": "de(nodeadkeys)",
+    assert t.data == {"users": [{"name": "alice", "sudo": True, "groups": ["gpio"]}], "keyboard": "de(nodeadkeys)",
                       "locale": "de_DE.UTF-8", "wifi": {"country": "AT", "ssid": "Open", "passphrase": ""}}
     assert t.ignored == ["rpi-preseed.toml: connect", "rpi-preseed.toml: locale.lc_time",
-                         "rpi-preseed.toml: locale.locales", "rpi-preseed.toml: user.groups",
-                         "rpi-preseed.toml: user.password"]
+                         "rpi-preseed.toml: locale.locales", "rpi-preseed.toml: user.password"]
     assert t.secrets == ["rpi-preseed.toml: connect.token", "rpi-preseed.toml: user.password"]
     valid(t)
 
@@ -428,13 +428,13 @@ def test_gather_precedence_and_sources() -> None:
     valid(t)
 
 
-def test_merge_native_first_and_a_psk_network_claims_the_wifi() -> None:
+def test_merge_native_first() -> None:
     mine = native({"hostname": "mine", "users": [{"name": "pi", "sudo": True}]}, "liveng-settings.toml")
     seed = nocloud("imager-2.x")
     disk = net("version: 2\nwifis: {w: {regulatory-domain: DE, access-points: {Other: {}}}}\n")
     t = merge([mine, seed, disk])
     assert t.data["hostname"] == "mine" and t.data["users"] == [{"name": "pi", "sudo": True}]
-    assert "wifi" not in t.data and t.wifi_with_psk == HOME and t.sources["wifi"] == "network-config"
+    assert t.data["wifi"] == HOME and t.sources["wifi"] == "network-config"
     assert t.sources["users[0]"] == "liveng-settings.toml" and t.sources["keyboard"] == "user-data"
     assert t.digest != merge([seed]).digest
     valid(t)
@@ -461,3 +461,16 @@ def test_the_package_stays_within_the_standard_library() -> None:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top == "__future__" or name in (
                     "liveng", "liveng.settings") or name.startswith("liveng.seeds"), f"{path.name} imports {name}"
+
+
+def test_a_country_without_a_network() -> None:
+    """Imager puts the country on cmdline.txt alone when the customisation names no network."""
+    t = from_cloud_init(UD + "hostname: a\n", None, "instance-id: i\n", "quiet cfg80211.ieee80211_regdom=gb")
+    assert t.data["wifi"] == {"country": "GB"} and t.sources["wifi"] == "cmdline.txt"
+    assert valid(t).wifi == settings.Wifi("GB", None)
+    assert preseed('[wlan]\ncountry = "fr"\nhidden = false\n').data["wifi"] == {"country": "FR"}
+    assert preseed("", "cfg80211.ieee80211_regdom=AT").data["wifi"] == {"country": "AT"}
+    # A lower source's network is still joined, under the higher source's country.
+    network = f"version: 2\nwifis: {{w: {{regulatory-domain: DE, access-points: {{N: {{password: '{PSK}'}}}}}}}}\n"
+    t = merge([preseed("", "cfg80211.ieee80211_regdom=AT"), net(network)])
+    assert t.data["wifi"] == {"country": "AT", "ssid": "N", "psk": PSK}

@@ -77,7 +77,12 @@ def test_empty_and_example_files_are_valid() -> None:
         ('[wifi]\ncountry = "DE"\nssid = ""', "wifi.ssid: '' is not a network name"),
         ('[wifi]\ncountry = "DE"\nssid = "' + "x" * 33 + '"', "is not a network name"),
         ('[wifi]\ncountry = "DE"\nssid = "x"\npassphrase = "short"', "wifi.passphrase: must be 8 to 63"),
-        ('[wifi]\ncountry = "DE"\nssid = "x"\npsk = "00"', "wifi.psk: unknown key"),
+        ('[wifi]\ncountry = "DE"\nssid = "x"\npsk = "00"', "wifi.psk: the value (not shown: it may be a password) "
+         "is not a WPA key"),
+        ('[wifi]\ncountry = "DE"\nssid = "x"\npassphrase = "12345678"\npsk = "' + "a" * 64 + '"',
+         "wifi.psk: give the passphrase or the key (psk), not both"),
+        ('[[users]]\nname = "pi"\nsudo = false\nsudo_nopasswd = true', "users[0].sudo_nopasswd: needs sudo"),
+        ('[[users]]\nname = "pi"\ngroups = ["Video"]', "users[0].groups[0]: 'Video' is not a valid group name"),
         ('[[users]]\nname = "pi"\npassword_hash = "raspberry"', "plain passwords are refused"),
         ('[[users]]\nname = "pi"\npassword = "raspberry"', "users[0].password: unknown key"),
         ('[[users]]\nname = "pi"\nssh_keys = "ssh-ed25519 AAAA"', "users[0].ssh_keys: must be a list"),
@@ -152,7 +157,7 @@ def test_wifi_configuration() -> None:
     assert configfiles.wifi_psk("IEEE", "password") == \
         "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
     wifi = settings.Wifi("DE", 'My "Net"', "correct horse", hidden=True)
-    psk = configfiles.wifi_psk(wifi.ssid, "correct horse")
+    psk = configfiles.wifi_psk('My "Net"', "correct horse")
     conf = configfiles.wifi_text(wifi, psk)
     assert "country=DE" in conf and "ssid=" + b'My "Net"'.hex() in conf and "scan_ssid=1" in conf
     assert f"psk={psk}" in conf and "correct horse" not in conf
@@ -190,3 +195,26 @@ def test_a_malformed_password_hash_is_not_repeated_in_the_error() -> None:
         settings.loads(text, "liveng-settings.toml")
     assert "users[0].password_hash" in str(err.value) and "not shown" in str(err.value)
     assert "Tr0ub4dor" not in str(err.value)
+
+
+def test_what_raspberry_pi_imager_writes_fits_the_schema() -> None:
+    """The WPA key instead of the passphrase, passwordless sudo, more groups (issue 16)."""
+    psk = configfiles.wifi_psk("HomeNet", "correct horse battery staple")
+    s = settings.loads(f'[[users]]\nname = "pi"\nsudo_nopasswd = true\ngroups = ["video", "sudo", "video", "adm"]\n'
+                       f'[wifi]\ncountry = "DE"\nssid = "HomeNet"\npsk = "{psk.upper()}"\n', "p1")
+    assert s.users == (settings.User("pi", sudo=True, sudo_nopasswd=True, groups=("video", "adm")),)
+    assert s.wifi == settings.Wifi("DE", "HomeNet", None, psk=psk) and s.wifi.key_given
+    assert configfiles.wifi_key(s.wifi) == psk
+    assert configfiles.wifi_key(settings.Wifi("DE", "HomeNet", "correct horse battery staple")) == psk
+    assert configfiles.wifi_key(settings.Wifi("DE", "open", "")) is None
+    assert not settings.Wifi("DE", "kept").key_given  # after the secret left p1: the kept key is used
+    assert settings.loads('[[users]]\nname = "a"\ngroups = ["sudo"]', "p1").users[0].sudo
+    # The key is a secret like the passphrase: removed from p1 once applied.
+    text = f'[wifi]\ncountry = "DE"\nssid = "HomeNet"\npsk = "{psk}"\n'
+    out = settings.redact(text, "applied")
+    assert psk not in out and "# psk: applied" in out
+    assert configfiles.regdom_text("DE").endswith("options cfg80211 ieee80211_regdom=DE\n")
+    assert configfiles.nopasswd_path("pi") == "etc/sudoers.d/liveng-nopasswd-pi"
+    assert "pi ALL=(ALL:ALL) NOPASSWD: ALL" in configfiles.nopasswd_text("pi")
+    r = recipe.loads(f'target = "pc"\n{text}', "r.toml", None)
+    assert r.wifi is not None and r.wifi.psk == psk

@@ -3,10 +3,12 @@ liveng reads every mapped range back)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -107,11 +109,17 @@ def test_build_compress_leaves_the_three_files(tmp_path: Path, monkeypatch: pyte
     from liveng.host import build
     from liveng.host.cli import main
 
-    def fake_build(recipe: object, output: Path, **kwargs: object) -> None:
+    info = {"suite": "trixie", "target": "rpi", "arch": "arm64", "version": "1", "built": "2026-12-06T00:00:00Z"}
+
+    def fake_build(recipe: object, output: Path, **kwargs: object) -> SimpleNamespace:
         small_image(output)
+        return SimpleNamespace(output=output, image_info=lambda: info)
 
     monkeypatch.setattr(build, "build", fake_build)
     out = tmp_path / "liveng.img"
     assert main(["build", "--compress", "xz", "-o", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("liveng.img")) == \
         ["liveng.img", "liveng.img.bmap", "liveng.img.xz", "liveng.img.xz.sha256sums"]
+    # Raspberry Pi Imager's manifest names the compressed image (liveng/host/imager.py).
+    manifest = json.loads((tmp_path / "liveng.rpi-imager-manifest").read_text())
+    assert manifest["os_list"][0]["url"] == (tmp_path / "liveng.img.xz").as_uri()
