@@ -101,9 +101,12 @@ def main() -> int:
         t = timed(laps, "system installed, synced, read back", t)
         kept = update._stage_delta(p7, meta.system_name, ("/home", "/root", "/srv", "/etc/hostname"))
         t = timed(laps, f"kept paths copied ({', '.join(kept)}, {args.delta_mib} MiB + 2000 small files)", t)
-        with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
-            update._kernel_files(final / layout.SYSTEM_ISO_NAME, meta, Path(shm))
-        timed(laps, "kernel and initrd out of the new ISO, checked", t)
+        if "iso9660" in Path("/proc/filesystems").read_text():
+            with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+                update._kernel_files(final / layout.SYSTEM_ISO_NAME, meta, Path(shm))
+            timed(laps, "kernel and initrd out of the new ISO, checked", t)
+        else:  # a host kernel without ISO9660 (some VMs): the step is measured in the VM only
+            print("(this kernel mounts no iso9660: the kernel files step is left out)")
 
         mib = layout.MiB
         print(f"| step (native, {os.cpu_count()} cores, this machine's disk) | s |\n|---|---|")
