@@ -292,8 +292,11 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
     ]
     if spec.assets:
         names = " ".join(spec.assets)
-        hooks.append(f'--customize-hook=mkdir "$1/{ASSETS_DIR}" && chroot "$1" sh -c '
-                     f'"cd /{ASSETS_DIR} && apt-get download {names}"')
+        # The host's apt with the chroot's configuration (mmdebstrap(1), hooks): the host's DNS, and
+        # no emulation for arm64. In the chroot a suite's systemd-resolved may have replaced
+        # /etc/resolv.conf by a link into /run (bookworm's does), and nothing resolves there.
+        hooks.append(f'--customize-hook=mkdir "$1/{ASSETS_DIR}" && cd "$1/{ASSETS_DIR}" && '
+                     f'APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get download {names}')
     sources = []
     for name, text in spec.sources:
         path = workdir / "sources" / name
