@@ -49,8 +49,11 @@ class VmError(AssertionError):
 class Vm:
     def __init__(self, image: Path, log: Path, *, bios: bool = False, snapshot: bool = False,
                  disks: tuple[Path, ...] = (), memory: int = 1024, qmp: Path | None = None,
-                 machine: str | None = None, forwards: tuple[str, ...] = (), incoming: Path | None = None) -> None:
+                 machine: str | None = None, forwards: tuple[str, ...] = (), incoming: Path | None = None,
+                 secure_boot: bool = False) -> None:
         args = ["-m", "liveng.host.cli", "run", str(image), "--memory", str(memory)]
+        if secure_boot:
+            args.append("--secure-boot")
         for fwd in forwards:  # "HOSTPORT:GUESTPORT", TCP on 127.0.0.1
             args += ["--forward", fwd]
         if machine:

@@ -199,6 +199,8 @@ def cmd_kernel_install(args: argparse.Namespace) -> int:
             return 0
         raise
     print(f"liveng: {result.message}", file=sys.stderr if args.from_hook else sys.stdout)
+    if result.warning:
+        print(f"liveng: WARNING: {result.warning}", file=sys.stderr)
     return 0
 
 

@@ -5,7 +5,7 @@ same places (so a slot keeps its name, volume id and slot.json); the other slot 
 is a fresh ext4 filling the disk, empty or with a copy of the current delta; an encrypted p7
 gets a copy of this one's LUKS header (same passphrase, key file and volume key).
 
-The installed disk keeps this image's id. The id is baked into GRUB (BOOTX64.EFI and the BIOS
+The installed disk keeps this image's id. The id is baked into GRUB (the UEFI config stubs on p1 and the BIOS
 core.img search p1 by it; core.img is compressed and the device has no grub-mkimage to make a new
 one), so a new id cannot be given consistently on the device. The copy is therefore meant to
 replace the disk it came from (install from a stick, then remove the stick): two disks with one

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout
-from liveng.device import bootenv, bootstate, runner, slots, system, verify
-from liveng.device.bootstate import BootState, DeviceError
+from liveng.device import bootenv, bootstate, runner, secureboot, slots, system, verify
+from liveng.device.bootstate import BootState, DeviceError, mounted
 
 HEALTH_DIR = Path("/etc/liveng/health.d")
 MODULES_DIR = Path("/lib/modules")  # the running kernel's modules: /lib/modules/$(uname -r)
@@ -59,6 +59,7 @@ def normalized(order: list[str]) -> tuple[str, ...]:
 class InstallResult:
     slot: str | None
     message: str
+    warning: str | None = None  # written anyway, but this machine would refuse to boot it
 
 
 def newer_installed(kernel: str, boot: Path = Path("/boot")) -> str | None:
@@ -109,6 +110,7 @@ def _install(kernel: str, initrd: Path | None, force: bool) -> InstallResult:
             return InstallResult(None, f"kernel {kernel} is already in slot {preferred.upper()}: nothing to do")
     target = target_slot(state, booted)
     entry = layout.ENTRY_SLOT[target]
+    refused = secureboot.refusal(vmlinuz)
     # First take the slot out of the order, so that a power cut during the write cannot leave
     # GRUB pointing at half a slot.
     if entry in state.order:
@@ -124,7 +126,12 @@ def _install(kernel: str, initrd: Path | None, force: bool) -> InstallResult:
     if system.cmdline_args().get(layout.KERNEL_ARG_MODE, layout.MODE_PERSISTENT) != layout.MODE_PERSISTENT:
         # Its modules were installed into the RAM delta: without a commit the next boot lacks them.
         message += "; RAM mode: run 'liveng commit' before rebooting, or its modules are lost"
-    return InstallResult(target, message)
+    warning = None
+    if refused is not None:
+        warning = (f"kernel {kernel}: {refused}. Shim will refuse to start it: the next boot falls back to "
+                   f"{rest[0] if rest else FACTORY} after about 15 s. Sign it with an enrolled Machine Owner Key "
+                   "(README: Secure Boot) or use a Debian-signed kernel")
+    return InstallResult(target, message, warning)
 
 
 def health_checks() -> list[str]:
@@ -152,7 +159,7 @@ def mark_good() -> str:
                           "falls back after the remaining tries")
     with bootenv.locked():
         state = bootstate.read_state()
-        order = confirmed_order(state.order, booted, lambda e: (name := slot_of(e)) is None or verify.intact(name))
+        order = confirmed_order(state.order, booted, lambda e: (name := slot_of(e)) is None or bootable(name))
         confirmed = layout.order_to_env(order)
         if (order, layout.TRIES, booted, confirmed) == (state.order, state.tries, state.good, state.confirmed) \
                 and not state.damaged:
@@ -160,6 +167,20 @@ def mark_good() -> str:
             return booted
         bootstate.update_state(order=order, tries=layout.TRIES, good=booted, confirmed=confirmed)
     return booted
+
+
+def bootable(name: str) -> bool:
+    """Whether slot ``name`` holds an intact kernel that this machine would start: under Secure Boot,
+    GRUB also skips one that shim refuses, intact as it is."""
+    if not verify.intact(name):
+        return False
+    if not secureboot.enabled():
+        return True
+    try:
+        with mounted(layout.SLOTS[name], "iso9660") as root:
+            return secureboot.refusal(root / layout.KERNEL_PATH) != secureboot.NOT_TRUSTED
+    except DeviceError:
+        return True  # cannot tell: keep it, as before Secure Boot was considered
 
 
 def confirmed_order(order: tuple[str, ...], booted: str, intact: Callable[[str], bool]) -> tuple[str, ...]:

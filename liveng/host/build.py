@@ -31,7 +31,7 @@ from liveng.host import (
     squashcache,
     updaterecipe,
 )
-from liveng.host.bootloader import grub, rpi
+from liveng.host.bootloader import grub, rpi, signed
 from liveng.host.errors import BuildError, UsageError
 from liveng.host.mirrors import Mirrors, resolve_mirrors
 from liveng.host.recipe import Recipe
@@ -221,7 +221,7 @@ def step_boot_partition(ctx: Context) -> None:
     target = ctx.recipe.target
     board_dtbs: tuple[tuple[str, str], ...] = ()
     if target == "pc":
-        ctx.core_img = grub.make_pc(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR)
+        ctx.core_img = grub.make_bios(ctx.workdir, ctx.image_id)
     else:
         grub.make_arm64(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR, rpi.grub_modules(ctx.assets))
         rpi.populate(staging, ctx.assets, layout.kernel_dtbs(ctx.tree, ctx.kernel_version))
@@ -232,8 +232,10 @@ def step_boot_partition(ctx: Context) -> None:
     cmdline = bootargs.kernel_cmdline(ctx.image_id, (*extra, *ctx.recipe.cmdline))
     ram = ctx.recipe.ram
     modes = {m: bootargs.mode_args(ctx.image_id, m, ram.delta_cap, ram.persistent_paths) for m in layout.MODES}
-    cfg.write_text(grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs,
-                                 ram.mode, modes))
+    menu = grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs, ram.mode, modes)
+    cfg.write_text(menu)
+    if target == "pc":
+        signed.populate(staging, ctx.assets, ctx.image_id, menu)
     primary, backup = grubenv.copies(layout.fresh_env(layout.INITIAL_ORDER, ram.mode))
     (staging / layout.GRUBENV_PATH).write_bytes(primary)
     (staging / layout.GRUBENV_BACKUP_PATH).write_bytes(backup)

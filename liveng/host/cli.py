@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = VmConfig(image=args.image, bios=args.bios, snapshot=args.snapshot, memory=args.memory,
                    cpus=args.cpus, disks=tuple(args.disk), qmp=args.qmp,
                    forwards=tuple(args.forward) + ((f"{args.ssh_port}:22",) if args.ssh_port else ()),
-                   machine=args.machine, incoming=args.incoming)
+                   machine=args.machine, incoming=args.incoming, secure_boot=args.secure_boot)
     return run_vm(cfg)
 
 
@@ -197,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="QEMU machine (default: q35 for PC images, virt for arm64 ones; raspi3b boots an "
                    "arm64 image the Raspberry Pi 3 way, through U-Boot from the SD card)")
     p.add_argument("--bios", action="store_true", help="boot through the BIOS instead of UEFI (PC images)")
+    p.add_argument("--secure-boot", action="store_true",
+                   help="UEFI with Secure Boot enforced and Microsoft's keys enrolled, as most PCs ship (PC images)")
     p.add_argument("--snapshot", action="store_true", help="leave the image file untouched")
     p.add_argument("--memory", type=int, default=1024, metavar="MiB", help="guest memory (default 1024)")
     p.add_argument("--cpus", type=int, default=1,

@@ -26,6 +26,10 @@ log = logging.getLogger("liveng.run")
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot: the firmware built with it (and SMM, which guards the variables), and variables with
+# Microsoft's keys enrolled and Secure Boot on, as a PC leaves the factory (Debian's ovmf package).
+OVMF_SECBOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_MS_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
 AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
 
@@ -48,6 +52,7 @@ class VmConfig:
     qmp: Path | None = None
     forwards: tuple[str, ...] = ()  # "HOSTPORT:GUESTPORT" for TCP
     machine: str | None = None  # None: the first of MACHINES[arch]
+    secure_boot: bool = False  # q35 only: OVMF with Secure Boot enforced and Microsoft's keys
     # A state saved by Qmp.save_state of a VM with the same configuration: the VM resumes from it
     # instead of booting (the disks must be as they were when it was saved).
     incoming: Path | None = None
@@ -62,6 +67,8 @@ def machine_for(cfg: VmConfig, arch: str) -> str:
         raise UsageError(f"--machine {machine}: an {arch} image runs on {', '.join(machines)}")
     if cfg.bios and machine != "q35":
         raise UsageError("--bios: only PC images have a BIOS boot; arm64 boots through UEFI or U-Boot")
+    if cfg.secure_boot and (cfg.bios or machine != "q35"):
+        raise UsageError("--secure-boot: only PC images boot with Secure Boot, through UEFI (not with --bios)")
     if machine == "raspi3b" and cfg.disks:
         raise UsageError("--disk: the raspi3b machine has one SD card slot and no other disk")
     if cfg.incoming is not None and not cfg.incoming.is_file():
@@ -102,11 +109,17 @@ TCG = "tcg,tb-size=256"
 
 
 def q35_argv(cfg: VmConfig, vars_copy: Path | None) -> list[str]:
-    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", TCG, "-m", str(cfg.memory),
+    # Secure Boot: SMM on, and the firmware's flash writable only from SMM (edk2's OvmfPkg/README),
+    # else the variables holding the keys could be rewritten by the OS.
+    machine = "q35,smm=on" if cfg.secure_boot else "q35"
+    argv = ["qemu-system-x86_64", "-machine", machine, "-accel", TCG, "-m", str(cfg.memory),
             "-smp", str(cfg.cpus), "-nodefaults", "-no-user-config"]
+    if cfg.secure_boot:
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     if not cfg.bios:
         assert vars_copy is not None
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        code = OVMF_SECBOOT_CODE if cfg.secure_boot else OVMF_CODE
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
     argv += [*_virtio_disks(cfg), "-vga", "std", "-display", "none", "-serial", "mon:stdio"]
     return argv + _common_tail(cfg)
@@ -170,8 +183,8 @@ def run_vm(cfg: VmConfig) -> int:
     for d in cfg.disks:
         if not d.exists():
             raise UsageError(f"{d}: no such disk image")
-    firmware = {"q35": [] if cfg.bios else [OVMF_CODE, OVMF_VARS], "virt": [AAVMF_CODE, AAVMF_VARS],
-                "raspi3b": []}[machine]
+    pc_firmware = [OVMF_SECBOOT_CODE, OVMF_MS_VARS] if cfg.secure_boot else [OVMF_CODE, OVMF_VARS]
+    firmware = {"q35": [] if cfg.bios else pc_firmware, "virt": [AAVMF_CODE, AAVMF_VARS], "raspi3b": []}[machine]
     preflight.check_run(image.arch, firmware)
     with tempfile.TemporaryDirectory(prefix="liveng-run-") as name:
         tmp = Path(name)

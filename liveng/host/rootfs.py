@@ -17,6 +17,7 @@ from pathlib import Path
 
 from liveng import layout, settings
 from liveng.host import progress, updaterecipe
+from liveng.host.bootloader import signed
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe
@@ -48,15 +49,18 @@ WIFI_PACKAGES = ("wpasupplicant", "wireless-regdb")
 # Wi-Fi is in every Raspberry Pi image (the Pi 3, 4 and Zero 2 W have it on board: Broadcom's
 # firmware from non-free-firmware). PC images carry it only when the recipe sets [wifi]: a PC's
 # Wi-Fi chip needs firmware of its own (e.g. firmware-iwlwifi), which the recipe's packages can add.
-TARGET_PACKAGES = {"pc": (), "rpi": (*WIFI_PACKAGES, "firmware-brcm80211")}
+# PC images carry what `liveng kernel install` checks a kernel's signature with under Secure Boot
+# (sbverify; mokutil to see and enrol Machine Owner Keys).
+TARGET_PACKAGES = {"pc": ("mokutil", "sbsigntool"), "rpi": (*WIFI_PACKAGES, "firmware-brcm80211")}
 ENCRYPTION_PACKAGES = ("cryptsetup", "cryptsetup-initramfs")
 KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
 COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
 # Packages the boot partition is made from. They are downloaded with the rootfs (same suite, same
-# mirror, same cache) but not installed: raspi-firmware's kernel hooks would fight liveng's slots.
+# mirror, same cache) but not installed: raspi-firmware's kernel hooks would fight liveng's slots,
+# and the signed shim and GRUB packages would run grub-install (the PC's UEFI boot: bootloader/signed.py).
 # The tarball carries the .debs in ASSETS_DIR; the build unpacks them on the host and drops the
 # directory from the tree.
-BOOT_ASSETS = {"pc": (), "rpi": ("raspi-firmware", "u-boot-rpi", "grub-efi-arm64-bin")}
+BOOT_ASSETS = {"pc": signed.PACKAGES, "rpi": ("raspi-firmware", "u-boot-rpi", "grub-efi-arm64-bin")}
 ASSETS_DIR = "liveng-boot-assets"
 # qemu-user emulates a Cortex-A53 faster than its default "max" CPU (no pointer authentication).
 QEMU_USER_CPU = "cortex-a53"
@@ -294,8 +298,11 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
     ]
     if spec.assets:
         names = " ".join(spec.assets)
-        hooks.append(f'--customize-hook=mkdir "$1/{ASSETS_DIR}" && chroot "$1" sh -c '
-                     f'"cd /{ASSETS_DIR} && apt-get download {names}"')
+        # The host's apt with the chroot's configuration (mmdebstrap(1), hooks): the host's DNS, and
+        # no emulation for arm64. In the chroot a suite's systemd-resolved may have replaced
+        # /etc/resolv.conf by a link into /run (bookworm's does), and nothing resolves there.
+        hooks.append(f'--customize-hook=mkdir "$1/{ASSETS_DIR}" && cd "$1/{ASSETS_DIR}" && '
+                     f'APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get download {names}')
     sources = []
     for name, text in spec.sources:
         path = workdir / "sources" / name

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from liveng import layout
+from liveng.host.bootloader import grub
 from liveng.host.disk import read_table
 from liveng.host.qmp import Qmp
 from tests.boot import golden
@@ -82,14 +83,18 @@ def test_snapshot_reset_restore(pc_golden: golden.Golden, tmp_path: Path) -> Non
 
 
 def choose_menu_reset(vm: Vm, answer: str) -> None:
-    """At the GRUB menu, pick 'Factory reset' (the 4th entry) and answer its question."""
-    vm.proc.expect_exact("Factory reset (asks for confirmation)", timeout=300)
+    """At the GRUB menu, pick 'Factory reset' (the 4th entry, a submenu) and then its "Yes" or "No"."""
+    vm.proc.expect_exact(grub.FACTORY_RESET_TITLE, timeout=300)
     for _ in range(len(layout.ENTRIES)):
         vm.proc.send("\x1b[B")  # down
         time.sleep(0.2)
     vm.proc.send("\r")
-    vm.proc.expect_exact("Type yes and Enter", timeout=60)
-    vm.proc.send(answer + "\r")
+    vm.proc.expect_exact(grub.FACTORY_RESET_YES[:20], timeout=60)
+    time.sleep(0.5)
+    if answer == "yes":
+        vm.proc.send("\x1b[B")
+        time.sleep(0.2)
+    vm.proc.send("\r")
 
 
 def test_resize_power_cut_verify_and_menu_reset(pc_golden: golden.Golden, tmp_path: Path) -> None:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
+
+from liveng.host import rootfs
+from liveng.host.bootloader import signed
+from tests.efi_fixture import TRIXIE_SIGNED_MODULES, grub_efi
 
 KERNEL = "6.1.0-liveng-test"
 
@@ -31,9 +37,31 @@ FILES: dict[str, bytes] = {
 }
 
 
+def boot_assets(where: Path) -> dict[str, Path]:
+    """.debs standing in for the PC's boot packages (rootfs.BOOT_ASSETS): shim and MokManager as bare
+    PE headers, the signed GRUB with the module list of Debian's (the build checks the menu against it)."""
+    contents = {signed.SHIM: b"MZ shim", signed.MOK_MANAGER: b"MZ mokmanager",
+                signed.GRUB: grub_efi(TRIXIE_SIGNED_MODULES)}
+    debs = {}
+    for (package, rel, _name), data in contents.items():
+        root = where / package
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN/control").write_text(f"Package: {package}\nVersion: 1\nArchitecture: amd64\n"
+                                             "Maintainer: liveng tests <tests@liveng.invalid>\nDescription: stand-in\n")
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_bytes(data)
+        debs[package] = where / f"{package}_1_amd64.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", "--build", root, debs[package]], check=True,
+                       capture_output=True)
+    return debs
+
+
 def make(path: Path) -> Path:
     """Write the tarball; the kernel and initrd are random bytes (the layout test never boots)."""
-    with tarfile.open(path, "w") as tar:
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(path, "w") as tar:
+        for deb in boot_assets(Path(tmp)).values():
+            tar.add(deb, arcname=f"./{rootfs.ASSETS_DIR}/{deb.name}")
+
         def add(name: str, data: bytes, mode: int = 0o644) -> None:
             info = tarfile.TarInfo("./" + name)
             info.size = len(data)

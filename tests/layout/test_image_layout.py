@@ -169,8 +169,17 @@ def test_boot_partition(built: Built) -> None:
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     listing = subprocess.run(["mdir", "-/", "-b", "-i", spec, "::/"], capture_output=True, text=True,
                              check=True, env=env).stdout
-    assert "::/EFI/BOOT/BOOTX64.EFI" in listing
-    assert "::/boot/grub/grub.cfg" in listing
+    # UEFI: Debian's signed shim, MokManager and GRUB on the removable path, no fallback (fbx64.efi);
+    # the signed GRUB's config stub in both places it may look (the menu is boot/grub/grub.cfg).
+    for name in ("EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "EFI/BOOT/mmx64.efi", "EFI/BOOT/grub.cfg",
+                 "EFI/debian/grub.cfg", "boot/grub/grub.cfg"):
+        assert f"::/{name}" in listing
+    assert "fbx64" not in listing.lower()
+    for stub in ("EFI/BOOT/grub.cfg", "EFI/debian/grub.cfg"):
+        text = subprocess.run(["mtype", "-i", spec, f"::/{stub}"], capture_output=True, text=True, check=True,
+                              env=env).stdout
+        assert f"--fs-uuid --set=root {layout.fat_serial(built.image_id)}" in text
+        assert "configfile ($root)/boot/grub/grub.cfg" in text
     cfg = subprocess.run(["mtype", "-i", spec, "::/boot/grub/grub.cfg"], capture_output=True, text=True,
                          check=True, env=env).stdout
     assert f"liveng.id={built.image_id}" in cfg

@@ -102,7 +102,7 @@ def test_kernel_cmdline_reboots_on_panic() -> None:
 def test_boot_order_is_kept_as_menu_entry_numbers() -> None:
     # GRUB's fallback takes a list of entry numbers only; the menu must be in ENTRIES order.
     cfg = grub.grub_cfg("12ab34cd", "boot=live", 3, "console=ttyS0")
-    ids = [line.split("--id ")[1].split()[0] for line in cfg.splitlines() if line.startswith("menuentry")]
+    ids = [line.split("--id ")[1].split()[0] for line in cfg.splitlines() if line.startswith(("menuentry", "submenu"))]
     # The factory reset entry comes after them, so that it shifts no number.
     assert tuple(ids) == (*layout.ENTRIES, layout.ENTRY_FACTORY_RESET, *(f"mode-{m}" for m in layout.MODES))
     assert layout.ENTRIES == ("slot-a", "slot-b", "factory")

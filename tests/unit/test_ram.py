@@ -178,7 +178,8 @@ def test_grub_modes() -> None:
         lines.index("    save_env --file $liveng_env liveng_order liveng_tries")
     assert 'if [ "$liveng_count" = yes ]; then' in lines
     # Every numbered entry passes the mode's arguments; a bad mode in grubenv boots persistent.
-    assert cfg.count("$liveng_cmdline $liveng_margs liveng.boot=") == len(layout.ENTRIES) + 1 + len(layout.MODES)
+    # The factory reset's two entries (no, yes) included.
+    assert cfg.count("$liveng_cmdline $liveng_margs liveng.boot=") == len(layout.ENTRIES) + 2 + len(layout.MODES)
     assert 'else set liveng_mode=persistent; set liveng_margs="liveng.mode=persistent"' in lines
     assert f'set liveng_margs="{modes["ram-paths"]}"' in cfg and "liveng.paths=/srv/keep" in cfg
     # The one-boot mode entries boot the order's first entry.

@@ -23,11 +23,11 @@ def test_arm64_menu_loads_the_boards_device_tree_from_each_entrys_partition() ->
     assert "smbios --type 1 --get-string 5 --set liveng_board" in cfg
     assert "regexp '^Raspberry Pi 3 Model B' \"$liveng_board\"; then set liveng_dtb=dtbs/broadcom/bcm2837-rpi-3-b.dtb" \
         in cfg
-    # One devicetree line per entry (the factory reset and the one-boot mode entries too), after that
-    # entry's root is set, so the slot's own DTB is used.
+    # One devicetree line per entry (the factory reset's two and the one-boot mode entries too), after
+    # that entry's root is set, so the slot's own DTB is used.
     assert cfg.count("if devicetree /$liveng_dtb; then set liveng_dtb_arg=liveng.devicetree=$liveng_dtb; fi") == \
-        len(layout.ENTRIES) + 1 + len(layout.MODES)
-    assert "liveng.reset=$liveng_reset $liveng_dtb_arg" in cfg
+        len(layout.ENTRIES) + 2 + len(layout.MODES)
+    assert "liveng.reset=yes $liveng_dtb_arg" in cfg and "liveng.reset=no $liveng_dtb_arg" in cfg
     assert cfg.count("liveng.boot=slot-a $liveng_dtb_arg") == 1
     assert "serial --unit=0" not in cfg  # the firmware's console is the serial console on arm64
     assert 'set liveng_cmdline="boot=live"' in cfg

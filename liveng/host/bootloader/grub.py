@@ -1,8 +1,10 @@
-"""GRUB: x86_64-efi and i386-pc (MBR + core.img) for the PC, arm64-efi for the Raspberry Pi and arm64 UEFI.
+"""GRUB: i386-pc (MBR + core.img) for the PC's BIOS boot, arm64-efi for the Raspberry Pi and arm64 UEFI;
+the menu (p1's grub.cfg) for every GRUB, Debian's signed one on the PC's UEFI path included (signed.py).
 
-Every GRUB carries the same small embedded config: find p1 by its FAT serial (the image id, so a
+Every GRUB starts with the same small config: find p1 by its FAT serial (the image id, so a
 second liveng disk cannot capture the boot), then read p1's grub.cfg. The menu reaches the other
-partitions of the same disk by partition number.
+partitions of the same disk by partition number. It uses only commands that Debian's signed GRUB
+has built in (the build checks it), so one menu serves BIOS, UEFI and Secure Boot alike.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ GRUB_LIB = Path("/usr/lib/grub")
 _COMMON_MODULES = [
     "part_msdos", "fat", "iso9660", "search", "search_fs_uuid", "normal", "configfile", "linux",
     "echo", "test", "regexp", "loadenv", "serial", "terminal", "terminfo", "sleep", "halt", "reboot",
-    "cat", "ls", "read",
+    "cat", "ls",
 ]
 MODULES = {
-    "x86_64-efi": [*_COMMON_MODULES, "efi_gop", "all_video"],
     "i386-pc": [*_COMMON_MODULES, "biosdisk", "all_video"],
     # smbios names the board (U-Boot fills SMBIOS from the device tree); fdt has devicetree.
     "arm64-efi": [*_COMMON_MODULES, "efi_gop", "smbios", "fdt"],
@@ -43,6 +44,10 @@ def early_config(image_id: str) -> str:
 def default_modes(image_id: str) -> dict[str, str]:
     return {m: bootargs.mode_args(image_id, m, "50%") for m in layout.MODES}
 
+
+FACTORY_RESET_TITLE = "Factory reset (asks for confirmation)"
+FACTORY_RESET_NO = "No: boot the factory kernel without a reset"
+FACTORY_RESET_YES = "Yes: discard every change made to this system (snapshots are kept)"
 
 MODE_TITLES = {layout.MODE_PERSISTENT: "persistent mode", layout.MODE_RAM: "RAM mode",
                layout.MODE_RAM_PATHS: "RAM mode with persistent paths"}
@@ -180,35 +185,37 @@ def _head_partition() -> list[str]:
 
 
 def factory_reset_entry(load_dtb: bool = False) -> list[str]:
-    """A menu entry after the numbered ones (so it never shifts them, nor is in the boot order).
+    """A submenu after the numbered entries (so it never shifts them, nor is in the boot order).
 
-    GRUB asks, on the screen and the serial console alike; only "yes" resets. The reset boots the
-    factory kernel, whose modules are the only ones left in a pristine system, and the boot order
-    then points at it until the next kernel update; anything else boots the factory kernel as it is.
+    The confirmation is a choice between two entries, on the screen and the serial console alike
+    (Debian's signed GRUB has no ``read``); the submenu has no timeout, so only a person picks. "Yes"
+    resets: it boots the factory kernel, whose modules are the only ones left in a pristine system,
+    and the boot order then points at it until the next kernel update; "No" boots the factory
+    kernel as it is.
     """
     order, tries = layout.ENV_ORDER, layout.ENV_TRIES
     factory = layout.ENTRIES.index(layout.ENTRY_FACTORY)
     system = layout.partition(layout.Role.SYSTEM).number
+
+    def boot(reset: str) -> list[str]:
+        return [f"        set root=($liveng_disk,msdos{system})",
+                *(f"    {line}" for line in (_load_dtb() if load_dtb else [])),
+                f"        linux /{layout.KERNEL_PATH} $liveng_cmdline $liveng_margs "
+                f"{layout.KERNEL_ARG_BOOT}={layout.ENTRY_FACTORY} {layout.KERNEL_ARG_RESET}={reset}"
+                + (" $liveng_dtb_arg" if load_dtb else ""),
+                f"        initrd /{layout.INITRD_PATH}"]
+
     return [
-        f"menuentry 'Factory reset (asks for confirmation)' --id {layout.ENTRY_FACTORY_RESET} {{",
-        "    echo 'Factory reset: every change made to this system is discarded at this boot.'",
-        "    echo 'Snapshots are kept. Type yes and Enter to reset; anything else boots without a reset.'",
-        "    read liveng_answer",
-        "    if [ \"$liveng_answer\" = yes ]; then",
-        "        set liveng_reset=yes",
+        f"submenu '{FACTORY_RESET_TITLE}' --id {layout.ENTRY_FACTORY_RESET} {{",
+        f"    menuentry '{FACTORY_RESET_NO}' --id {layout.ENTRY_FACTORY_RESET}-no {{",
+        *boot("no"),
+        "    }",
+        f"    menuentry '{FACTORY_RESET_YES}' --id {layout.ENTRY_FACTORY_RESET}-yes {{",
         f"        set {order}={factory}",
         f"        set {tries}={layout.TRIES}",
         *(f"        {line}" for line in _save_env()),
-        "    else",
-        "        set liveng_reset=no",
-        "        echo 'No reset.'",
-        "    fi",
-        f"    set root=($liveng_disk,msdos{system})",
-        *(_load_dtb() if load_dtb else []),
-        f"    linux /{layout.KERNEL_PATH} $liveng_cmdline $liveng_margs "
-        f"{layout.KERNEL_ARG_BOOT}={layout.ENTRY_FACTORY} {layout.KERNEL_ARG_RESET}=$liveng_reset"
-        + (" $liveng_dtb_arg" if load_dtb else ""),
-        f"    initrd /{layout.INITRD_PATH}",
+        *boot("yes"),
+        "    }",
         "}",
     ]
 
@@ -235,12 +242,10 @@ def _board_detection(board_dtbs: tuple[tuple[str, str], ...]) -> list[str]:
 
 
 def check_host() -> list[str]:
-    """What is missing on the host to make PC GRUB images."""
-    missing = []
-    for platform, package in (("x86_64-efi", "grub-efi-amd64-bin"), ("i386-pc", "grub-pc-bin")):
-        if not (GRUB_LIB / platform / "linux.mod").exists():
-            missing.append(f"{GRUB_LIB / platform} (install {package})")
-    return missing
+    """What is missing on the host to make PC GRUB images (the BIOS one; the UEFI one is Debian's signed GRUB)."""
+    if not (GRUB_LIB / "i386-pc" / "linux.mod").exists():
+        return [f"{GRUB_LIB / 'i386-pc'} (install grub-pc-bin)"]
+    return []
 
 
 def mkimage(platform: str, out: Path, early_cfg: Path, moddir: Path | None = None) -> None:
@@ -251,12 +256,10 @@ def mkimage(platform: str, out: Path, early_cfg: Path, moddir: Path | None = Non
          *MODULES[platform]])
 
 
-def make_pc(workdir: Path, image_id: str, efi_dir: Path) -> Path:
-    """BOOTX64.EFI into ``efi_dir``; returns core.img for the MBR gap."""
+def make_bios(workdir: Path, image_id: str) -> Path:
+    """core.img for the MBR gap (the UEFI boot files come from Debian's signed packages: signed.py)."""
     early = workdir / "grub-early.cfg"
     early.write_text(early_config(image_id))
-    efi_dir.mkdir(parents=True, exist_ok=True)
-    mkimage("x86_64-efi", efi_dir / "BOOTX64.EFI", early)
     core = workdir / "core.img"
     mkimage("i386-pc", core, early)
     return core
