@@ -134,6 +134,10 @@ def boot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def update_key(boot_dir: Path) -> tuple[Path, Path]:
+    return signing_key(boot_dir)
+
+
+def signing_key(boot_dir: Path) -> tuple[Path, Path]:
     """An OpenPGP signing key for update bundles: (secret key file, public key file)."""
     secret, public = boot_dir / "update-key.sec", boot_dir / "update-key.pub"
     with golden.locked(secret):
@@ -225,6 +229,10 @@ HEALTH = "#!/bin/sh\n! test -e /srv/fail-health\n"
 
 @pytest.fixture(scope="session")
 def v2_channel(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
+    return make_v2_channel(boot_dir, update_key)
+
+
+def make_v2_channel(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
     """A channel directory holding version 2 (zstd, as shipped systems are) and its signed index."""
     channel = boot_dir / "channel"
     with golden.locked(channel):

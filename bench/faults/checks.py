@@ -1,0 +1,66 @@
+"""What must hold after every round, whatever the operation: a shell with nobody at the console
+(the runner waits for it), the system settled, `liveng status` and `liveng verify` content and in
+agreement; then, the VM powered off, p2 as built and p7's ext4 clean to `e2fsck -fn`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from liveng import layout
+from liveng.host.disk import read_table
+from tests.boot.conftest import partition_hash, persistence_needs_recovery
+from tests.vm import Vm
+
+
+def in_guest(vm: Vm, notes: dict[str, Any], disk_full: bool) -> list[str]:
+    problems = []
+    vm.sh("systemctl start liveng-boot-ok.service || true", timeout=600)
+    state = vm.sh("timeout 300 systemctl is-system-running --wait", check=False).splitlines()[-1:]
+    notes["systemd"] = state[0] if state else "?"
+    failed = vm.sh("systemctl --failed --plain --no-legend | awk '{print $1}'")
+    if failed:
+        notes["failed_units"] = failed.split()
+        if not disk_full:  # on a full p7 a service that must write may fail: its unit says so, honestly
+            problems.append(f"failed units: {' '.join(failed.split())}")
+    out = vm.sh("liveng status --json; echo rc=$?", timeout=600)
+    body, _, rc = out.rpartition("rc=")
+    status: dict[str, Any] = {}
+    if rc != "0":
+        problems.append(f"liveng status exited {rc}: {body[-300:]}")
+    else:
+        status = json.loads(body[body.index("{"):])
+        if status.get("errors"):
+            problems.append(f"liveng status errors: {status['errors']}")
+        if status.get("pending"):
+            problems.append(f"a request still pending after the boot: {status['pending']}")
+        if status.get("switch_in_progress"):
+            problems.append("a delta switch still in progress after the boot")
+    out = vm.sh("liveng verify; echo rc=$?", timeout=1200)
+    verified = out.endswith("rc=0") and "verify OK" in out
+    if not verified:
+        problems.append(f"liveng verify: {out[-400:]}")
+    if status and not status.get("errors") and not verified:
+        problems.append("liveng status reports no error but verify fails: they disagree")
+    slots = status.get("kernel_slots") or {}
+    if slots and slots.get("running") not in (slots.get("order") or []):
+        problems.append(f"status: running {slots.get('running')} not in the boot order {slots.get('order')}")
+    notes["status"] = {"mode": (status.get("mode") or {}).get("running"), "kernel": slots.get("running"),
+                       "order": slots.get("order"), "free": (status.get("persistence") or {}).get("free")}
+    return problems
+
+
+def on_host(disk: Path, system_hash: str) -> list[str]:
+    problems = []
+    if partition_hash(disk, layout.Role.SYSTEM) != system_hash:
+        problems.append("p2 (the system) is not as built")
+    if persistence_needs_recovery(disk):
+        problems.append("p7 still has its journal to replay after a clean power-off")
+    p7 = read_table(disk).entry(layout.partition(layout.Role.PERSISTENCE).number).start
+    fsck = subprocess.run(["e2fsck", "-fn", f"{disk}?offset={p7}"], capture_output=True, text=True)
+    if fsck.returncode != 0:
+        problems.append(f"e2fsck -fn p7 exited {fsck.returncode}: " + " | ".join(
+            line for line in fsck.stdout.splitlines() if not line.startswith("Pass "))[-600:])
+    return problems
