@@ -146,7 +146,10 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         problems.append(f"check failed: {exc!r}"[:600])
         record["trace"] = traceback.format_exc()[-1500:]
         vm.close()
-    problems += checks.on_host(disk, world.system_hash[kind])
+    try:
+        problems += checks.on_host(disk, g.disk, world.system_hash[kind])
+    except Exception as exc:
+        problems.append(f"host checks: {exc!r}")
     for o in ops:
         try:
             problems += o.check_host(ctx, disk)

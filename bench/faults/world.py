@@ -4,7 +4,6 @@ versions of a small package, and (PC) a channel with a signed version 2 for `liv
 
 from __future__ import annotations
 
-import hashlib
 import random
 import subprocess
 from dataclasses import dataclass, field
@@ -101,8 +100,7 @@ def make_repo(root: Path) -> Path:
             packages = subprocess.run(["dpkg-scanpackages", "-m", "."], cwd=root / version, check=True,
                                       capture_output=True, text=True).stdout
             (root / version / "Packages").write_text(packages)
+            release = subprocess.run(["apt-ftparchive", "release", "."], cwd=root / version, check=True,
+                                     capture_output=True, text=True).stdout
+            (root / version / "Release").write_text(release)
     return root
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

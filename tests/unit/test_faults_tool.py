@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,9 @@ from bench.faults.ops import OPS
 HELPER = Path(rounds.__file__).with_name("guest_helper.py")
 
 
-def helper(*args: str) -> dict[str, object]:
+def helper(*args: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, str(HELPER), *args], check=True, capture_output=True, text=True).stdout
-    result: dict[str, object] = json.loads(out)
+    result: dict[str, Any] = json.loads(out)
     return result
 
 
@@ -53,7 +54,7 @@ def test_writer_check_finds_lost_and_torn_files(tmp_path: Path) -> None:
 def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Before\ntext\n")
-    state = {"campaign_seed": 5, "durations": {}, "rounds": [
+    state: dict[str, Any] = {"campaign_seed": 5, "durations": {}, "rounds": [
         {"seed": 1, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "recovered", "problems": [],
          "started": "2026-12-06T06:00:00Z", "commit": "abc"},
         {"seed": 2, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "failed", "delay": 3.5,
@@ -83,7 +84,7 @@ def test_schedule_takes_the_least_run_pair_and_seeds_are_stable() -> None:
     pairs = pairs_for("pc", ["reset", "kernel-install"], ["cut", "two-ops"])
     # A reset reboots: it never runs alongside another operation.
     assert ("reset", "two-ops") not in pairs and ("kernel-install", "two-ops") in pairs
-    state: dict[str, object] = {"campaign_seed": 9, "rounds": [
+    state: dict[str, Any] = {"campaign_seed": 9, "rounds": [
         {"arch": "pc", "op": "reset", "fault": "cut"}, {"arch": "pc", "op": "kernel-install", "fault": "cut"}]}
     assert next_pair(state, "pc", pairs) == ("kernel-install", "two-ops")
     assert round_seed(state, "pc", 3) == round_seed(state, "pc", 3) != round_seed(state, "arm64", 3)
