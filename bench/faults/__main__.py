@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pairs_for(arch: str, ops: list[str], faults: list[str]) -> list[tuple[str, str]]:
-    return [(o, f) for o in ops for f in faults if rounds.applies(OPS[o], f, arch)]
+    """The applicable pairs, in diagonals: consecutive rounds vary both the operation and the fault, so
+    that a short run already covers every operation and every fault."""
+    pairs = [(o, f) for o in ops for f in faults if rounds.applies(OPS[o], f, arch)]
+    return sorted(pairs, key=lambda p: ((ops.index(p[0]) - faults.index(p[1])) % len(faults), ops.index(p[0])))
 
 
 def next_pair(state: dict[str, Any], arch: str, pairs: list[tuple[str, str]]) -> tuple[str, str]:
