@@ -52,8 +52,9 @@ def in_guest(vm: Vm, notes: dict[str, Any], disk_full: bool) -> list[str]:
     return problems
 
 
-def on_host(disk: Path, built: Path, system_hash: str) -> list[str]:
-    """``built``: the golden's disk, for where p2 and p7 start (a torn table must not hide them)."""
+def on_host(disk: Path, built: Path, system_hash: str, powered_off: bool) -> list[str]:
+    """``built``: the golden's disk, for where p2 and p7 start (a torn table must not hide them);
+    ``powered_off``: the check boot ended in a clean power-off (else p7 may rightly need its journal)."""
     problems = []
     table = read_table(built)
     p2 = table.entry(layout.partition(layout.Role.SYSTEM).number)
@@ -72,7 +73,7 @@ def on_host(disk: Path, built: Path, system_hash: str) -> list[str]:
         f.seek(p7 + 1024)
         sb = f.read(1024)
     # The superblock's RECOVER flag: set while mounted, cleared by a clean unmount.
-    if int.from_bytes(sb[0x60:0x64], "little") & 0x0004:
+    if powered_off and int.from_bytes(sb[0x60:0x64], "little") & 0x0004:
         problems.append("p7 still has its journal to replay after a clean power-off")
     fsck = subprocess.run(["e2fsck", "-fn", f"{disk}?offset={p7}"], capture_output=True, text=True)
     if fsck.returncode != 0:

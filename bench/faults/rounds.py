@@ -129,6 +129,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         regions = tuple(sorted({r for o in ops for r in o.regions}))
         record["torn"] = inject.tear(disk, g.disk, rng, regions)
     problems: list[str] = []
+    powered_off = False
     vm = Vm(disk, log, bios=g.bios, memory=g.memory, machine=g.machine)
     try:
         record["boot_seconds"] = round(vm.wait_shell(timeout=BOOT_BOUND))
@@ -139,6 +140,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         for o in ops:
             problems += o.check(ctx, vm)
         vm.poweroff()
+        powered_off = True
     except VmError as exc:
         problems.append(f"{exc}"[:400] + (f" [console: {exc.console[-300:]!r}]" if exc.console else ""))
         vm.close()
@@ -147,7 +149,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         record["trace"] = traceback.format_exc()[-1500:]
         vm.close()
     try:
-        problems += checks.on_host(disk, g.disk, world.system_hash[kind])
+        problems += checks.on_host(disk, g.disk, world.system_hash[kind], powered_off)
     except Exception as exc:
         problems.append(f"host checks: {exc!r}")
     for o in ops:
