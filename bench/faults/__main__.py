@@ -92,6 +92,7 @@ def campaign(args: argparse.Namespace) -> int:
     logdir = args.workdir / "logs"
     logdir.mkdir(exist_ok=True)
     failed = 0
+    commit = record.commit_id()  # the code this run imported, whatever is committed while it runs
     with contextlib.ExitStack() as stack:
         if w.repo:
             w.repo_port = stack.enter_context(serve(w.repo)).port
@@ -109,7 +110,7 @@ def campaign(args: argparse.Namespace) -> int:
             print(f"round {len(mine) + 1}/{args.rounds}: seed {seed}, {op}"
                   + (f" + {spec.partner}" if spec.partner else "") + f", {fault}", flush=True)
             rec = rounds.run(w, spec, state["durations"], args.workdir, logdir)
-            rec["commit"] = record.commit_id()
+            rec["commit"] = commit
             rec["replay"] = replay
             state["rounds"].append(rec)
             if rec.get("op_rc") == 0 and not spec.partner and fault not in ("full", "inodes") \

@@ -80,8 +80,10 @@ def section(state: dict[str, Any], ops: list[str], faults: list[str]) -> str:
         if failures:
             lines += ["Failures (replay: the command shown):", ""]
             for r in failures:
-                lines.append(f"- seed {r['seed']} ({r['op']}, {r['fault']}, {r.get('delay', '?')} s): "
-                             f"{'; '.join(r['problems'])[:400]} — `{replay_command(r)}`")
+                why = "; ".join(p.split("; console log:")[0] for p in r["problems"])
+                lines.append(f"- seed {r['seed']} ({r['op']}" + (f" + {r['partner']}" if r.get("partner") else "")
+                             + f", {r['fault']}, fault {r.get('delay', '?')} s in): {why[:300]} — "
+                             f"`{replay_command(r)}`")
             lines.append("")
         errors = [r for r in mine if r["outcome"] == "error"]
         if errors:

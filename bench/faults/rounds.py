@@ -142,7 +142,8 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         vm.poweroff()
         powered_off = True
     except VmError as exc:
-        problems.append(f"{exc}"[:400] + (f" [console: {exc.console[-300:]!r}]" if exc.console else ""))
+        problems.append(f"{exc}"[:400])
+        record["console"] = exc.console[-1500:]  # in the state file; the RESULTS line stays short
         vm.close()
     except Exception as exc:
         problems.append(f"check failed: {exc!r}"[:600])

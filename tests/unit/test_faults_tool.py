@@ -62,7 +62,7 @@ def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
     record.write_results(results, record.section(state, list(OPS), list(rounds.FAULTS)))
     text = results.read_text()
     assert "| reset | 1/2 | - | - | - | - |" in text
-    assert "seed 2 (reset, cut, 3.5 s): no shell" in text and "--seed 2 --ops reset --faults cut" in text
+    assert "seed 2 (reset, cut, fault 3.5 s in): no shell" in text and "--seed 2 --ops reset --faults cut" in text
     results.write_text(text + "\n## After\nmore\n")
     state["rounds"] = state["rounds"][:1]
     record.write_results(results, record.section(state, list(OPS), list(rounds.FAULTS)))
