@@ -87,7 +87,9 @@ def _journal_blocks(disk: Path, p7: int) -> tuple[int, list[int]]:
     spec = f"{disk}?offset={p7}"
     header = subprocess.run(["dumpe2fs", "-h", spec], capture_output=True, text=True, check=True).stdout
     block = int(re.search(r"Block size:\s+(\d+)", header).group(1))  # type: ignore[union-attr]
-    stat = subprocess.run(["debugfs", "-R", "stat <8>", spec], capture_output=True, text=True, check=True).stdout
+    # -c: without the bitmaps, which a cut can leave with checksums the journal has yet to fix.
+    stat = subprocess.run(["debugfs", "-c", "-R", "stat <8>", spec], capture_output=True, text=True,
+                          check=True).stdout
     blocks: list[int] = []
     for lo, hi, start in re.findall(r"\((\d+)-(\d+)\):(\d+)", stat):
         blocks.extend(range(int(start), int(start) + int(hi) - int(lo) + 1))
@@ -107,6 +109,8 @@ def journal_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
                 seq = int.from_bytes(head[8:12], "big")
                 if best is None or seq > best[0]:
                     best = (seq, i)
+    if not blocks:
+        raise RuntimeError(f"{disk}: no journal extents in debugfs's answer")
     if best is None:
         return p7 + blocks[0] * block, "the journal superblock (no commit block in the journal)"
     # Its first sector: the header and the checksum that decide whether the transaction is replayed.

@@ -127,7 +127,12 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         return record
     if spec.fault == "torn":
         regions = tuple(sorted({r for o in ops for r in o.regions}))
-        record["torn"] = inject.tear(disk, g.disk, rng, regions)
+        try:
+            record["torn"] = inject.tear(disk, g.disk, rng, regions)
+        except Exception as exc:
+            record.update(outcome="error", problems=[f"tearing a sector: {exc!r}"[:600]],
+                          trace=traceback.format_exc()[-1500:], seconds=round(time.monotonic() - start))
+            return record
     problems: list[str] = []
     powered_off = False
     vm = Vm(disk, log, bios=g.bios, memory=g.memory, machine=g.machine)
