@@ -179,11 +179,20 @@ class Commit(Op):
 
 
 class CommitPaths(Commit):
+    """ram-paths mode: a commit of paths (A and B, both only in RAM before it): both or neither."""
+
     name = "commit-ram-paths"
     kinds = ("ram-paths",)
 
     def command(self, ctx: Ctx) -> str:
-        return f"liveng commit {B_DIR}"
+        return f"liveng commit {A_DIR} {B_DIR}"
+
+    def check(self, ctx: Ctx, vm: Vm) -> list[str]:
+        problems = super().check(ctx, vm)
+        more, fate = guest.check_all_or_nothing(vm, A_DIR, ctx.sets[A_DIR], "set A (committed with B)")
+        if fate != ctx.notes["B"]:
+            more.append(f"set A {fate} but set B {ctx.notes['B']}: one commit, half of it kept")
+        return problems + more
 
 
 class Restore(Op):

@@ -57,17 +57,20 @@ def _prepare_common(ctx: Ctx) -> None:
     vm = ctx.vm
     vm.sh(f"mkdir -p {A_DIR.rsplit('/', 1)[0]}")
     ctx.write_set(A_DIR)
-    if ctx.kind in ("ram", "ram-paths"):
-        if ctx.kind == "ram-paths":
-            ctx.write_set(K_DIR)  # a persistent path: on the card at once
+    if ctx.kind == "ram":
         # In a RAM mode only a commit keeps files: A is committed before the operation.
-        vm.sh("liveng commit" + (f" {A_DIR}" if ctx.kind == "ram-paths" else ""), timeout=900)
+        vm.sh("liveng commit", timeout=900)
+    elif ctx.kind == "ram-paths":
+        # A persistent path is on the card at once. A is left to the operation's commit of paths (a
+        # second commit of paths is refused while one is staged, by design).
+        ctx.write_set(K_DIR)
 
 
 def _check_common(ctx: Ctx, vm: Vm, op: Op, ops: list[Op]) -> list[str]:
     problems = []
-    discard = any(o.discards_delta for o in ops)
-    problems += guest.check_set(vm, A_DIR, ctx.sets[A_DIR], "set A (fsynced before)", may_vanish=discard)
+    if ctx.kind != "ram-paths":  # there A is the operation's (ops.CommitPaths)
+        discard = any(o.discards_delta for o in ops)
+        problems += guest.check_set(vm, A_DIR, ctx.sets[A_DIR], "set A (fsynced before)", may_vanish=discard)
     if K_DIR in ctx.sets:
         problems += guest.check_set(vm, K_DIR, ctx.sets[K_DIR], "set K (persistent path)")
     wdir = WRITER_DIR.get(ctx.kind)
