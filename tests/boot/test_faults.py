@@ -6,7 +6,7 @@ is `python -m bench.faults` (bench/RESULTS.md).
 
 LIVENG_FAULTS_SEED picks the rounds (operation, fault, moment, torn sector) from those that need no
 other image than the BIOS golden; LIVENG_FAULTS_ROUNDS sets how many (default 1: a round is a resume,
-the operation, a cold boot and the checks, 3.5-4.5 min under TCG here).
+the operation, a cold boot and the checks: 174 s here).
 """
 
 from __future__ import annotations
