@@ -55,6 +55,7 @@ MINUTES = {
     "test_install_to_a_second_disk": 1.7,
     "test_settings_file_ssh_and_host_keys": 1.6,
     "test_power_cuts_during_kernel_updates": 1.4,
+    "test_fault_rounds": 2.9,  # one round of bench/faults (2026-12-06: 174 s; setup is the BIOS golden)
     "test_appliance_recipe_builds_with_repository_deb_services_tree_and_script": 1.4,
 }
 
@@ -141,6 +142,10 @@ def boot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def update_key(boot_dir: Path) -> tuple[Path, Path]:
+    return signing_key(boot_dir)
+
+
+def signing_key(boot_dir: Path) -> tuple[Path, Path]:
     """An OpenPGP signing key for update bundles: (secret key file, public key file)."""
     secret, public = boot_dir / "update-key.sec", boot_dir / "update-key.pub"
     with golden.locked(secret):
@@ -263,6 +268,10 @@ def build_channel(boot_dir: Path, key: tuple[Path, Path], name: str, target: str
 
 @pytest.fixture(scope="session")
 def v2_channel(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
+    return make_v2_channel(boot_dir, update_key)
+
+
+def make_v2_channel(boot_dir: Path, update_key: tuple[Path, Path]) -> Path:
     """Version 2 of the trixie PC test image: one package more (PACKAGE)."""
     return build_channel(boot_dir, update_key, "update-v2", packages=(PACKAGE,))
 

@@ -40,6 +40,7 @@ class Golden:
     memory: int
     blank_disks: tuple[int, ...]  # sizes of the blank disks attached as vdb, vdc, ...
     boot_seconds: float  # power-on to shell of the boot that made it
+    machine: str | None = None  # liveng run --machine (arm64: virt)
 
 
 def shared_dir(factory: pytest.TempPathFactory) -> Path:
@@ -68,7 +69,7 @@ def blank(path: Path, size: int) -> Path:
 
 
 def make(image: Path, where: Path, name: str, *, bios: bool = False, memory: int = 1024,
-         blank_disks: tuple[int, ...] = ()) -> Golden:
+         blank_disks: tuple[int, ...] = (), machine: str | None = None) -> Golden:
     """Boot a fresh copy of ``image`` once and save it at the shell (or reuse what another worker saved)."""
     disk, state, facts = where / f"{name}.img", where / f"{name}.state", where / f"{name}.seconds"
     with locked(state):
@@ -77,7 +78,8 @@ def make(image: Path, where: Path, name: str, *, bios: bool = False, memory: int
             disks = tuple(blank(where / f"{name}-blank{i}.img", size) for i, size in enumerate(blank_disks))
             sock = where / f"{name}.qmp"
             sock.unlink(missing_ok=True)
-            with Vm(disk, where / f"{name}.console.log", bios=bios, memory=memory, disks=disks, qmp=sock) as vm:
+            with Vm(disk, where / f"{name}.console.log", bios=bios, memory=memory, disks=disks, qmp=sock,
+                    machine=machine) as vm:
                 seconds = vm.wait_shell()
                 vm.sh(SETTLE, timeout=900)
                 qmp = Qmp(sock)
@@ -86,7 +88,7 @@ def make(image: Path, where: Path, name: str, *, bios: bool = False, memory: int
                 finally:
                     qmp.close()
             facts.write_text(f"{seconds:.1f}\n")
-    return Golden(disk, state, bios, memory, blank_disks, float(facts.read_text()))
+    return Golden(disk, state, bios, memory, blank_disks, float(facts.read_text()), machine)
 
 
 def resume(golden: Golden, dest: Path, log: Path, disks: tuple[Path, ...] = (),
@@ -101,7 +103,7 @@ def resume(golden: Golden, dest: Path, log: Path, disks: tuple[Path, ...] = (),
     sock = dest.with_name(f"{dest.stem}.qmp")
     sock.unlink(missing_ok=True)
     vm = Vm(dest, log, bios=golden.bios, memory=golden.memory, disks=disks, qmp=sock, incoming=golden.state,
-            forwards=forwards)
+            forwards=forwards, machine=golden.machine)
     qmp = Qmp(sock)
     try:
         deadline = time.monotonic() + 300

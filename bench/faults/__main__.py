@@ -1,0 +1,154 @@
+"""Fault campaign: rounds against real images in QEMU, unattended and resumable.
+
+    sudo .venv/bin/python -m bench.faults --rounds 200                   # PC: go on until 200 rounds
+    sudo .venv/bin/python -m bench.faults --arch arm64 --rounds 30       # arm64 image on QEMU virt
+    sudo .venv/bin/python -m bench.faults --rounds 20 --ops commit-ram,reset --faults cut,torn
+    sudo .venv/bin/python -m bench.faults --seed 123 --ops reset --faults torn   # replay one round
+
+Every round is recorded in the state file (default bench/faults-state.json) as soon as it ends, and
+bench/RESULTS.md's fault section is rewritten from it: stopping (Ctrl-C, a crash) loses at most the
+round under way, and the same command goes on. The next round is the applicable (operation, fault)
+pair with the fewest rounds so far; its seed (from the campaign seed and its number) decides
+everything random in it: the files' content, the moment of the fault, the torn sector. Images and
+goldens are built once into --workdir (about 4 GB for the PC with every operation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tests.httpserve import serve
+
+from . import record, rounds, world
+from .ops import OPS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pairs_for(arch: str, ops: list[str], faults: list[str]) -> list[tuple[str, str]]:
+    """The applicable pairs, in diagonals: consecutive rounds vary both the operation and the fault, so
+    that a short run already covers every operation and every fault."""
+    pairs = [(o, f) for o in ops for f in faults if rounds.applies(OPS[o], f, arch)]
+    return sorted(pairs, key=lambda p: ((ops.index(p[0]) - faults.index(p[1])) % len(faults), ops.index(p[0])))
+
+
+def next_pair(state: dict[str, Any], arch: str, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    done = Counter((r["op"], r["fault"]) for r in state["rounds"] if r["arch"] == arch and not r.get("replay"))
+    return min(pairs, key=lambda p: (done[p], pairs.index(p)))
+
+
+def round_seed(state: dict[str, Any], arch: str, index: int) -> int:
+    return random.Random(f"{state['campaign_seed']}:{arch}:{index}").randrange(2**32)
+
+
+def choose_partner(op: str, fault: str, seed: int, arch: str, given: str | None) -> str | None:
+    if fault != "two-ops":
+        return None
+    options = rounds.partners(OPS[op], arch)
+    if given:
+        if given not in options:
+            raise SystemExit(f"--partner {given}: {op} runs alongside only {', '.join(options)}")
+        return given
+    return random.Random(f"partner:{seed}").choice(options)
+
+
+def parse_list(text: str | None, known: list[str], what: str) -> list[str]:
+    if not text:
+        return known
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for x in items:
+        if x not in known:
+            raise SystemExit(f"--{what} {x}: not one of {', '.join(known)}")
+    return items
+
+
+def campaign(args: argparse.Namespace) -> int:
+    ops = parse_list(args.ops, [o for o in OPS if args.arch in OPS[o].arches], "ops")
+    faults = parse_list(args.faults, list(rounds.FAULTS), "faults")
+    state = record.load(args.state)
+    pairs = pairs_for(args.arch, ops, faults)
+    if not pairs:
+        raise SystemExit("no (operation, fault) pair applies: see --ops and --faults")
+    replay = args.seed is not None
+    if replay and (len(ops) != 1 or len(faults) != 1):
+        known = [r for r in state["rounds"] if r["seed"] == args.seed and r["arch"] == args.arch]
+        if not known:
+            raise SystemExit(f"--seed {args.seed}: not in {args.state}; give one --ops and one --faults")
+        ops, faults, args.partner = [known[0]["op"]], [known[0]["fault"]], known[0].get("partner")
+        pairs = [(ops[0], faults[0])]
+    kinds = {k for o in ops for k in OPS[o].kinds[:1]}
+    if "two-ops" in faults:
+        kinds |= {OPS[p].kinds[0] for o in ops for p in rounds.partners(OPS[o], args.arch)}
+    kinds &= set(world.kinds_for(args.arch))
+    uses = set(ops) | ({p for o in ops for p in rounds.partners(OPS[o], args.arch)} if "two-ops" in faults else set())
+    w = world.make(args.arch, args.workdir, kinds, "apt-upgrade" in uses, "update-apply" in uses)
+    logdir = args.workdir / "logs"
+    logdir.mkdir(exist_ok=True)
+    failed = 0
+    commit = record.commit_id()  # the code this run imported, whatever is committed while it runs
+    with contextlib.ExitStack() as stack:
+        if w.repo:
+            w.repo_port = stack.enter_context(serve(w.repo)).port
+        if w.channel:
+            w.channel_port = stack.enter_context(serve(w.channel)).port
+        while True:
+            mine = [r for r in state["rounds"] if r["arch"] == args.arch and not r.get("replay")]
+            if replay:
+                seed, (op, fault) = args.seed, pairs[0]
+            elif len(mine) >= args.rounds:
+                break
+            else:
+                seed, (op, fault) = round_seed(state, args.arch, len(mine)), next_pair(state, args.arch, pairs)
+            spec = rounds.Spec(seed, op, fault, choose_partner(op, fault, seed, args.arch, args.partner))
+            print(f"round {len(mine) + 1}/{args.rounds}: seed {seed}, {op}"
+                  + (f" + {spec.partner}" if spec.partner else "") + f", {fault}", flush=True)
+            rec = rounds.run(w, spec, state["durations"], args.workdir, logdir)
+            rec["commit"] = commit
+            rec["replay"] = replay
+            state["rounds"].append(rec)
+            if rec.get("op_rc") == 0 and not spec.partner and fault not in ("full", "inodes") \
+                    and not OPS[op].reboots:
+                state["durations"][op] = max(state["durations"].get(op, 0.0), rec["op_seconds"])
+            record.save(args.state, state)
+            if args.results:
+                record.write_results(args.results, record.section(state, list(OPS), list(rounds.FAULTS)))
+            print(f"  {rec['outcome']} in {rec['seconds']} s" + (": " + "; ".join(rec["problems"])
+                                                                 if rec["problems"] else ""), flush=True)
+            if rec["outcome"] == "failed":
+                failed += 1
+                if args.keep_failed:
+                    shutil.copy(args.workdir / "rounds.img", logdir / f"{args.arch}-{seed}.img")
+            if replay:
+                break
+    (args.workdir / "rounds.img").unlink(missing_ok=True)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("pc", "arm64"), default="pc")
+    parser.add_argument("--rounds", type=int, default=10, help="the campaign's total for this arch: go on until it")
+    parser.add_argument("--ops", help=f"comma-separated, of: {', '.join(OPS)}")
+    parser.add_argument("--faults", help=f"comma-separated, of: {', '.join(rounds.FAULTS)}")
+    parser.add_argument("--seed", type=int, help="replay the round with this seed (not counted in the campaign)")
+    parser.add_argument("--partner", help="two-ops replay: the operation alongside")
+    parser.add_argument("--state", type=Path, default=ROOT / "bench" / "faults-state.json")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
+                        help="the Markdown file whose fault section is rewritten ('' for none)")
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/liveng-faults"))
+    parser.add_argument("--keep-failed", action="store_true", help="keep the disk of each failed round in the logs")
+    args = parser.parse_args(argv)
+    if args.results == Path(""):
+        args.results = None
+    return campaign(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The campaign's record: a JSON state file (every round, so that a rerun goes on where it stopped
+and any round can be replayed from its seed) and the section of bench/RESULTS.md it owns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- bench/faults.py: this section is written by the tool; edits are overwritten -->"
+END = "<!-- end of bench/faults.py's section -->"
+
+
+def load(path: Path) -> dict[str, Any]:
+    if path.exists():
+        state: dict[str, Any] = json.loads(path.read_text())
+        return state
+    return {"campaign_seed": time.time_ns() % 2**32, "rounds": [], "durations": {}}
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def commit_id() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    return out.stdout.strip() or "?"
+
+
+def replay_command(r: dict[str, Any]) -> str:
+    return (f"python -m bench.faults --arch {r['arch']} --seed {r['seed']} --ops {r['op']} --faults {r['fault']}"
+            + (f" --partner {r['partner']}" if r.get("partner") else ""))
+
+
+def section(state: dict[str, Any], ops: list[str], faults: list[str]) -> str:
+    rounds = [r for r in state["rounds"] if not r.get("replay")]
+    lines = [BEGIN, "## Fault campaign (bench/faults.py)", ""]
+    if not rounds:
+        return "\n".join([*lines, "No rounds yet.", END])
+    first, last = rounds[0]["started"], rounds[-1]["started"]
+    commits = sorted({r.get("commit", "?") for r in rounds})
+    lines += [f"Rounds from {first} to {last} (commits {', '.join(commits)}); campaign seed "
+              f"{state['campaign_seed']}. A round: a booted VM resumed (tests/boot/golden.py), one operation "
+              "started, one fault, then a boot with nobody at the console and the checks (shell, p2 as built, "
+              "`liveng status`/`verify`, every fsynced file intact, atomically written files whole or absent, "
+              "the operation's own outcome, `e2fsck -fn` of p7 after a clean power-off). Cells: recovered/run "
+              "(errors of the harness itself, not counted, in brackets).", ""]
+    for arch in sorted({r["arch"] for r in rounds}):
+        mine = [r for r in rounds if r["arch"] == arch]
+        run = Counter((r["op"], r["fault"]) for r in mine if r["outcome"] != "error")
+        ok = Counter((r["op"], r["fault"]) for r in mine if r["outcome"] == "recovered")
+        err = Counter((r["op"], r["fault"]) for r in mine if r["outcome"] == "error")
+        total, good = sum(run.values()), sum(ok.values())
+        lines += [f"### {arch}: {total} rounds, {good} recovered, {total - good} failed, "
+                  f"{sum(err.values())} harness errors", "",
+                  "| operation | " + " | ".join(faults) + " |", "|---|" + "---|" * len(faults)]
+        for op in ops:
+            cells = []
+            for fault in faults:
+                key = (op, fault)
+                if not run[key] and not err[key]:
+                    cells.append("-")
+                else:
+                    cells.append(f"{ok[key]}/{run[key]}" + (f" [{err[key]}]" if err[key] else ""))
+            if any(c != "-" for c in cells):
+                lines.append(f"| {op} | " + " | ".join(cells) + " |")
+        failures = [r for r in mine if r["outcome"] == "failed"]
+        lines.append("")
+        if failures:
+            lines += ["Failures (replay: the command shown):", ""]
+            for r in failures:
+                why = "; ".join(p.split("; console log:")[0] for p in r["problems"])
+                lines.append(f"- seed {r['seed']} ({r['op']}" + (f" + {r['partner']}" if r.get("partner") else "")
+                             + f", {r['fault']}, fault {r.get('delay', '?')} s in): {why[:300]} — "
+                             f"`{replay_command(r)}`")
+            lines.append("")
+        errors = [r for r in mine if r["outcome"] == "error"]
+        if errors:
+            lines += ["Harness errors (the round did not reach its fault):", ""]
+            lines += [f"- seed {r['seed']} ({r['op']}, {r['fault']}): {'; '.join(r['problems'])[:300]}"
+                      for r in errors]
+            lines.append("")
+    return "\n".join([*lines, END])
+
+
+def write_results(results: Path, text: str) -> None:
+    old = results.read_text() if results.exists() else "# Benchmark results\n"
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    tmp = results.with_name(f".{results.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(results)

@@ -1,0 +1,52 @@
+"""A few rounds of the fault campaign (bench/faults): each resumes the BIOS golden, starts one
+operation, injects one fault, boots with nobody at the console and runs every check of a round
+(shell, p2 as built, liveng status and verify, fsynced files intact, atomically written files whole
+or absent, the operation's own outcome, e2fsck -fn of p7 after a clean power-off). The long campaign
+is `python -m bench.faults` (bench/RESULTS.md).
+
+LIVENG_FAULTS_SEED picks the rounds (operation, fault, moment, torn sector) from those that need no
+other image than the BIOS golden; LIVENG_FAULTS_ROUNDS sets how many (default 1: a round is a resume,
+the operation, a cold boot and the checks: 174 s here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from bench.faults import rounds
+from bench.faults.ops import OPS
+from bench.faults.world import World
+from liveng import layout
+from tests.boot import golden
+from tests.boot.conftest import partition_hash
+
+pytestmark = pytest.mark.boot
+
+SEED = int(os.environ.get("LIVENG_FAULTS_SEED", "5"))
+ROUNDS = int(os.environ.get("LIVENG_FAULTS_ROUNDS", "1"))
+# On the BIOS golden (1 GiB, persistent mode) without the campaign's apt repository or update channel.
+CANDIDATES = [("kernel-install", "torn"), ("settings", "cut"), ("user-writes", "full"), ("boot", "torn"),
+              ("kernel-install", "two-ops"), ("reset", "cut"), ("snapshot-restore", "torn"), ("resize", "cut")]
+
+
+def test_fault_rounds(bios_golden: golden.Golden, tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    chosen = rng.sample(CANDIDATES, ROUNDS)
+    world = World("pc", tmp_path, goldens={"base": bios_golden},
+                  system_hash={"base": partition_hash(bios_golden.disk, layout.Role.SYSTEM)})
+    records = []
+    for op, fault in chosen:
+        seed = rng.randrange(2**32)
+        # Partners that need nothing more (no apt repository; mode set: the RAM modes want more than 1 GiB).
+        options = [p for p in rounds.partners(OPS[op], "pc") if p in ("settings", "user-writes", "kernel-install")]
+        partner = rng.choice(options) if fault == "two-ops" else None
+        rec = rounds.run(world, rounds.Spec(seed, op, fault, partner), {}, tmp_path, tmp_path)
+        print(json.dumps(rec, indent=1))
+        records.append(rec)
+    for rec in records:
+        assert rec["outcome"] == "recovered", f"seed {rec['seed']} ({rec['op']}, {rec['fault']}): {rec['problems']}"

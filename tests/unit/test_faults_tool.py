@@ -1,0 +1,99 @@
+"""bench/faults: the guest helper's files and checks, the record, the round schedule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.faults import record, rounds
+from bench.faults.__main__ import next_pair, pairs_for, round_seed
+from bench.faults.ops import OPS
+
+HELPER = Path(rounds.__file__).with_name("guest_helper.py")
+
+
+def helper(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(HELPER), *args], check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def test_write_set_is_fsynced_files_decided_by_the_seed(tmp_path: Path) -> None:
+    first = helper("write-set", str(tmp_path / "a"), "5", "42")
+    assert helper("write-set", str(tmp_path / "b"), "5", "42") == first and len(first) == 5
+    assert helper("hashes", str(tmp_path / "a")) == first
+    assert helper("write-set", str(tmp_path / "c"), "5", "43") != first
+
+
+def test_writer_check_finds_lost_and_torn_files(tmp_path: Path) -> None:
+    wdir = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, str(HELPER), "writer", str(wdir), "0"])
+    deadline = time.monotonic() + 30
+    while not (wdir / "log").exists() or (wdir / "log").read_text().count("\n") < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    report = helper("check-writer", str(wdir))
+    assert report["logged"] >= 5 and report["lost"] == [] and report["torn"] == []
+    logged = (wdir / "log").read_text().splitlines()
+    victim = wdir / logged[1].split()[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # torn under its final name, and no longer as logged
+    (wdir / "log").write_text((wdir / "log").read_text() + "live-999999 00")  # an append cut short
+    report = helper("check-writer", str(wdir))
+    assert report["lost"] == [victim.name] and report["torn"] == [victim.name] and report["partial_log"] is True
+    assert helper("check-writer", str(tmp_path / "none"))["absent"] is True
+
+
+def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Before\ntext\n")
+    state: dict[str, Any] = {"campaign_seed": 5, "durations": {}, "rounds": [
+        {"seed": 1, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "recovered", "problems": [],
+         "started": "2026-12-06T06:00:00Z", "commit": "abc"},
+        {"seed": 2, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "failed", "delay": 3.5,
+         "problems": ["no shell"], "started": "2026-12-06T06:05:00Z", "commit": "abc"}]}
+    record.write_results(results, record.section(state, list(OPS), list(rounds.FAULTS)))
+    text = results.read_text()
+    assert "| reset | 1/2 | - | - | - | - |" in text
+    assert "seed 2 (reset, cut, fault 3.5 s in): no shell" in text and "--seed 2 --ops reset --faults cut" in text
+    results.write_text(text + "\n## After\nmore\n")
+    state["rounds"] = state["rounds"][:1]
+    record.write_results(results, record.section(state, list(OPS), list(rounds.FAULTS)))
+    text = results.read_text()
+    assert text.count(record.BEGIN) == 1 and "| reset | 1/1 |" in text
+    assert text.startswith("# Benchmark results\n\n## Before\ntext\n") and text.endswith("## After\nmore\n")
+
+
+def test_state_saved_and_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state = record.load(path)
+    assert state["rounds"] == []
+    state["rounds"].append({"seed": 1})
+    record.save(path, state)
+    assert record.load(path) == state
+
+
+def test_schedule_takes_the_least_run_pair_and_seeds_are_stable() -> None:
+    pairs = pairs_for("pc", ["reset", "kernel-install"], ["cut", "two-ops"])
+    # A reset reboots: it never runs alongside another operation.
+    assert ("reset", "two-ops") not in pairs and ("kernel-install", "two-ops") in pairs
+    state: dict[str, Any] = {"campaign_seed": 9, "rounds": [
+        {"arch": "pc", "op": "reset", "fault": "cut"}, {"arch": "pc", "op": "kernel-install", "fault": "cut"}]}
+    assert next_pair(state, "pc", pairs) == ("kernel-install", "two-ops")
+    assert round_seed(state, "pc", 3) == round_seed(state, "pc", 3) != round_seed(state, "arm64", 3)
+
+
+@pytest.mark.parametrize("arch", ["pc", "arm64"])
+def test_every_operation_has_a_golden_on_its_arches(arch: str) -> None:
+    from bench.faults.world import kinds_for
+
+    for op in OPS.values():
+        if arch in op.arches:
+            assert op.kinds[0] in kinds_for(arch), op.name
