@@ -141,7 +141,12 @@ def test_signage_shows_the_page_from_p1_and_comes_back_after_a_crash(boot_dir: P
 
             # The browser dies: systemd starts cage and Firefox again, and the page comes back.
             vm.sh("pkill -KILL -x firefox-esr")
-            time.sleep(3)
+            gone = time.monotonic() + 120
+            while not mismatches(screen):  # first the page must leave the screen (cage exits with it)
+                assert time.monotonic() < gone, "the page stayed on screen after the browser was killed"
+                vm.pump(2)
+                qmp.screendump(tmp_path / "screen.ppm")
+                screen = read_ppm(tmp_path / "screen.ppm")
             restarted, _ = wait_for_page(vm, qmp, tmp_path, RESTART_TIMEOUT)
             print(f"signage: the page back {restarted:.0f} s after the browser was killed")
             assert int(vm.sh("systemctl show -P NRestarts signage-kiosk.service")) >= 1
