@@ -98,6 +98,12 @@ class Vm:
         self.proc.expect_exact(PROMPT, timeout=60)
         return elapsed
 
+    def pump(self, seconds: float) -> None:
+        """Read the console for ``seconds`` (into the log; what it printed stays for the next wait)
+        without waiting for anything: a guest whose console nobody reads stalls on its serial port
+        once the terminal's buffer is full."""
+        self.proc.expect([pexpect.TIMEOUT], timeout=seconds)
+
     def sh(self, command: str, timeout: float = 300, check: bool = True) -> str:
         """Run a shell command in the guest; return its output (stdout and stderr)."""
         self.proc.sendline(f"echo @@BEG''IN@@; {{ {command} ; }} 2>&1; echo @@END$?@@")

@@ -1,5 +1,6 @@
 """A small QMP client (QEMU's JSON monitor) for `liveng run --qmp SOCKET`: block statistics and
-removing the card from a running VM, for the wear benchmark and the RAM-mode tests."""
+removing the card from a running VM, for the wear benchmark and the RAM-mode tests; what the VM's
+display shows (screendump), for the signage example's test."""
 
 from __future__ import annotations
 
@@ -71,6 +72,15 @@ class Qmp:
         out = self.execute("human-monitor-command", **{"command-line": f"drive_del {drive}"})
         if out:  # the human monitor answers errors as text
             raise QmpError(f"drive_del {drive}: {out.strip()}")
+
+    def screendump(self, path: Path, fmt: str = "ppm") -> None:
+        """Write what the VM's display shows now to ``path``: ``ppm`` (binary P6, easy to read back) or
+        ``png``. QEMU writes the file itself, so ``path`` is on this machine and must be writable."""
+        if fmt not in ("ppm", "png"):
+            raise QmpError(f"screendump: format {fmt!r} is not ppm or png")
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.execute("screendump", filename=str(tmp), format=fmt)
+        tmp.replace(path)
 
     def save_state(self, path: Path, timeout: float = 600) -> None:
         """Stop the guest and write its whole state (RAM, devices) to ``path``, for `liveng run

@@ -176,7 +176,7 @@ def test_scripts_run_in_order_inside_the_tree_and_a_failure_names_the_script(tmp
     assert str(tree) not in Path("/proc/self/mounts").read_text()
 
 
-@pytest.mark.parametrize("name", ["server/server.toml"])
+@pytest.mark.parametrize("name", ["server/server.toml", "signage/signage.toml"])
 def test_the_examples_are_valid_recipes(name: str) -> None:
     r = recipe.load(Path(__file__).resolve().parents[2] / "examples" / name)
     assert r.extra_tree is not None and r.extra_tree.is_dir()
