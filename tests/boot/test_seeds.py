@@ -92,6 +92,13 @@ def p1_text(vm: Vm, part: str, name: str) -> str:
     return vm.sh(f"mkdir -p {P1} && mount -o ro {part} {P1} && {{ cat {P1}/{name} || true; }} && umount {P1}")
 
 
+def ssh_settled(vm: Vm) -> None:
+    """Wait for the SSH server the apply restarted: `liveng settings apply` queues the restart
+    (--no-block) and returns; a login in between meets the server going down."""
+    vm.sh("while systemctl list-jobs --no-legend | grep -q ssh.service; do sleep 1; done; "
+          "systemctl is-active ssh.service", timeout=300)
+
+
 def wifi_conf(vm: Vm) -> str:
     return vm.sh("cat /etc/wpa_supplicant/liveng-wifi.conf")
 
@@ -159,6 +166,7 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         assert "applied" in out and "user pi18 added" in out
         assert vm.sh("hostname") == "liveng-pi18" and 'XKBLAYOUT="fr"' in vm.sh("cat /etc/default/keyboard")
         assert "country=GB" in wifi_conf(vm)
+        ssh_settled(vm)
         result = ssh_key(port, tmp_path / "key", "pi18", "id -un; sudo -n id -u")
         assert result.returncode == 0 and result.stdout.split() == ["pi18", "0"], result.stderr
         assert "video" in vm.sh("id -nG pi18").split()  # a group of Imager 1.8's list this system has
@@ -177,6 +185,7 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         assert "user pre added" in out and vm.sh("hostname") == "liveng-preseed"
         assert vm.sh("readlink /etc/localtime") == "/usr/share/zoneinfo/Europe/Paris"
         assert "country=FR" in wifi_conf(vm) and f"psk={PSK}" in wifi_conf(vm)
+        ssh_settled(vm)
         result = ssh_key(port, tmp_path / "key", "pre", "id -un; sudo -n id -u")
         assert result.returncode == 0 and result.stdout.split() == ["pre", "0"], result.stderr
         preseed = p1_text(vm, part, "rpi-preseed.toml")
