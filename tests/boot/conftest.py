@@ -39,8 +39,8 @@ MINUTES = {
     "test_secure_boot_signed_kernel_update_refused_and_counting": 12,
     "test_damaged_grubenv_boots_is_repaired_and_counting_goes_on": 7.1,
     "test_unconfirmed_kernel_is_dropped_then_broken_slot_skipped": 6.4,
-    "test_ram_modes": 6.4,
-    "test_luks_persistence": 6.2,
+    "test_ram_modes": 8.5,  # 2026-12-06: +1 reboot into an updated system (estimate)
+    "test_luks_persistence": 9,  # 2026-12-06: +a v2 build and a reboot into it (estimate)
     # test_seeds.py, 2026-12-06, from the UEFI golden with 2 reboots: 4.8 min at load 3-6, 8.8 at load 6.5.
     "test_imager_files_preseed_and_a_cloud_localds_seed": 6.0,
     "test_snapshot_reset_restore": 4.3,
