@@ -293,11 +293,12 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
     need = MIN_PERSISTENCE
     # A running updated system (an ISO file on p7, bound to the running slot) goes with its slot.
     running = system.booted_system()
-    with delta.persistence_root() as root:
-        if with_delta:
-            need += int((delta.used_bytes(root / layout.DELTA_DIR) or 0) * 1.2)
-        if running != layout.SYSTEM_FACTORY:
-            need += update.system_bytes(root, running)
+    if with_delta or running != layout.SYSTEM_FACTORY:
+        with delta.persistence_root(writable=False) as root:  # read only: a RAM mode leaves the card alone
+            if with_delta:
+                need += int((delta.used_bytes(root / layout.DELTA_DIR) or 0) * 1.2)
+            if running != layout.SYSTEM_FACTORY:
+                need += update.system_bytes(root, running)
     extents = plan(src.extents, _disk_bytes(disk), need)
     # sfdisk checks the new table before anything is wiped (it refuses what it would not write).
     run(["sfdisk", "--no-act", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
@@ -340,7 +341,7 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
             (root / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
             if running != layout.SYSTEM_FACTORY:
                 say(f"copying system {running}")
-                with delta.persistence_root() as current:
+                with delta.persistence_root(writable=False) as current:
                     update.copy_system(current, root, running)
                 # rw (copied below, or made at the first boot) belongs to that system.
                 (root / f"{layout.DELTA_OWNER_PREFIX}{running}").touch(mode=0o644)
