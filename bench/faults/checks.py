@@ -4,7 +4,6 @@ agreement; then, the VM powered off, p2 as built and p7's ext4 clean to `e2fsck 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from liveng import layout
 from liveng.host.disk import read_table
+from tests.boot.conftest import partition_hash
 from tests.vm import Vm
 
 
@@ -57,16 +57,7 @@ def on_host(disk: Path, built: Path, system_hash: str, powered_off: bool) -> lis
     ``powered_off``: the check boot ended in a clean power-off (else p7 may rightly need its journal)."""
     problems = []
     table = read_table(built)
-    p2 = table.entry(layout.partition(layout.Role.SYSTEM).number)
-    h = hashlib.sha256()
-    with open(disk, "rb") as f:
-        f.seek(p2.start)
-        left = p2.size
-        while left:
-            chunk = f.read(min(left, 1 << 22))
-            h.update(chunk)
-            left -= len(chunk)
-    if h.hexdigest() != system_hash:
+    if partition_hash(disk, layout.Role.SYSTEM, table_of=built) != system_hash:
         problems.append("p2 (the system) is not as built")
     p7 = table.entry(layout.partition(layout.Role.PERSISTENCE).number).start
     with open(disk, "rb") as f:

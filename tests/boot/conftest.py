@@ -106,8 +106,10 @@ def build_image(workdir: Path, suite: str, name: str, compression: str = "none",
     return image
 
 
-def partition_hash(image: Path, role: layout.Role) -> str:
-    entry = read_table(image).entry(layout.partition(role).number)
+def partition_hash(image: Path, role: layout.Role, table_of: Path | None = None) -> str:
+    """SHA-256 of one partition of ``image``, found in ``table_of``'s partition table (default: its own;
+    another image's when ``image``'s table may itself be damaged)."""
+    entry = read_table(table_of or image).entry(layout.partition(role).number)
     h = hashlib.sha256()
     with open(image, "rb") as f:
         f.seek(entry.start)
