@@ -23,7 +23,6 @@ import hashlib
 import json
 import re
 import secrets
-import shlex
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -156,6 +155,28 @@ PERSISTENCE_CONF_CONTENT = "/ union\n"
 DELTA_DIR = "rw"
 DELTA_WORK_DIR = "work"
 DELTA_STATE_DIR = "liveng"
+# On p7 in DELTA_STATE_DIR: empty files kept for their inodes. overlayfs makes its work directory
+# and a test whiteout at every mount, so on an ext4 with no free inode the delta cannot be mounted
+# and the boot fails (root's reserved blocks cover a full disk, nothing covers inodes). The
+# initramfs (live-premount/liveng-room) deletes them when fewer than RESERVE_RELEASE_BELOW inodes
+# are free and makes them again at a boot with RESERVE_REFILL_FROM free; with fewer than
+# INODES_NEEDED even then, persistent mode boots with its changes in RAM (p7 untouched) and says so
+# in ROOM_NOTICE_PATH.
+RESERVE_DIR = "liveng/reserve"
+RESERVE_FILES = 64
+RESERVE_RELEASE_BELOW = 16
+RESERVE_REFILL_FROM = 1024
+INODES_NEEDED = 8
+ROOM_NOTICE_PATH = "/run/liveng-room"  # moved into the system with /run
+
+
+def make_reserve(p7_root: Path) -> None:
+    """The inode reserve on a new p7 (the image build, liveng install)."""
+    state = p7_root / DELTA_STATE_DIR
+    state.mkdir(mode=0o700, exist_ok=True)
+    (p7_root / RESERVE_DIR).mkdir(mode=0o700, exist_ok=True)
+    for i in range(RESERVE_FILES):
+        (p7_root / RESERVE_DIR / str(i)).touch(mode=0o600)
 SNAPSHOT_DIR = "liveng/snapshots"  # NAME.tar.zst (GNU tar | zstd) and NAME.json beside it
 SNAPSHOT_SUFFIX = ".tar.zst"
 # A restore or reset is staged by the running system and switched in by the initramfs at the
@@ -376,31 +397,3 @@ def slot_info(slot: str, kernel: str, written: str, hashes: dict[str, str]) -> s
 def fresh_env(order: str, mode: str) -> dict[str, str]:
     """The boot state of a newly made disk (build, liveng install): ``order`` with fresh tries."""
     return {ENV_ORDER: order, ENV_TRIES: str(TRIES), ENV_MODE: mode}
-
-
-def initramfs_constants() -> str:
-    """The layout as shell assignments: the front of the file liveng's initramfs scripts source
-    (written at image build, liveng/host/rootfs.py), so that the shell retypes none of it."""
-    values = {
-        "LIVENG_ARG_ID": KERNEL_ARG_ID, "LIVENG_ARG_MODE": KERNEL_ARG_MODE, "LIVENG_ARG_PATHS": KERNEL_ARG_PATHS,
-        "LIVENG_ARG_RESET": KERNEL_ARG_RESET,
-        "LIVENG_PARTUUID_DIR": PARTUUID_DIR,
-        "LIVENG_SYSTEM_SUFFIX": partuuid_suffix(partition(Role.SYSTEM).number),
-        "LIVENG_PERSISTENCE_SUFFIX": partuuid_suffix(partition(Role.PERSISTENCE).number),
-        "LIVENG_DELTA_DIR": DELTA_DIR, "LIVENG_WORK_DIR": DELTA_WORK_DIR, "LIVENG_STATE_DIR": DELTA_STATE_DIR,
-        "LIVENG_SNAPSHOT_DIR": SNAPSHOT_DIR,
-        "LIVENG_STAGED_DIR": STAGED_DIR, "LIVENG_OLD_DELTA_DIR": OLD_DELTA_DIR,
-        "LIVENG_RESET_DELTA_DIR": RESET_DELTA_DIR, "LIVENG_PENDING_PATH": PENDING_PATH,
-        "LIVENG_SWITCH_PATH": SWITCH_PATH, "LIVENG_PATHS_PATH": PATHS_PATH, "LIVENG_PATHS_WORK_DIR": PATHS_WORK_DIR,
-        "LIVENG_RAM_PERSISTENCE_MOUNT": RAM_PERSISTENCE_MOUNT,
-        "LIVENG_MODE_RAM": MODE_RAM, "LIVENG_MODE_RAM_PATHS": MODE_RAM_PATHS,
-        "LIVENG_KEY_FILE": f"/{KEY_FILE_PATH}", "LIVENG_TAR": f"/{INITRAMFS_TAR_PATH}",
-        "LIVENG_ARG_BOOT": KERNEL_ARG_BOOT, "LIVENG_SLOT_A_SUFFIX": partuuid_suffix(partition(Role.SLOT_A).number),
-        "LIVENG_SLOT_B_SUFFIX": partuuid_suffix(partition(Role.SLOT_B).number),
-        "LIVENG_ENTRY_SLOT_A": ENTRY_SLOT["a"], "LIVENG_ENTRY_SLOT_B": ENTRY_SLOT["b"],
-        "LIVENG_SYSTEM_FACTORY": SYSTEM_FACTORY, "LIVENG_SYSTEMS_DIR": SYSTEMS_DIR,
-        "LIVENG_SYSTEM_ISO": SYSTEM_ISO_NAME, "LIVENG_DELTAS_DIR": DELTAS_DIR,
-        "LIVENG_OWNER_PREFIX": DELTA_OWNER_PREFIX, "LIVENG_SLOT_SYSTEM_PATH": SLOT_SYSTEM_PATH,
-        "LIVENG_BOOTED_SYSTEM": BOOTED_SYSTEM_PATH,
-    }
-    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())

@@ -48,7 +48,8 @@ def in_guest(vm: Vm, notes: dict[str, Any], disk_full: bool) -> list[str]:
     if slots and slots.get("running") not in (slots.get("order") or []):
         problems.append(f"status: running {slots.get('running')} not in the boot order {slots.get('order')}")
     notes["status"] = {"mode": (status.get("mode") or {}).get("running"), "kernel": slots.get("running"),
-                       "order": slots.get("order"), "free": (status.get("persistence") or {}).get("free")}
+                       "order": slots.get("order"), "free": (status.get("persistence") or {}).get("free"),
+                       "warnings": status.get("warnings") or []}
     return problems
 
 

@@ -339,6 +339,7 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         run(["mkfs.ext4", "-q", "-F", "-L", layout.persistence_label(src.image_id), str(fs_dev)])
         with _mount(fs_dev, "ext4") as root:
             (root / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
+            layout.make_reserve(root)
             if running != layout.SYSTEM_FACTORY:
                 say(f"copying system {running}")
                 with delta.persistence_root(writable=False) as current:

@@ -44,11 +44,20 @@ def _persistence(report: dict[str, Any]) -> None:
         report["switch_in_progress"] = delta.switch_in_progress(root)
 
 
+def _room_notices() -> list[str]:
+    """What the initramfs did at this boot about a p7 without free inodes (live-premount/liveng-room)."""
+    try:
+        return Path(layout.ROOM_NOTICE_PATH).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
 def collect() -> dict[str, Any]:
     st = system.status()
     report: dict[str, Any] = dataclasses.asdict(st)
     report["firmware"] = "UEFI" if Path("/sys/firmware/efi").is_dir() else "BIOS"
     report["errors"] = []
+    report["warnings"] = _room_notices()
     if st.image_id is None:
         return report
     report["partitions"] = _partitions(st.image_id)
@@ -104,6 +113,7 @@ def lines(r: dict[str, Any]) -> list[str]:
             out.append(f"slot {name.upper()}:       {what}")
     if "systems" in r:
         out.extend(f"{line}" for line in updatestatus.status_lines(r["systems"]))
+    out.extend(f"warning:      {w}" for w in r.get("warnings", []))
     out.extend(f"error:        {e}" for e in r.get("errors", []))
     return out
 

@@ -252,6 +252,7 @@ def step_persistence(ctx: Context) -> None:
     staging = ctx.workdir / "persistence"
     staging.mkdir(exist_ok=True)
     (staging / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
+    layout.make_reserve(staging)
     size, p = ctx.recipe.sizes.persistence, ctx.recipe.persistence
     room = luks.HEADER_ROOM_MIB if p.encrypted else 0
     filesystems.ext4(staging, ctx.part("persistence"), size - room, layout.persistence_label(ctx.image_id))

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import layout, settings
-from liveng.host import progress, updaterecipe
+from liveng.host import initramfsenv, progress, updaterecipe
 from liveng.host.bootloader import signed
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
@@ -94,8 +94,8 @@ FUNCTIONS_PATH = "etc/initramfs-tools/scripts/liveng-functions"
 def initramfs_functions() -> bytes:
     """layout.py's constants, then the shared shell functions (the command line parser)."""
     data = resources.files("liveng.device").joinpath("data/initramfs/lib/liveng-functions")
-    return ("# Written at image build from liveng/layout.py (initramfs_constants).\n"
-            + layout.initramfs_constants()).encode() + data.read_bytes()
+    return ("# Written at image build from liveng/layout.py (initramfsenv.py).\n"
+            + initramfsenv.initramfs_constants()).encode() + data.read_bytes()
 
 
 def initramfs_overlay() -> dict[str, bytes]:
@@ -104,7 +104,7 @@ def initramfs_overlay() -> dict[str, bytes]:
     data = resources.files("liveng.device").joinpath("data/initramfs")
     files = {FUNCTIONS_PATH: initramfs_functions()}
     for name in ("live-premount/liveng", "live-premount/liveng-luks", "live-premount/liveng-delta",
-                 "live-premount/liveng-system",
+                 "live-premount/liveng-room", "live-premount/liveng-system",
                  "live-bottom/liveng-ram"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
     for name in ("liveng", "liveng-luks"):
