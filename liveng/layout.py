@@ -160,14 +160,15 @@ DELTA_STATE_DIR = "liveng"
 # and the boot fails (root's reserved blocks cover a full disk, nothing covers inodes). The
 # initramfs (live-premount/liveng-room) deletes them when fewer than RESERVE_RELEASE_BELOW inodes
 # are free and makes them again at a boot with RESERVE_REFILL_FROM free; with fewer than
-# INODES_NEEDED even then, persistent mode boots with its changes in RAM (p7 untouched) and says so
-# in ROOM_NOTICE_PATH.
+# INODES_NEEDED even then, persistent mode boots as ram mode does (the delta copied into RAM, p7
+# read-only) and says so in ROOM_NOTICE_PATH.
 RESERVE_DIR = "liveng/reserve"
 RESERVE_FILES = 64
 RESERVE_RELEASE_BELOW = 16
 RESERVE_REFILL_FROM = 1024
 INODES_NEEDED = 8
 ROOM_NOTICE_PATH = "/run/liveng-room"  # moved into the system with /run
+ROOM_RAM_PATH = "/run/liveng-room-ram"  # there: live-bottom/liveng-ram brings the delta into RAM
 
 
 def make_reserve(p7_root: Path) -> None:

@@ -53,5 +53,6 @@ def initramfs_constants() -> str:
         "LIVENG_RESERVE_REFILL_FROM": str(layout.RESERVE_REFILL_FROM),
         "LIVENG_INODES_NEEDED": str(layout.INODES_NEEDED),
         "LIVENG_ROOM_NOTICE": layout.ROOM_NOTICE_PATH,
+        "LIVENG_ROOM_RAM": layout.ROOM_RAM_PATH,
     }
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())

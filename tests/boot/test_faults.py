@@ -65,3 +65,45 @@ def test_no_free_inode_on_p7_still_boots(bios_golden: golden.Golden, tmp_path: P
     print(json.dumps(rec, indent=1))
     assert rec["outcome"] == "recovered", rec["problems"]
     assert any("reserve was released" in w for w in rec["notes"]["status"]["warnings"]), rec["notes"]
+
+
+FILL_INODES = """python3 -c '
+import errno, os, sys
+d = sys.argv[1]
+os.makedirs(d, exist_ok=True)
+n = 0
+try:
+    while True:
+        open(os.path.join(d, str(n)), "x").close()
+        n += 1
+except OSError as e:
+    if e.errno != errno.ENOSPC:
+        raise
+print(os.statvfs(d).f_ffree)
+' """
+
+
+def test_reserve_used_up_boots_as_ram_mode_then_persistent_again(bios_golden: golden.Golden, tmp_path: Path) -> None:
+    """The last resort of live-premount/liveng-room: p7 without free inodes and its reserve already
+    used up. The boot runs as ram mode does, with the delta, the card only read; once the owner has
+    deleted files, the next boot is persistent again and the reserve is back."""
+    with golden.resume(bios_golden, tmp_path / "disk.img", tmp_path / "console.log") as vm:
+        upper = json.loads(vm.sh("liveng status --json"))["upper"]
+        p7 = str(Path(upper).parent)
+        assert vm.sh(f"ls {p7}/{layout.RESERVE_DIR} | wc -l") == str(layout.RESERVE_FILES)
+        vm.sh("echo before > /root/kept && sync")
+        assert vm.sh(f"rm -r {p7}/{layout.RESERVE_DIR} && {FILL_INODES}{p7}/owner-files && sync",
+                     timeout=900) == "0"
+        vm.reboot()
+        st = json.loads(vm.sh("liveng status --json"))
+        assert any("runs as RAM mode does" in w for w in st["warnings"]), st["warnings"]
+        assert not st["upper"].startswith(p7), st["upper"]
+        assert vm.sh("cat /root/kept") == "before"  # the delta, copied into RAM
+        assert vm.sh("findmnt -n -S /dev/vda7 | wc -l") == "0"  # the card only read, and let go
+        vm.sh("echo ram > /root/during")
+        vm.sh("mount /dev/vda7 /mnt && rm -r /mnt/owner-files && umount /mnt", timeout=900)
+        vm.reboot()
+        st = json.loads(vm.sh("liveng status --json"))
+        assert st["warnings"] == [] and st["upper"] == upper, st
+        assert vm.sh("cat /root/kept; test -e /root/during && echo during || true") == "before"
+        assert vm.sh(f"ls {p7}/{layout.RESERVE_DIR} | wc -l") == str(layout.RESERVE_FILES)

@@ -104,7 +104,8 @@ def test_reserve_used_up_boots_without_persistence_and_leaves_p7(stand_in: Path)
     before = sorted(str(p) for p in p7.rglob("*"))
     out = run(stand_in)
     assert (stand_in / "param.conf").read_text() == "NOPERSISTENCE=true\n"
-    assert "keeps its changes in RAM only" in out and "RAM only" in (stand_in / "notice").read_text()
+    assert (stand_in / "room-ram").exists()  # live-bottom/liveng-ram: ram mode's way
+    assert "runs as RAM mode does" in out and "RAM mode" in (stand_in / "notice").read_text()
     assert sorted(str(p) for p in p7.rglob("*")) == before
 
 
@@ -114,7 +115,7 @@ def test_ram_paths_mode_releases_but_never_asks_for_no_persistence(stand_in: Pat
         (p7 / layout.RESERVE_DIR / name).unlink()
     exhaust(p7)
     run(stand_in, layout.MODE_RAM_PATHS)  # live-boot has no persistence in the RAM modes anyway
-    assert not (stand_in / "param.conf").exists()
+    assert not (stand_in / "param.conf").exists() and not (stand_in / "room-ram").exists()
 
 
 def test_ram_mode_writes_nothing(stand_in: Path) -> None:
