@@ -4,6 +4,8 @@
     sudo .venv/bin/python -m bench.faults --arch arm64 --rounds 30       # arm64 image on QEMU virt
     sudo .venv/bin/python -m bench.faults --rounds 20 --ops commit-ram,reset --faults cut,torn
     sudo .venv/bin/python -m bench.faults --seed 123 --ops reset --faults torn   # replay one round
+    sudo .venv/bin/python -m bench.faults --rounds 200 --worker 1/2 & \
+    sudo .venv/bin/python -m bench.faults --rounds 200 --worker 2/2      # one VM per core
 
 Every round is recorded in the state file (default bench/faults-state.json) as soon as it ends, and
 bench/RESULTS.md's fault section is rewritten from it: stopping (Ctrl-C, a crash) loses at most the
@@ -69,11 +71,21 @@ def parse_list(text: str | None, known: list[str], what: str) -> list[str]:
     return items
 
 
+def worker_of(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give K/N with 1 <= K <= N, e.g. 1/2")
+    return int(k) - 1, int(n)
+
+
 def campaign(args: argparse.Namespace) -> int:
     ops = parse_list(args.ops, [o for o in OPS if args.arch in OPS[o].arches], "ops")
     faults = parse_list(args.faults, list(rounds.FAULTS), "faults")
-    state = record.load(args.state)
-    pairs = pairs_for(args.arch, ops, faults)
+    with record.locked(args.state):  # workers started together share one campaign seed
+        state = record.load(args.state)
+        record.save(args.state, state)
+    worker, workers = args.worker
+    pairs = pairs_for(args.arch, ops, faults)[worker::workers]
     if not pairs:
         raise SystemExit("no (operation, fault) pair applies: see --ops and --faults")
     replay = args.seed is not None
@@ -91,6 +103,8 @@ def campaign(args: argparse.Namespace) -> int:
     w = world.make(args.arch, args.workdir, kinds, "apt-upgrade" in uses, "update-apply" in uses)
     logdir = args.workdir / "logs"
     logdir.mkdir(exist_ok=True)
+    rounddir = args.workdir / (f"worker{worker}" if workers > 1 else "")
+    rounddir.mkdir(exist_ok=True)
     failed = 0
     commit = record.commit_id()  # the code this run imported, whatever is committed while it runs
     with contextlib.ExitStack() as stack:
@@ -99,35 +113,36 @@ def campaign(args: argparse.Namespace) -> int:
         if w.channel:
             w.channel_port = stack.enter_context(serve(w.channel)).port
         while True:
+            state = record.load(args.state)  # other workers' rounds too
             mine = [r for r in state["rounds"] if r["arch"] == args.arch and not r.get("replay")]
             if replay:
                 seed, (op, fault) = args.seed, pairs[0]
             elif len(mine) >= args.rounds:
                 break
             else:
-                seed, (op, fault) = round_seed(state, args.arch, len(mine)), next_pair(state, args.arch, pairs)
+                # len(mine) * workers + worker: no two workers draw the same number.
+                seed = round_seed(state, args.arch, len(mine) * workers + worker if workers > 1 else len(mine))
+                op, fault = next_pair(state, args.arch, pairs)
             spec = rounds.Spec(seed, op, fault, choose_partner(op, fault, seed, args.arch, args.partner))
             print(f"round {len(mine) + 1}/{args.rounds}: seed {seed}, {op}"
                   + (f" + {spec.partner}" if spec.partner else "") + f", {fault}", flush=True)
-            rec = rounds.run(w, spec, state["durations"], args.workdir, logdir)
+            rec = rounds.run(w, spec, state["durations"], rounddir, logdir)
             rec["commit"] = commit
             rec["replay"] = replay
-            state["rounds"].append(rec)
+            measured = {}
             if rec.get("op_rc") == 0 and not spec.partner and fault not in ("full", "inodes") \
                     and not OPS[op].reboots:
-                state["durations"][op] = max(state["durations"].get(op, 0.0), rec["op_seconds"])
-            record.save(args.state, state)
-            if args.results:
-                record.write_results(args.results, record.section(state, list(OPS), list(rounds.FAULTS)))
+                measured[op] = rec["op_seconds"]
+            record.add(args.state, rec, measured, args.results, list(OPS), list(rounds.FAULTS))
             print(f"  {rec['outcome']} in {rec['seconds']} s" + (": " + "; ".join(rec["problems"])
                                                                  if rec["problems"] else ""), flush=True)
             if rec["outcome"] == "failed":
                 failed += 1
                 if args.keep_failed:
-                    shutil.copy(args.workdir / "rounds.img", logdir / f"{args.arch}-{seed}.img")
+                    shutil.copy(rounddir / "round.img", logdir / f"{args.arch}-{seed}.img")
             if replay:
                 break
-    (args.workdir / "rounds.img").unlink(missing_ok=True)
+    (rounddir / "round.img").unlink(missing_ok=True)
     return 1 if failed else 0
 
 
@@ -144,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Markdown file whose fault section is rewritten ('' for none)")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/liveng-faults"))
     parser.add_argument("--keep-failed", action="store_true", help="keep the disk of each failed round in the logs")
+    parser.add_argument("--worker", type=worker_of, default=(0, 1), metavar="K/N",
+                        help="one of N campaign processes side by side (K from 1): each takes every Nth "
+                             "(operation, fault) pair, all share --state and the images in --workdir")
     args = parser.parse_args(argv)
     if args.results == Path(""):
         args.results = None

@@ -3,11 +3,14 @@ and any round can be replayed from its seed) and the section of bench/RESULTS.md
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,29 @@ def save(path: Path, state: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """The state file to oneself: campaign workers (--worker K/N) add their rounds one at a time."""
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def add(path: Path, rec: dict[str, Any], durations: dict[str, float], results: Path | None,
+        ops: list[str], faults: list[str]) -> dict[str, Any]:
+    """One round more in the state file as it is now (other workers' rounds included), then the
+    RESULTS section rewritten from it; returns that state."""
+    with locked(path):
+        state = load(path)
+        state["rounds"].append(rec)
+        for op, seconds in durations.items():
+            state["durations"][op] = max(state["durations"].get(op, 0.0), seconds)
+        save(path, state)
+        if results:
+            write_results(results, section(state, ops, faults))
+    return state
 
 
 def commit_id() -> str:

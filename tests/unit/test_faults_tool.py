@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bench.faults import record, rounds
-from bench.faults.__main__ import next_pair, pairs_for, round_seed
+from bench.faults.__main__ import next_pair, pairs_for, round_seed, worker_of
 from bench.faults.ops import OPS
 
 HELPER = Path(rounds.__file__).with_name("guest_helper.py")
@@ -78,6 +78,29 @@ def test_state_saved_and_loaded(tmp_path: Path) -> None:
     state["rounds"].append({"seed": 1})
     record.save(path, state)
     assert record.load(path) == state
+
+
+def test_workers_add_rounds_to_one_state(tmp_path: Path) -> None:
+    """Two campaign processes side by side: each adds its round to the file as it is then, the
+    operation's longest time is kept, and the RESULTS section counts both."""
+    path, results = tmp_path / "state.json", tmp_path / "RESULTS.md"
+    record.save(path, record.load(path))
+    seed = record.load(path)["campaign_seed"]
+    base = {"arch": "pc", "fault": "cut", "partner": None, "outcome": "recovered", "problems": [],
+            "started": "2026-12-06T09:00:00Z", "commit": "abc", "replay": False, "seconds": 100}
+    record.add(path, {**base, "seed": 1, "op": "reset"}, {"reset": 5.0}, results, list(OPS), list(rounds.FAULTS))
+    state = record.add(path, {**base, "seed": 2, "op": "boot"}, {"reset": 3.0}, results, list(OPS),
+                       list(rounds.FAULTS))
+    assert [r["seed"] for r in state["rounds"]] == [1, 2] and state["durations"] == {"reset": 5.0}
+    assert record.load(path)["campaign_seed"] == seed
+    assert "pc: 2 rounds, 2 recovered" in results.read_text()
+
+
+def test_worker_argument() -> None:
+    assert worker_of("1/2") == (0, 2) and worker_of("2/2") == (1, 2)
+    for bad in ("0/2", "3/2", "2", "a/b"):
+        with pytest.raises(Exception, match="K/N"):
+            worker_of(bad)
 
 
 def test_schedule_takes_the_least_run_pair_and_seeds_are_stable() -> None:
