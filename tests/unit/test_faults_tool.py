@@ -86,7 +86,7 @@ def test_workers_add_rounds_to_one_state(tmp_path: Path) -> None:
     path, results = tmp_path / "state.json", tmp_path / "RESULTS.md"
     record.save(path, record.load(path))
     seed = record.load(path)["campaign_seed"]
-    base = {"arch": "pc", "fault": "cut", "partner": None, "outcome": "recovered", "problems": [],
+    base: dict[str, Any] = {"arch": "pc", "fault": "cut", "partner": None, "outcome": "recovered", "problems": [],
             "started": "2026-12-06T09:00:00Z", "commit": "abc", "replay": False, "seconds": 100}
     record.add(path, {**base, "seed": 1, "op": "reset"}, {"reset": 5.0}, results, list(OPS), list(rounds.FAULTS))
     state = record.add(path, {**base, "seed": 2, "op": "boot"}, {"reset": 3.0}, results, list(OPS),
