@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import hashlib
 import http.server
-import io
 import random
 import re
 import ssl
@@ -21,7 +20,6 @@ import pytest
 
 from liveng import bundle, layout
 from liveng.device import fetch
-from liveng.device.progress import ConsoleProgress
 from liveng.device.runner import DeviceError
 
 SIGNER = "t@example.org"
@@ -386,36 +384,6 @@ def test_index_larger_than_its_cap_is_refused(keys: Keys, server: tuple[Served, 
         fetch.channel_index(base + "stable", keys.keyring)
 
 
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_console_progress() -> None:
-    mib = layout.MiB
-    log, tty = io.StringIO(), Terminal()
-    for stream in (log, tty):
-        progress = ConsoleProgress(stream)
-        progress.begin("downloading b")
-        for done in (0, 123 * mib, 270 * mib, 270 * mib):
-            progress(done, 270 * mib)
-    assert log.getvalue() == "liveng: downloading b 0% (0/270 MiB)\nliveng: downloading b 100% (270/270 MiB)\n"
-    assert tty.getvalue() == ("\rliveng: downloading b 0% (0/270 MiB)\rliveng: downloading b 45% (123/270 MiB)"
-                              "\rliveng: downloading b 100% (270/270 MiB)\n")
-
-
-def test_console_progress_is_labelled_by_each_operation(server: tuple[Served, str], tmp_path: Path) -> None:
-    served, base = server
-    system = system_bytes(20_000)
-    (served.root / "b").write_bytes(system)
-    log = io.StringIO()
-    progress = ConsoleProgress(log)
-    fetch.download(base + "b", tmp_path / "b.part", None, progress)  # no size known: the server's
-    fetch.check_system(tmp_path / "b.part", metadata_for(system), progress)
-    assert log.getvalue().splitlines() == ["liveng: downloading b 0% (0/0 MiB)", "liveng: downloading b 100% (0/0 MiB)",
-                                           "liveng: checking the new system 100% (0/0 MiB)"]
-
-
 def test_small_file_cut_short_is_retried_then_refused(server: tuple[Served, str]) -> None:
     served, base = server
     (served.root / bundle.INDEX_NAME).write_bytes(b"{}" * 50)
@@ -425,18 +393,6 @@ def test_small_file_cut_short_is_retried_then_refused(server: tuple[Served, str]
     assert len(served.requests) == fetch.RETRIES + 1
     served.drop_after = None
     assert fetch.fetch_small(base + bundle.INDEX_NAME, 1000) == b"{}" * 50
-
-
-def test_redrawn_line_cut_short_by_an_error_is_ended(server: tuple[Served, str], tmp_path: Path) -> None:
-    served, base = server
-    (served.root / "b").write_bytes(b"x" * 1000)
-    served.drop_after = 0
-    tty = Terminal()
-    with pytest.raises(DeviceError, match="cannot download"):
-        fetch.download(base + "b", tmp_path / "b.part", 1000, ConsoleProgress(tty))
-    # The error starts a line of its own.
-    assert tty.getvalue().startswith("\rliveng: downloading b 0% (0/0 MiB)") and tty.getvalue().count("\n") == 1
-    assert tty.getvalue().endswith("\n")
 
 
 def test_refused_certificate_is_reported_at_once(tmp_path: Path) -> None:
