@@ -5,8 +5,9 @@ or absent, the operation's own outcome, e2fsck -fn of p7 after a clean power-off
 is `python -m bench.faults` (bench/RESULTS.md).
 
 LIVENG_FAULTS_SEED picks the rounds (operation, fault, moment, torn sector) from those that need no
-other image than the BIOS golden; LIVENG_FAULTS_ROUNDS sets how many (default 1: a round is a resume,
-the operation, a cold boot and the checks: 174 s here).
+other image than the BIOS golden; LIVENG_FAULTS_ROUNDS sets how many (a round is a resume, the
+operation, a cold boot and the checks: 90-175 s here). CI runs one fixed round: the campaign's
+first real defect.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from tests.boot.conftest import partition_hash
 pytestmark = pytest.mark.boot
 
 SEED = int(os.environ.get("LIVENG_FAULTS_SEED", "5"))
-ROUNDS = int(os.environ.get("LIVENG_FAULTS_ROUNDS", "1"))
+# CI's round of the campaign is test_no_free_inode_on_p7_still_boots below; these seeded ones run when
+# LIVENG_FAULTS_ROUNDS is set or with LIVENG_LONG_TESTS=1 (one round).
+ROUNDS = int(os.environ.get("LIVENG_FAULTS_ROUNDS", "1" if os.environ.get("LIVENG_LONG_TESTS") == "1" else "0"))
 # On the BIOS golden (1 GiB, persistent mode) without the campaign's apt repository or update channel.
 CANDIDATES = [("kernel-install", "torn"), ("settings", "cut"), ("user-writes", "full"), ("boot", "torn"),
               ("kernel-install", "two-ops"), ("reset", "cut"), ("snapshot-restore", "torn"), ("resize", "cut")]
@@ -39,7 +42,10 @@ def world_of(bios_golden: golden.Golden, tmp_path: Path) -> World:
                  system_hash={"base": partition_hash(bios_golden.disk, layout.Role.SYSTEM)})
 
 
-def test_fault_rounds(bios_golden: golden.Golden, tmp_path: Path) -> None:
+def test_fault_rounds(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if ROUNDS == 0:
+        pytest.skip("CI: one campaign round is test_no_free_inode_on_p7_still_boots (LIVENG_FAULTS_ROUNDS=N: N here)")
+    bios_golden = request.getfixturevalue("bios_golden")
     rng = random.Random(SEED)
     chosen = rng.sample(CANDIDATES, ROUNDS)
     world = world_of(bios_golden, tmp_path)

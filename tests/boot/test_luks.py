@@ -1,10 +1,12 @@
 """Encrypted persistence: p7 is LUKS2, unlocked by the key file in the initramfs or by the passphrase
 typed on the serial console; resize, snapshots, a kernel update (new initramfs in slot B), a system
-update (version 2 from p7, unlocked by its own initramfs) and install onto another disk work."""
+update (version 2 from p7, unlocked by its own initramfs; LIVENG_LONG_TESTS=1) and install onto
+another disk work."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -20,6 +22,8 @@ from tests.boot.conftest import build_channel, build_image, update_recipe
 from tests.boot.test_update import HOST, ustatus
 from tests.httpserve import serve
 from tests.vm import Vm, VmError
+
+LONG = os.environ.get("LIVENG_LONG_TESTS") == "1"
 
 pytestmark = pytest.mark.boot
 
@@ -99,7 +103,7 @@ def answer_passphrase(vm: Vm, wrong_first: bool) -> float:
     return time.monotonic() - start
 
 
-def test_luks_persistence(luks_image: Path, luks_v2_channel: Path, tmp_path: Path) -> None:
+def test_luks_persistence(luks_image: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     image_id = read_table(luks_image).image_id
     check_p7_on_host(luks_image, image_id, luks_image.parent)
     disk = tmp_path / "disk.img"
@@ -147,21 +151,25 @@ def test_luks_persistence(luks_image: Path, luks_v2_channel: Path, tmp_path: Pat
         assert vm.sh("cat /root/luks-token") == token
         assert vm.sh("findmnt -no SOURCE --target /run/live/persistence/vda7") == "/dev/mapper/vda7"
         assert "before-update" in vm.sh("liveng snapshot list")
-        # A system update on encrypted persistence: version 2 (its ISO on the LUKS p7) into slot A; its
-        # initramfs holds the key file again, so nobody types anything.
-        with serve(luks_v2_channel) as channel:
-            out = vm.sh(f"liveng update apply http://{HOST}:{channel.port}/", timeout=2400)
-        assert "system 2 installed" in out and "slot A" in out, out
-        print(f"reboot into system version 2: {vm.reboot():.1f} s")
-        st = ustatus(vm)
-        assert st["version"] == "2" and str(st["running"]).startswith("2_"), st
-        assert "liveng.boot=slot-a" in vm.sh("cat /proc/cmdline")
-        assert vm.sh("findmnt -no SOURCE --target /run/live/persistence/vda7") == "/dev/mapper/vda7"
-        assert vm.sh("cat /root/luks-token") == token  # /root is kept
+        running = None
+        if LONG:  # CI's 45 minutes: the system update itself is tested on the PC, arm64 and RAM mode
+            # A system update on encrypted persistence: version 2 (its ISO on the LUKS p7) into slot A;
+            # its initramfs holds the key file again, so nobody types anything.
+            with serve(request.getfixturevalue("luks_v2_channel")) as channel:
+                out = vm.sh(f"liveng update apply http://{HOST}:{channel.port}/", timeout=2400)
+            assert "system 2 installed" in out and "slot A" in out, out
+            print(f"reboot into system version 2: {vm.reboot():.1f} s")
+            st = ustatus(vm)
+            assert st["version"] == "2" and str(st["running"]).startswith("2_"), st
+            assert "liveng.boot=slot-a" in vm.sh("cat /proc/cmdline")
+            assert vm.sh("findmnt -no SOURCE --target /run/live/persistence/vda7") == "/dev/mapper/vda7"
+            assert vm.sh("cat /root/luks-token") == token  # /root is kept
+            running = st["running"]
         # Last (the copy's LUKS partition would be one more for live-boot to ask about at a boot):
-        # install onto the second disk; its p7 gets this p7's LUKS header, and the running system 2.
+        # install onto the second disk; its p7 gets this p7's LUKS header (and the running system 2).
         out = vm.sh("liveng install /dev/vdb --with-delta --yes", timeout=1200)
-        assert "installed on /dev/vdb" in out and f"copying system {st['running']}" in out, out
+        assert "installed on /dev/vdb" in out, out
+        assert running is None or f"copying system {running}" in out, out
         vm.poweroff()
     offset = p7_offset(disk)
     assert subprocess.run(["dumpe2fs", "-h", f"{disk}?offset={offset}"], capture_output=True).returncode != 0
