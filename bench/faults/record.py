@@ -107,9 +107,12 @@ def section(state: dict[str, Any], ops: list[str], faults: list[str]) -> str:
             lines += ["Failures (replay: the command shown):", ""]
             for r in failures:
                 why = "; ".join(p.split("; console log:")[0] for p in r["problems"])
+                replays = [x for x in state["rounds"] if x.get("replay") and x["seed"] == r["seed"]
+                           and x["arch"] == arch]
                 lines.append(f"- seed {r['seed']} ({r['op']}" + (f" + {r['partner']}" if r.get("partner") else "")
                              + f", {r['fault']}, fault {r.get('delay', '?')} s in): {why[:300]} — "
-                             f"`{replay_command(r)}`")
+                             f"`{replay_command(r)}`"
+                             + "".join(f"; replayed on {x.get('commit', '?')}: {x['outcome']}" for x in replays))
             lines.append("")
         errors = [r for r in mine if r["outcome"] == "error"]
         if errors:

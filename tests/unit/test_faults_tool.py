@@ -94,6 +94,14 @@ def test_workers_add_rounds_to_one_state(tmp_path: Path) -> None:
     assert [r["seed"] for r in state["rounds"]] == [1, 2] and state["durations"] == {"reset": 5.0}
     assert record.load(path)["campaign_seed"] == seed
     assert "pc: 2 rounds, 2 recovered" in results.read_text()
+    # A failed round and its replay on fixed code: the failure stays in the record, with the replay.
+    record.add(path, {**base, "seed": 3, "op": "reset", "outcome": "failed", "problems": ["panic"]}, {}, results,
+               list(OPS), list(rounds.FAULTS))
+    record.add(path, {**base, "seed": 3, "op": "reset", "replay": True, "commit": "def"}, {}, results, list(OPS),
+               list(rounds.FAULTS))
+    text = results.read_text()
+    assert "pc: 3 rounds, 2 recovered, 1 failed" in text and "seed 3 (reset, cut" in text
+    assert "replayed on def: recovered" in text
 
 
 def test_worker_argument() -> None:
