@@ -1,7 +1,8 @@
-"""p1's boot state damaged three ways (random bytes, emptied (LIVENG_LONG_TESTS=1), deleted) from inside the guest: each
-time the next boot comes up unattended, `liveng kernel status --json` works meanwhile, and the good
-boot repairs the copy. Then boot counting with the primary deleted (GRUB counts in the backup): a
-slot that never marks itself good is dropped after its tries. BIOS, resumed from the BIOS golden."""
+"""p1's boot state damaged from inside the guest: random bytes, emptied (LIVENG_LONG_TESTS=1),
+deleted. Each time the next boot comes up unattended, `liveng kernel status --json` works meanwhile,
+and the good boot repairs the copy. Boot counting with the primary deleted: GRUB counts in the
+backup (with LIVENG_LONG_TESTS=1 down to the drop of the slot that never marks itself good). BIOS,
+resumed from the BIOS golden."""
 
 from __future__ import annotations
 
@@ -75,19 +76,23 @@ def test_damaged_grubenv_boots_is_repaired_and_counting_goes_on(bios_golden: gol
               "&& chmod +x /etc/liveng/health.d/fail")
         on_p1(vm, image_id, DAMAGE["deleted"])  # mark-good refuses, so nothing repairs it meanwhile
         assert "is damaged" in vm.sh("liveng kernel status --json 2>&1 >/dev/null")
-        for tries_left in range(layout.TRIES - 1, -1, -1):
+        # CI's 45 minutes: one counted boot here (test_kernel_slots drops an unconfirmed slot after its
+        # tries with the primary intact); LIVENG_LONG_TESTS=1 counts down to the drop without it.
+        for tries_left in range(layout.TRIES - 1, -1, -1) if LONG else (layout.TRIES - 1,):
             vm.reboot()
             st = settle(vm)
             assert st["running"] == "slot-b" and st["tries"] == tries_left, st
             assert st["env_damaged"] == ["primary"] and st["good"] == "slot-a", st
-        # Slot B never marked itself good: dropped; the previous slot (the factory kernel's copy in
-        # slot A, still intact and next in the order) boots.
-        vm.reboot()
-        st = settle(vm)
-        assert st["running"] == "slot-a" and st["order"] == ["slot-a", "factory"], st
+        if LONG:
+            # Slot B never marked itself good: dropped; the previous slot (the factory kernel's copy
+            # in slot A, still intact and next in the order) boots.
+            vm.reboot()
+            st = settle(vm)
+            assert st["running"] == "slot-a" and st["order"] == ["slot-a", "factory"], st
         vm.sh("rm /etc/liveng/health.d/fail")
         st = settle(vm)
-        assert st["good"] == "slot-a" and st["tries"] == layout.TRIES and st["env_damaged"] == [], st
+        good = "slot-a" if LONG else "slot-b"  # the slot running now confirms itself
+        assert st["good"] == good and st["tries"] == layout.TRIES and st["env_damaged"] == [], st
         journal = vm.sh("journalctl -b -u liveng-boot-ok.service --no-pager")
         assert "repairing the boot state's primary copy from the backup" in journal, journal
         assert copies_equal_and_whole(vm, image_id)
