@@ -111,6 +111,8 @@ class Recipe:
     cmdline: tuple[str, ...] = ()
     autologin: bool = False
     grub_timeout: int = 3
+    docs: bool = False  # man pages, info, /usr/share/doc (copyrights stay either way): trim.py
+    translations: bool = False  # message catalogues; the recipe's locale's language keeps its own
     sizes: Sizes = field(default_factory=Sizes)
     ram: Ram = field(default_factory=Ram)
     files: tuple[FileCopy, ...] = ()
@@ -191,6 +193,9 @@ def parse(data: dict[str, Any], path: str, base: Path | None) -> Recipe:
         kw["cmdline"] = args
     if "autologin" in data:
         kw["autologin"] = c.boolean("autologin", data["autologin"])
+    for key in ("docs", "translations"):
+        if key in data:
+            kw[key] = c.boolean(key, data[key])
     if "grub_timeout" in data:
         kw["grub_timeout"] = c.integer("grub_timeout", data["grub_timeout"], 0, 600, " s")
     if "sizes" in data:

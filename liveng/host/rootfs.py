@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import layout, settings
-from liveng.host import initramfsenv, progress, updaterecipe
+from liveng.host import initramfsenv, progress, trim, updaterecipe
 from liveng.host.bootloader import signed
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
@@ -150,6 +150,7 @@ class RootfsSpec:
     # The recipe's [[repositories]] (file name, deb822 text with the key) and local .debs.
     sources: tuple[tuple[str, str], ...] = ()
     debs: tuple[Path, ...] = ()
+    dpkg_filters: tuple[str, ...] = ()  # trim.py: dpkg --path-exclude/--path-include, in order
 
     @property
     def needs_file_mounts(self) -> bool:
@@ -171,6 +172,8 @@ class RootfsSpec:
         # Only when set, so that the keys of every recipe without them stay what they were.
         if self.sources:
             doc["sources"] = [[name, hashlib.sha256(text.encode()).hexdigest()] for name, text in self.sources]
+        if self.dpkg_filters:
+            doc["dpkg_filters"] = list(self.dpkg_filters)
         if self.debs:
             doc["debs"] = [[p.name, layout.sha256_file(p)] for p in self.debs]
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
@@ -180,7 +183,8 @@ def spec_for(recipe: Recipe, mirrors: Mirrors) -> RootfsSpec:
     return RootfsSpec(suite=recipe.suite, pockets=pockets(recipe.suite, mirrors), arch=recipe.arch,
                       components=COMPONENTS[recipe.target], packages=packages(recipe),
                       overlay=initramfs_overlay(), assets=BOOT_ASSETS[recipe.target],
-                      sources=tuple((r.file_name, r.deb822()) for r in recipe.repositories), debs=recipe.debs)
+                      sources=tuple((r.file_name, r.deb822()) for r in recipe.repositories), debs=recipe.debs,
+                      dpkg_filters=trim.dpkg_filters(recipe))
 
 
 def mmdebstrap_version() -> str:
@@ -322,6 +326,7 @@ def _make(spec: RootfsSpec, tarball: Path, workdir: Path) -> None:
              f"--architectures={spec.arch}",
              f"--components={','.join(spec.components)}",
              f"--include={','.join((*spec.packages, *map(str, spec.debs)))}",
+             *(f"--dpkgopt={option}" for option in spec.dpkg_filters),
              # dpkg without fsync: the tree is thrown away if the build fails anyway.
              *hook_dirs, *hooks, spec.suite, tmp,
              *(p.sources_line(spec.components) for p in spec.pockets), *sources], env=env,

@@ -49,7 +49,8 @@ def tree_digest(tree: Path) -> str:
 def squashfs(tree: Path, out: Path, compression: str, cache_dir: Path) -> bool:
     """Make ``out`` from ``tree``, from the cache when the same tree was compressed before; True if cached."""
     version = output(["mksquashfs", "-version"]).splitlines()[0]
-    key = hashlib.sha256(f"{tree_digest(tree)}\0{compression}\0{version}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{tree_digest(tree)}\0{compression}\0{version}\0{filesystems.SQUASHFS_SORT}"
+                         .encode()).hexdigest()[:24]
     cached = cache_dir / f"squashfs-{key}.sqfs"
     if cached.is_file():
         shutil.copyfile(cached, out)

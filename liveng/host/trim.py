@@ -1,0 +1,51 @@
+"""What an image leaves out of Debian's packages, through dpkg's own path filters (dpkg(1):
+--path-exclude, --path-include). mmdebstrap hands them to dpkg from the first package on and keeps
+them in the image (/etc/dpkg/dpkg.cfg.d/99mmdebstrap), so packages installed later on the device are
+filtered alike. `dpkg --verify` lists a filtered file as "missing": dpkg's way of saying so.
+
+Where the bytes were (the default rpi image, bench/RESULTS.md): translations 37 MiB, the device trees
+of every arm64 board 53 MiB, documentation and man pages 20 MiB, PCIe Wi-Fi firmware 7.5 MiB, in a
+rootfs of about 500 MiB."""
+
+from __future__ import annotations
+
+from liveng.host.recipe import Recipe
+
+# Every package's copyright file stays (Debian's licences ask for it to travel with the binaries).
+DOCS = ("path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright",
+        "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/info/*")
+# gettext's message catalogues; glibc reads locale.alias to resolve locale names.
+TRANSLATIONS = ("path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias")
+# The Pi's: device trees the kernel package carries for every arm64 board (a Pi needs Broadcom's;
+# layout.DTB_GLOBS picks its own from there into the boot and kernel partitions), and the firmware of
+# Broadcom/Cypress Wi-Fi chips on PCIe cards (every Pi's Wi-Fi is on SDIO; USB dongles' stays).
+# Firmware is in /usr/lib/firmware from trixie on, /lib/firmware in bookworm's packages.
+TARGET = {
+    "pc": (),
+    "rpi": ("path-exclude=/usr/lib/linux-image-*/*", "path-include=/usr/lib/linux-image-*/broadcom/*",
+            *(f"path-exclude={root}/firmware/{vendor}/*-pcie.*" for root in ("/usr/lib", "/lib")
+              for vendor in ("brcm", "cypress"))),
+}
+
+
+def language(locale: str | None) -> str | None:
+    """The language part of a locale name (de_DE.UTF-8: de), None for C and POSIX."""
+    if locale is None:
+        return None
+    lang = locale.split(".", 1)[0].split("_", 1)[0].split("@", 1)[0]
+    return None if lang in ("C", "POSIX") else lang
+
+
+def dpkg_filters(recipe: Recipe) -> tuple[str, ...]:
+    """dpkg options (without the leading --), in the order dpkg must see them: each include after
+    the exclude it opens a hole in."""
+    options: list[str] = []
+    if not recipe.docs:
+        options += DOCS
+    if not recipe.translations:
+        options += TRANSLATIONS
+        lang = language(recipe.locale)
+        if lang:  # the image's own language keeps its messages
+            options += [f"path-include=/usr/share/locale/{lang}/*", f"path-include=/usr/share/locale/{lang}_*/*"]
+    options += TARGET[recipe.target]
+    return tuple(options)
