@@ -1,0 +1,108 @@
+"""The operations that go through apt and dpkg: an upgrade of ordinary packages, and an upgrade of
+the installed kernel package (dpkg unpacks /boot and /lib/modules, then the postinst makes the
+initramfs and liveng's hook writes a kernel slot). After the fault, dpkg's own recovery first."""
+
+from __future__ import annotations
+
+from tests.vm import Vm
+
+from .opbase import Ctx, Op, kernel_problems
+from .world import HOST, PACKAGE, World
+
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
+
+
+def apt_source(version: str, world: World, name: str = "faults") -> str:
+    """Point apt at the campaign's repository ``version`` (a directory of it) through the list
+    ``name``; only that list is fetched (the image ships no package lists)."""
+    return (f"echo 'deb [trusted=yes] http://{HOST}:{world.repo_port}/{version}/ ./' "
+            f"> /etc/apt/sources.list.d/{name}.list && "
+            f"apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/{name}.list -o Dir::Etc::sourceparts=- "
+            "-o APT::Get::List-Cleanup=0")
+
+
+def dpkg_recover(vm: Vm, package: str) -> tuple[list[str], dict[str, object]]:
+    """dpkg's own recovery after a cut, what an owner does: `dpkg --configure -a`, and a reinstall
+    of a package left half unpacked. Returns (problems, what was done and the package's status)."""
+    steps = []
+    if vm.sh("dpkg --audit", check=False):
+        steps.append("dpkg --configure -a")
+        out = vm.sh("dpkg --configure -a; echo rc=$?", timeout=1800)
+        if not out.endswith("rc=0"):
+            return [f"dpkg --configure -a failed: {out[-300:]}"], {"recovery": steps}
+    query = f"dpkg-query -W -f '${{Status}} ${{Version}}' {package}"
+    status = vm.sh(query, check=False)
+    if not status.startswith("install ok installed"):
+        steps.append("apt-get install --reinstall")
+        out = vm.sh(f"{APT} install --reinstall {package}; echo rc=$?", timeout=1800)
+        if not out.endswith("rc=0"):
+            return [f"{package} ({status}) could not be reinstalled: {out[-300:]}"], {"recovery": steps}
+        status = vm.sh(query)
+    problems = []
+    bad = vm.sh(f"dpkg --verify {package}", check=False, timeout=900)
+    if bad:
+        problems.append(f"dpkg --verify {package}: {bad[:300]}")
+    return problems, {"recovery": steps, "status": status}
+
+
+class AptUpgrade(Op):
+    name = "apt-upgrade"
+    window = 60.0
+
+    def prepare(self, ctx: Ctx) -> None:
+        ctx.vm.sh(apt_source("1", ctx.world), timeout=600)
+        ctx.vm.sh(f"{APT} install {PACKAGE}", timeout=900)
+        ctx.vm.sh(apt_source("2", ctx.world), timeout=600)
+
+    def command(self, ctx: Ctx) -> str:
+        return f"{APT} upgrade"
+
+    def check(self, ctx: Ctx, vm: Vm) -> list[str]:
+        problems, ctx.notes["dpkg"] = dpkg_recover(vm, PACKAGE)
+        status = ctx.notes["dpkg"].get("status")
+        if status is not None and status not in ("install ok installed 1", "install ok installed 2"):
+            problems.append(f"{PACKAGE}: {status}")
+        return problems
+
+
+class AptKernel(Op):
+    """`apt-get install --only-upgrade linux-image-$(uname -r)` to the newer build the campaign's
+    repository serves (world.kernel_repo): the same kernel version, so the new initramfs is written
+    to the other slot, first in the boot order with its tries. Half the rounds (rng) then reboot
+    into that slot: the fault may land in its trial boot."""
+
+    name = "apt-kernel"
+    regions = ("grubenv", "fat", "journal")
+    window = 300.0  # until a round measures it: dpkg, update-initramfs and the slot write, emulated
+
+    def prepare(self, ctx: Ctx) -> None:
+        kernel = ctx.world.kernel
+        assert kernel is not None, "the world was made without the kernel repository"
+        ctx.notes["then_boot"] = ctx.rng.random() < 0.5
+        ctx.notes["kernel_package"] = kernel.package
+        ctx.vm.sh(apt_source(kernel.repo, ctx.world, "faults-kernel"), timeout=600)
+        # Downloaded before: the fault lands in dpkg and its hooks, not in a transfer apt restarts anyway.
+        ctx.vm.sh(f"{APT} install --download-only {kernel.package} && sync", timeout=900)
+
+    def reboots_in(self, ctx: Ctx) -> bool:
+        return bool(ctx.notes["then_boot"])
+
+    def command(self, ctx: Ctx) -> str:
+        assert ctx.world.kernel is not None
+        upgrade = f"{APT} install --only-upgrade {ctx.world.kernel.package}"
+        return upgrade + (" && systemctl reboot" if ctx.notes["then_boot"] else "")
+
+    def check(self, ctx: Ctx, vm: Vm) -> list[str]:
+        kernel = ctx.world.kernel
+        assert kernel is not None
+        problems, ctx.notes["dpkg"] = dpkg_recover(vm, kernel.package)
+        status = ctx.notes["dpkg"].get("status")
+        allowed = {f"install ok installed {v}" for v in (kernel.installed, kernel.upgrade)}
+        if status is not None and status not in allowed:
+            problems.append(f"{kernel.package}: {status}")
+        # The initramfs dpkg leaves (made again by --configure -a if the cut came first) is whole.
+        initrd = vm.sh("f=/boot/initrd.img-$(uname -r); lsinitramfs $f >/dev/null && echo ok", check=False,
+                       timeout=600)
+        if not initrd.endswith("ok"):
+            problems.append(f"the initramfs of the running kernel cannot be read: {initrd[-300:]}")
+        return problems + kernel_problems(vm)
