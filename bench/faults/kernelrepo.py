@@ -58,12 +58,12 @@ def kernel_repo(g: golden.Golden, arch: str, workdir: Path) -> KernelPackage:
         known = json.loads(facts.read_text())
         return KernelPackage(**{**known, "also": tuple(known["also"])})
     repo.mkdir(parents=True, exist_ok=True)
-    kernel, dependents = _installed(g, workdir)
-    for pkg in (kernel, *dependents):
-        _rebuild(_fetch(pkg, repo / f"{pkg.package}.orig.deb"), repo, kernel)
+    kernel, others = _installed(g, workdir)
+    for pkg in (kernel, *others):
+        rebuild(_fetch(pkg, repo / f"{pkg.package}.orig.deb"), repo, kernel.package, kernel.version)
     index_repo(repo)
     result = KernelPackage(kernel.package, kernel.version, kernel.version + KERNEL_SUFFIX, repo.name,
-                           tuple(p.package for p in dependents))
+                           tuple(p.package for p in others))
     tmp = facts.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(result)))
     tmp.replace(facts)
@@ -87,9 +87,14 @@ def _installed(g: golden.Golden, workdir: Path) -> tuple[_Installed, list[_Insta
         raise RuntimeError(f"the image has no package {name} (the running kernel's)")
     package, version, source, deb_arch, _ = by_name[name]
     kernel = _Installed(package, version, source, deb_arch, md5)
+    return kernel, [_Installed(r[0], r[1], r[2], r[3], "") for r in dependents(rows, package, version)]
+
+
+def dependents(rows: list[list[str]], package: str, version: str) -> list[list[str]]:
+    """The rows (Package, Version, Source, Architecture, Depends) that depend on exactly ``version``
+    of ``package``: apt would have to remove them to upgrade it alone."""
     exact = re.compile(rf"(^|[,|]\s*){re.escape(package)} \(= {re.escape(version)}\)")
-    dependents = [_Installed(r[0], r[1], r[2], r[3], "") for r in rows if exact.search(r[4])]
-    return kernel, dependents
+    return [r for r in rows if exact.search(r[4])]
 
 
 def _fetch(pkg: _Installed, dest: Path) -> Path:
@@ -130,16 +135,16 @@ def _fetch(pkg: _Installed, dest: Path) -> Path:
                        "by hand (apt-get download in the image) and run again")
 
 
-def _rebuild(deb: Path, repo: Path, kernel: _Installed) -> Path:
-    """``deb`` again with Version plus KERNEL_SUFFIX and, where it depends on exactly the kernel's
-    build, on the new one."""
+def rebuild(deb: Path, repo: Path, kernel: str, version: str) -> Path:
+    """``deb`` again (into ``repo``; ``deb`` deleted) with Version plus KERNEL_SUFFIX and, where it
+    depends on exactly ``version`` of the package ``kernel``, on the new build."""
     tree = repo / "tree"
     subprocess.run(["rm", "-rf", str(tree)], check=True)
     subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
     control = tree / "DEBIAN/control"
     text = control.read_text()
     new = re.sub(r"^Version: (.*)$", rf"Version: \1{KERNEL_SUFFIX}", text, count=1, flags=re.M)
-    new = new.replace(f"{kernel.package} (= {kernel.version})", f"{kernel.package} (= {kernel.version}{KERNEL_SUFFIX})")
+    new = new.replace(f"{kernel} (= {version})", f"{kernel} (= {version}{KERNEL_SUFFIX})")
     if new == text:
         raise RuntimeError(f"{deb}: no Version field in its control file")
     control.write_text(new)
