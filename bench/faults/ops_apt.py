@@ -22,27 +22,39 @@ def apt_source(version: str, world: World, name: str = "faults") -> str:
 
 
 def dpkg_recover(vm: Vm, package: str) -> tuple[list[str], dict[str, object]]:
-    """dpkg's own recovery after a cut, what an owner does: `dpkg --configure -a`, and a reinstall
-    of a package left half unpacked. Returns (problems, what was done and the package's status)."""
-    steps = []
+    """dpkg's own recovery after a cut, what an owner does when apt says so: `dpkg --configure -a`;
+    if that leaves something broken (a package half unpacked, one that depends on it unconfigured),
+    `apt-get -f install`, which reinstalls and configures; a reinstall of ``package`` if it is still
+    not installed. Returns (problems, the steps taken and the package's status)."""
+    steps: list[str] = []
+    notes: dict[str, object] = {"recovery": steps}
     if vm.sh("dpkg --audit", check=False):
         steps.append("dpkg --configure -a")
         out = vm.sh("dpkg --configure -a; echo rc=$?", timeout=1800)
         if not out.endswith("rc=0"):
-            return [f"dpkg --configure -a failed: {out[-300:]}"], {"recovery": steps}
+            notes["configure_a"] = out[-300:]
     query = f"dpkg-query -W -f '${{Status}} ${{Version}}' {package}"
+    if vm.sh("dpkg --audit", check=False):
+        steps.append("apt-get -f install")
+        out = vm.sh(f"{APT} -f install; echo rc=$?", timeout=1800)
+        if not out.endswith("rc=0"):
+            return [f"apt-get -f install failed: {out[-300:]}"], notes
     status = vm.sh(query, check=False)
     if not status.startswith("install ok installed"):
         steps.append("apt-get install --reinstall")
         out = vm.sh(f"{APT} install --reinstall {package}; echo rc=$?", timeout=1800)
         if not out.endswith("rc=0"):
-            return [f"{package} ({status}) could not be reinstalled: {out[-300:]}"], {"recovery": steps}
+            return [f"{package} ({status}) could not be reinstalled: {out[-300:]}"], notes
         status = vm.sh(query)
+    notes["status"] = status
     problems = []
+    audit = vm.sh("dpkg --audit", check=False)
+    if audit:
+        problems.append(f"dpkg --audit after the recovery: {audit[:300]}")
     bad = vm.sh(f"dpkg --verify {package}", check=False, timeout=900)
     if bad:
         problems.append(f"dpkg --verify {package}: {bad[:300]}")
-    return problems, {"recovery": steps, "status": status}
+    return problems, notes
 
 
 class AptUpgrade(Op):
