@@ -101,7 +101,8 @@ def campaign(args: argparse.Namespace) -> int:
     kinds &= set(world.kinds_for(args.arch))
     uses = set(ops) | ({p for o in ops for p in rounds.partners(OPS[o], args.arch)} if "two-ops" in faults else set())
     commit = record.commit_id()  # the code this run imported, whatever is committed while it runs
-    w = world.make(args.arch, args.workdir, kinds, "apt-upgrade" in uses, "update-apply" in uses)
+    w = world.make(args.arch, args.workdir, kinds, "apt-upgrade" in uses, "update-apply" in uses,
+                   need_kernel="apt-kernel" in uses)
     logdir = args.workdir / "logs"
     logdir.mkdir(exist_ok=True)
     rounddir = args.workdir / (f"worker{worker}" if workers > 1 else "")

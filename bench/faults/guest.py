@@ -9,6 +9,8 @@ from typing import Any
 
 from tests.vm import Vm
 
+from .guest_helper import db_problems
+
 HELPER = "/run/liveng-faults.py"  # in RAM: nothing of the campaign's own lands in the delta
 _SOURCE = Path(__file__).with_name("guest_helper.py")
 
@@ -80,6 +82,15 @@ def check_writer(vm: Vm, directory: str, what: str) -> tuple[list[str], dict[str
         problems.append(f"{what}: {len(report['torn'])} files torn under their final name "
                         f"({', '.join(report['torn'][:5])})")
     return problems, report
+
+
+def db_writer_line(directory: str, journal: str, pause: float) -> str:
+    return f"python3 {HELPER} db-writer {directory} {journal} {pause}"
+
+
+def check_db(vm: Vm, directory: str, what: str) -> tuple[list[str], dict[str, Any]]:
+    report: dict[str, Any] = helper(vm, "check-db", directory, timeout=600)
+    return db_problems(report, what), report
 
 
 P7_MOUNT = ("P7=$(findmnt -n -o TARGET -S /dev/vda7 | head -n 1); U=; "

@@ -8,6 +8,8 @@ them after the fault.
     python3 helper.py check-writer DIR               # JSON: logged, lost, torn, whole, partial_log
     python3 helper.py fill-blocks DIR                # p7 full: fallocate until ENOSPC
     python3 helper.py fill-inodes DIR                # p7 without free inodes: empty files until ENOSPC
+    python3 helper.py db-writer DIR JOURNAL PAUSE    # SQLite transactions until killed (see db_writer())
+    python3 helper.py check-db DIR                   # JSON: journal, integrity, logged, lost, partial, beyond
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 import sys
 import time
+from typing import Any
 
 HEADER = 64  # "sha256-hex\n" padded: a self-checking file
 
@@ -167,6 +171,124 @@ def fill_inodes(directory: str) -> None:
     print(json.dumps({"files": i, "free_inodes": st.f_ffree}))
 
 
+DB = "app.db"
+SCHEMA = ("CREATE TABLE IF NOT EXISTS txs (tx INTEGER PRIMARY KEY, nrows INTEGER NOT NULL);"
+          "CREATE TABLE IF NOT EXISTS items (tx INTEGER NOT NULL, n INTEGER NOT NULL, payload BLOB NOT NULL, "
+          "sha TEXT NOT NULL, PRIMARY KEY (tx, n))")
+
+
+def read_log(directory: str) -> tuple[list[int], bytes, list[str]]:
+    """The transaction ids in the log, its last line if cut short (not logged yet), and the lines that
+    are no id at all (a line ends in a newline only once written whole: none should be garbled)."""
+    try:
+        with open(os.path.join(directory, "log"), "rb") as f:
+            lines = f.read().split(b"\n")
+    except FileNotFoundError:
+        return [], b"", []
+    ids = [int(x) for x in lines[:-1] if x.isdigit()]
+    garbled = [x.decode(errors="replace")[:40] for x in lines[:-1] if not x.isdigit()]
+    return ids, lines[-1], garbled
+
+
+def db_writer(directory: str, journal: str, pause: float) -> None:
+    """An application's database, written the careful way: each transaction (several rows and, in the
+    same transaction, its row count) committed with synchronous=FULL; once COMMIT has returned, its
+    id is appended to the log and the log fsynced. So every logged transaction was durable before its
+    line was; a transaction committed but not yet logged (the one in flight) may be there or not."""
+    os.makedirs(directory, exist_ok=True)
+    fsync_dir(os.path.dirname(directory.rstrip("/")) or "/")
+    db = sqlite3.connect(os.path.join(directory, DB), isolation_level=None)  # BEGIN/COMMIT by hand
+    mode = db.execute(f"PRAGMA journal_mode={journal}").fetchone()[0]
+    if mode.lower() != journal.lower():
+        raise SystemExit(f"journal_mode {journal} refused: sqlite chose {mode}")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(SCHEMA)
+    fsync_dir(directory)  # the database file's (and the WAL's) names are durable too
+    log = os.open(os.path.join(directory, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fsync_dir(directory)
+    logged, partial, _ = read_log(directory)
+    if partial:  # a restart after a kill mid-append: that line was never logged
+        os.ftruncate(log, os.fstat(log).st_size - len(partial))
+    # A restart: what was committed after the last logged id is committed now; log it before going on.
+    last = max(logged, default=0)
+    for (tx,) in db.execute("SELECT tx FROM txs WHERE tx > ? ORDER BY tx", (last,)).fetchall():
+        os.write(log, f"{tx}\n".encode())
+    os.fsync(log)
+    tx = (db.execute("SELECT max(tx) FROM txs").fetchone()[0] or 0) + 1
+    rng = random.Random(os.getpid())
+    while True:
+        rows = rng.randint(2, 8)
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO txs VALUES (?, ?)", (tx, rows))
+        for n in range(rows):
+            payload = rng.randbytes(rng.choice((50, 900, 4000, 30000)))
+            db.execute("INSERT INTO items VALUES (?, ?, ?, ?)", (tx, n, payload, sha(payload)))
+        db.execute("COMMIT")
+        os.write(log, f"{tx}\n".encode())
+        os.fsync(log)
+        tx += 1
+        if pause:
+            time.sleep(pause)
+
+
+def check_db(directory: str) -> dict[str, object]:
+    """After the fault, as the application opening its database again (SQLite recovers a hot journal
+    or WAL): the database intact, every logged transaction whole, none partly there, nothing beyond
+    the last logged one but at most the one that was in flight."""
+    logged, partial_log, garbled = read_log(directory)
+    report: dict[str, object] = {"logged": len(logged), "partial_log": partial_log != b"", "garbled": garbled,
+                                 "lost": [], "partial": [], "beyond": [], "integrity": None, "journal": None}
+    path = os.path.join(directory, DB)
+    if not os.path.exists(path):
+        report["absent"] = True
+        report["lost"] = logged[:20]
+        return report
+    txs: dict[int, int] = {}
+    items: dict[int, list[tuple[int, bool]]] = {}
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            report["journal"] = db.execute("PRAGMA journal_mode").fetchone()[0]
+            report["integrity"] = "; ".join(r[0] for r in db.execute("PRAGMA integrity_check"))[:500]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if {"txs", "items"} <= tables:
+                txs = dict(db.execute("SELECT tx, nrows FROM txs").fetchall())
+                for t, n, payload, digest in db.execute("SELECT tx, n, payload, sha FROM items ORDER BY tx, n"):
+                    items.setdefault(t, []).append((n, sha(payload) == digest))
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        report["integrity"] = f"cannot be read: {exc}"
+    report["in_db"] = len(txs)
+    # Partly there: rows without their transaction, a count that disagrees, or a payload not its hash.
+    partial = sorted(t for t in set(txs) | set(items)
+                     if t not in txs or [n for n, _ in items.get(t, [])] != list(range(txs[t]))
+                     or not all(ok for _, ok in items.get(t, [])))
+    report["partial"] = partial[:20]
+    report["lost"] = sorted(t for t in set(logged) if t not in txs)[:20]
+    last = max(logged, default=0)
+    beyond = sorted(t for t in txs if t > last)
+    if beyond == [last + 1]:  # committed, its log line not yet written: the one in flight
+        report["in_flight"] = last + 1
+        beyond = []
+    known = set(logged)
+    report["beyond"] = (beyond + sorted(t for t in txs if t <= last and t not in known))[:20]
+    return report
+
+
+def db_problems(report: dict[str, Any], what: str) -> list[str]:
+    problems = []
+    if report.get("integrity") not in (None, "ok"):
+        problems.append(f"{what}: integrity_check says {report['integrity']}")
+    for key, text in (("lost", "logged (committed) transactions missing"),
+                      ("partial", "transactions partly present"),
+                      ("beyond", "transactions beyond the last logged one (and not the one in flight)"),
+                      ("garbled", "log lines garbled")):
+        if report.get(key):
+            problems.append(f"{what}: {text}: {', '.join(str(x) for x in report[key][:5])}")
+    return problems
+
+
 def main(argv: list[str]) -> None:
     cmd, directory = argv[0], argv[1]
     if cmd == "write-set":
@@ -177,6 +299,10 @@ def main(argv: list[str]) -> None:
         writer(directory, float(argv[2]))
     elif cmd == "check-writer":
         check_writer(directory)
+    elif cmd == "db-writer":
+        db_writer(directory, argv[2], float(argv[3]))
+    elif cmd == "check-db":
+        print(json.dumps(check_db(directory)))
     elif cmd == "fill-blocks":
         fill_blocks(directory)
     elif cmd == "fill-inodes":

@@ -1,16 +1,14 @@
 """The operations a fault lands in. Each brings the resumed VM to its state (prepare), gives the
 shell line that starts it (command) and says what must hold after the fault and the boot that
 follows (check, check_host). Files every round has (written by the runner, not the operation):
-A_DIR, fsynced before the operation, and the background writer's WRITER_DIR."""
+A_DIR, fsynced before the operation, and the background writer's WRITER_DIR (opbase.py). The apt and
+dpkg operations are in ops_apt.py."""
 
 from __future__ import annotations
 
 import json
-import random
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from liveng import layout
 from liveng.host.disk import read_table
@@ -18,65 +16,9 @@ from liveng.host.qmp import Qmp
 from tests.vm import Vm
 
 from . import guest
-from .world import HOST, PACKAGE, World
-
-A_DIR = "/home/faults/a"  # fsynced before the operation: must be intact afterwards
-B_DIR = "/home/faults/b"  # the set an operation decides the fate of (commit, restore): all or nothing
-K_DIR = "/srv/keep/faults-k"  # ram-paths: on the card, fsynced
-WRITER_DIR = {"base": "/home/faults/w", "ram-paths": "/srv/keep/faults-w"}  # none in ram mode: all in RAM
-SET_SIZE = 20
-
-
-@dataclass
-class Ctx:
-    vm: Vm
-    rng: random.Random
-    world: World
-    kind: str
-    disk_full: bool = False  # p7 filled before the operation: it may fail (cleanly); what it must keep, it keeps
-    notes: dict[str, Any] = field(default_factory=dict)  # recorded with the round
-    sets: dict[str, dict[str, str]] = field(default_factory=dict)  # directory: {name: sha256}
-
-    def write_set(self, directory: str) -> None:
-        self.sets[directory] = guest.write_set(self.vm, directory, SET_SIZE, self.rng.randrange(2**32))
-
-
-class Op:
-    name = ""
-    kinds: tuple[str, ...] = ("base",)  # the goldens it runs on (the first: when it is the round's operation)
-    arches: tuple[str, ...] = ("pc", "arm64")
-    regions: tuple[str, ...] = ("journal",)  # where a torn sector may be (inject.py)
-    window = 30.0  # seconds the fault moment is spread over, until a round measures the operation
-    reboots = False  # the command ends in a reboot: the window covers the boot
-    discards_delta = False  # A_DIR may be wholly gone afterwards
-    writer = True  # the background writer runs during it
-    pairs = True  # may run alongside another operation (fault "two-ops")
-
-    def prepare(self, ctx: Ctx) -> None:
-        pass
-
-    def command(self, ctx: Ctx) -> str:
-        raise NotImplementedError
-
-    def check(self, ctx: Ctx, vm: Vm) -> list[str]:
-        return []
-
-    def check_host(self, ctx: Ctx, disk: Path) -> list[str]:
-        return []
-
-
-def kernel_problems(vm: Vm) -> list[str]:
-    out = vm.sh("liveng kernel status --json")
-    st = json.loads(out[out.index("{"):])
-    order, running = st["order"], st["running"]
-    problems = []
-    if not order or order[-1] != "factory" or len(set(order)) != len(order):
-        problems.append(f"kernel boot order {order}")
-    if running not in order:
-        problems.append(f"running {running}, not in the boot order {order}")
-    if st.get("good") != running:
-        problems.append(f"this boot ({running}) was not marked good ({st.get('good')})")
-    return problems
+from .opbase import A_DIR, B_DIR, Ctx, Op, kernel_problems
+from .ops_apt import AptKernel, AptUpgrade
+from .world import HOST
 
 
 class Boot(Op):
@@ -109,54 +51,6 @@ class KernelInstall(Op):
 
     def check(self, ctx: Ctx, vm: Vm) -> list[str]:
         return kernel_problems(vm)
-
-
-def apt_source(version: str, world: World) -> str:
-    return (f"echo 'deb [trusted=yes] http://{HOST}:{world.repo_port}/{version}/ ./' "
-            "> /etc/apt/sources.list.d/faults.list && "
-            "apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/faults.list -o Dir::Etc::sourceparts=- "
-            "-o APT::Get::List-Cleanup=0")
-
-
-APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
-
-
-class AptUpgrade(Op):
-    name = "apt-upgrade"
-    window = 60.0
-
-    def prepare(self, ctx: Ctx) -> None:
-        ctx.vm.sh(apt_source("1", ctx.world), timeout=600)
-        ctx.vm.sh(f"{APT} install {PACKAGE}", timeout=900)
-        ctx.vm.sh(apt_source("2", ctx.world), timeout=600)
-
-    def command(self, ctx: Ctx) -> str:
-        return f"{APT} upgrade"
-
-    def check(self, ctx: Ctx, vm: Vm) -> list[str]:
-        # dpkg's own recovery after a cut is `dpkg --configure -a` (and a reinstall for a half-unpacked
-        # package): what an owner does. What must hold: dpkg can recover, and then the files are right.
-        steps = []
-        if vm.sh("dpkg --audit", check=False):
-            steps.append("dpkg --configure -a")
-            out = vm.sh("dpkg --configure -a; echo rc=$?", timeout=900)
-            if not out.endswith("rc=0"):
-                return [f"dpkg --configure -a failed: {out[-300:]}"]
-        status = vm.sh(f"dpkg-query -W -f '${{Status}} ${{Version}}' {PACKAGE}", check=False)
-        if not status.startswith("install ok installed"):
-            steps.append("apt-get install --reinstall")
-            out = vm.sh(f"{APT} install --reinstall {PACKAGE}; echo rc=$?", timeout=900)
-            if not out.endswith("rc=0"):
-                return [f"{PACKAGE} ({status}) could not be reinstalled: {out[-300:]}"]
-            status = vm.sh(f"dpkg-query -W -f '${{Status}} ${{Version}}' {PACKAGE}")
-        ctx.notes["dpkg"] = {"recovery": steps, "status": status}
-        problems = []
-        if status not in ("install ok installed 1", "install ok installed 2"):
-            problems.append(f"{PACKAGE}: {status}")
-        bad = vm.sh(f"dpkg --verify {PACKAGE}", check=False)
-        if bad:
-            problems.append(f"dpkg --verify {PACKAGE}: {bad[:300]}")
-        return problems
 
 
 class Commit(Op):
@@ -319,6 +213,39 @@ class UserWrites(Op):
         return problems
 
 
+class DbWrites(Op):
+    """The user's application writing an SQLite database the careful way (guest_helper.db_writer):
+    transactions of several rows, synchronous=FULL, each id logged once COMMIT returned. The
+    journal, WAL or rollback, is the round's (rng). After the fault: integrity_check ok, every
+    logged transaction whole, none partly there, nothing newer but the one in flight."""
+
+    name = "db-writes"
+    window = 40.0
+    DIR = "/home/faults/db"
+
+    def prepare(self, ctx: Ctx) -> None:
+        ctx.notes["journal"] = ctx.rng.choice(("wal", "delete"))
+
+    def command(self, ctx: Ctx) -> str:
+        return guest.db_writer_line(self.DIR, ctx.notes["journal"], 0)
+
+    def check(self, ctx: Ctx, vm: Vm) -> list[str]:
+        problems, report = guest.check_db(vm, self.DIR, "database")
+        ctx.notes["db"] = {k: report.get(k) for k in ("journal", "integrity", "logged", "in_db", "in_flight")}
+        if report.get("journal") not in (None, ctx.notes["journal"]):
+            problems.append(f"database: journal_mode {report['journal']}, written in {ctx.notes['journal']}")
+        return problems
+
+
+class DbWritesPaths(DbWrites):
+    """ram-paths mode: the database in a persistent path, on the card while the rest is in RAM."""
+
+    name = "db-writes-ram-paths"
+    kinds = ("ram-paths",)
+    arches = ("pc",)
+    DIR = "/srv/keep/faults-db"
+
+
 class UpdateApply(Op):
     name = "update-apply"
     arches = ("pc",)
@@ -342,6 +269,6 @@ class UpdateApply(Op):
         return problems + kernel_problems(vm)
 
 
-OPS: dict[str, Op] = {op.name: op for op in (Boot(), KernelInstall(), AptUpgrade(), Commit(), CommitPaths(),
-                                             Restore(), Reset(), Resize(), Settings(), ModeSet(), UserWrites(),
-                                             UpdateApply())}
+OPS: dict[str, Op] = {op.name: op for op in (Boot(), KernelInstall(), AptUpgrade(), AptKernel(), Commit(),
+                                             CommitPaths(), Restore(), Reset(), Resize(), Settings(), ModeSet(),
+                                             UserWrites(), DbWrites(), DbWritesPaths(), UpdateApply())}

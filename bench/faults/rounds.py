@@ -17,7 +17,8 @@ from tests.boot import golden
 from tests.vm import Vm, VmError
 
 from . import checks, guest, inject
-from .ops import A_DIR, K_DIR, OPS, WRITER_DIR, Ctx, Op
+from .opbase import A_DIR, K_DIR, WRITER_DIR, Ctx, Op
+from .ops import OPS
 from .world import World
 
 FAULTS = ("cut", "torn", "full", "inodes", "two-ops")
@@ -48,9 +49,9 @@ def applies(op: Op, fault: str, arch: str) -> bool:
     return True
 
 
-def window(op: Op, durations: dict[str, float], g: golden.Golden) -> float:
+def window(op: Op, durations: dict[str, float], g: golden.Golden, ctx: Ctx) -> float:
     seconds = durations.get(op.name, op.window)
-    return seconds + (g.boot_seconds if op.reboots else 0.0)
+    return seconds + (g.boot_seconds if op.reboots_in(ctx) else 0.0)
 
 
 def _prepare_common(ctx: Ctx) -> None:
@@ -104,7 +105,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
             o.prepare(ctx)
         if spec.fault in ("full", "inodes"):
             ctx.notes["fill"] = guest.fill_p7(vm, "blocks" if spec.fault == "full" else "inodes")
-        span = max(window(o, durations, g) for o in ops)
+        span = max(window(o, durations, g, ctx) for o in ops)
         fraction = rng.random()
         delay = fraction * span * 1.2
         record.update(window=round(span, 1), delay=round(delay, 2))

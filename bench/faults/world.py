@@ -1,6 +1,7 @@
 """What the rounds run against: the images (built once into the work directory), their goldens
 (tests/boot/golden.py: one real boot saved, resumed in seconds), a local apt repository with two
-versions of a small package, and (PC) a channel with a signed version 2 for `liveng update apply`."""
+versions of a small package and (kernelrepo.py) a newer build of the image's own kernel package, and
+(PC) a channel with a signed version 2 for `liveng update apply`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from tests.boot.conftest import (
     update_recipe,
 )
 
+from .kernelrepo import KernelPackage, index_repo, kernel_repo
+
 HOST = "10.0.2.2"  # the host, seen from QEMU's user-mode network
 MEMORY = 2048  # MiB for every VM: the RAM modes copy the system into RAM (mode set can switch to them)
 PACKAGE = "liveng-faults-demo"
@@ -35,6 +38,7 @@ class World:
     system_hash: dict[str, str] = field(default_factory=dict)  # p2's SHA-256 per golden kind, as built
     repo: Path | None = None
     channel: Path | None = None
+    kernel: KernelPackage | None = None
     repo_port: int = 0  # set while the campaign's web server runs
     channel_port: int = 0
 
@@ -44,7 +48,8 @@ def kinds_for(arch: str) -> tuple[str, ...]:
     return ("base", "ram", "ram-paths") if arch == "pc" else ("base",)
 
 
-def make(arch: str, workdir: Path, kinds: set[str], need_repo: bool, need_channel: bool) -> World:
+def make(arch: str, workdir: Path, kinds: set[str], need_repo: bool, need_channel: bool,
+         need_kernel: bool = False) -> World:
     """Build what the chosen operations need (each part once: kept in ``workdir``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     world = World(arch, workdir)
@@ -66,6 +71,9 @@ def make(arch: str, workdir: Path, kinds: set[str], need_repo: bool, need_channe
         world.system_hash[kind] = partition_hash(g.disk, layout.Role.SYSTEM)
     if need_repo:
         world.repo = make_repo(workdir / "repo")
+    if need_kernel:
+        world.kernel = kernel_repo(world.goldens["base"], world.arch, workdir)
+        world.repo = workdir / "repo"
     return world
 
 
@@ -97,10 +105,5 @@ def make_repo(root: Path) -> Path:
     for version in ("1", "2"):
         if not (root / version / "Packages").exists():
             demo_deb(root, version)
-            packages = subprocess.run(["dpkg-scanpackages", "-m", "."], cwd=root / version, check=True,
-                                      capture_output=True, text=True).stdout
-            (root / version / "Packages").write_text(packages)
-            release = subprocess.run(["apt-ftparchive", "release", "."], cwd=root / version, check=True,
-                                     capture_output=True, text=True).stdout
-            (root / version / "Release").write_text(release)
+            index_repo(root / version)
     return root
