@@ -14,6 +14,7 @@ import pytest
 from bench.faults import record, rounds
 from bench.faults.__main__ import next_pair, pairs_for, round_seed, worker_of
 from bench.faults.ops import OPS
+from bench.faults.ops_apt import not_filtered
 
 HELPER = Path(rounds.__file__).with_name("guest_helper.py")
 
@@ -128,3 +129,15 @@ def test_every_operation_has_a_golden_on_its_arches(arch: str) -> None:
     for op in OPS.values():
         if arch in op.arches:
             assert op.kinds[0] in kinds_for(arch), op.name
+
+
+def test_dpkg_verify_ignores_only_what_the_image_filters_out() -> None:
+    cfg = ("path-exclude=/usr/lib/linux-image-*/*\npath-include=/usr/lib/linux-image-*/broadcom/*\n"
+           "path-exclude=/usr/share/doc/*\n")
+    verify = ("missing     /usr/lib/linux-image-6.12-arm64/rockchip/rk3588-rock-5b.dtb\n"
+              "missing     /usr/lib/linux-image-6.12-arm64/broadcom/bcm2711-rpi-4-b.dtb\n"
+              "??5??????   /usr/lib/linux-image-6.12-arm64/rockchip/rk3399.dtb\n"
+              "missing     /usr/lib/modules/6.12-arm64/kernel/fs/ext4/ext4.ko.xz\n")
+    assert not_filtered(verify, cfg) == verify.splitlines()[1:]
+    assert not_filtered("", cfg) == []
+    assert not_filtered(verify, "") == verify.splitlines()
