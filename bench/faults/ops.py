@@ -257,6 +257,11 @@ class UpdateApply(Op):
     def prepare(self, ctx: Ctx) -> None:
         ctx.notes["then_boot"] = ctx.rng.random() < 0.5  # half the rounds cut v2's first boot instead
 
+    def reboots_in(self, ctx: Ctx) -> bool:
+        # The window then spans v2's first boot too. Before session 10 (2026-12-06) it did not: the
+        # then_boot rounds recorded earlier were cut within ~55 s of the apply's start.
+        return bool(ctx.notes["then_boot"])
+
     def command(self, ctx: Ctx) -> str:
         url = f"http://{HOST}:{ctx.world.channel_port}/"
         return f"liveng update apply {url}" + (" && systemctl reboot" if ctx.notes["then_boot"] else "")
