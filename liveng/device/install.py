@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout
+from liveng import durable, layout
 from liveng.device import bootenv, bootstate, delta, kernel, resize, snapshot, system, update
 from liveng.device.bootstate import DeviceError
 from liveng.device.runner import run
@@ -337,6 +337,7 @@ def install(target: Path, with_delta: bool, confirm: Callable[[str], bool], say:
         + (" with the current delta" if with_delta else ""))
     with _loop(disk, p7.start, p7.size) as dev, _encrypted(dev, src.image_id, encrypted_key) as fs_dev:
         run(["mkfs.ext4", "-q", "-F", "-L", layout.persistence_label(src.image_id), str(fs_dev)])
+        run(["tune2fs", "-o", durable.PERSISTENCE_MOUNT_DEFAULTS, str(fs_dev)])
         with _mount(fs_dev, "ext4") as root:
             (root / layout.PERSISTENCE_CONF).write_text(layout.PERSISTENCE_CONF_CONTENT)
             layout.make_reserve(root)

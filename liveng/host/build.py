@@ -255,7 +255,7 @@ def step_persistence(ctx: Context) -> None:
     layout.make_reserve(staging)
     size, p = ctx.recipe.sizes.persistence, ctx.recipe.persistence
     room = luks.HEADER_ROOM_MIB if p.encrypted else 0
-    filesystems.ext4(staging, ctx.part("persistence"), size - room, layout.persistence_label(ctx.image_id))
+    filesystems.persistence_ext4(staging, ctx.part("persistence"), size - room, layout.persistence_label(ctx.image_id))
     if p.encrypted:
         luks.encrypt(ctx.part("persistence"), size, p, ctx.image_id, ctx.workdir)
 

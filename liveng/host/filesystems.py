@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from liveng import durable
 from liveng.host.runner import run
 
 _SQUASHFS_COMP = {
@@ -50,9 +51,10 @@ def fat32(tree: Path, out: Path, size_mib: int, label: str, serial: str) -> None
         run(["mcopy", "-Q", "-s", "-i", out, *entries, "::/"], env={"MTOOLS_SKIP_CHECK": "1"})
 
 
-def ext4(tree: Path, out: Path, size_mib: int, label: str) -> None:
+def persistence_ext4(tree: Path, out: Path, size_mib: int, label: str) -> None:
     out.unlink(missing_ok=True)
     run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", tree, "-E", "nodiscard", out, f"{size_mib}M"])
+    run(["tune2fs", "-o", durable.PERSISTENCE_MOUNT_DEFAULTS, out])
 
 
 def copy_sparse(src: Path, dst_fd: int, offset: int) -> None:

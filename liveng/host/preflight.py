@@ -17,6 +17,7 @@ BUILD_TOOLS = {
     "mkfs.fat": "dosfstools",
     "mcopy": "mtools",
     "mkfs.ext4": "e2fsprogs",
+    "tune2fs": "e2fsprogs",
     "sfdisk": "fdisk",
     "grub-mkimage": "grub-common",
     "systemctl": "systemd",

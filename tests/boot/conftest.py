@@ -59,6 +59,7 @@ MINUTES = {
     "test_no_free_inode_on_p7_still_boots": 1.6,  # one campaign round (2026-12-06: 92 s)
     "test_reserve_used_up_boots_as_ram_mode_then_persistent_again": 1.6,  # 2026-12-06: 96 s (156 with the way back)
     "test_appliance_recipe_builds_with_repository_deb_services_tree_and_script": 1.4,
+    "test_files_replaced_without_fsync_survive_a_power_cut": 1.3,  # 2026-12-06: resume, a cut, a cold boot
 }
 
 

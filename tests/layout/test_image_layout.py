@@ -211,6 +211,9 @@ def test_persistence_partition(built: Built) -> None:
     p7 = extract(built, 7)
     conf = sh("debugfs", "-R", "cat /persistence.conf", p7)
     assert conf == "/ union\n"
+    # Every mount of p7 allocates at write time (durable.PERSISTENCE_MOUNT_DEFAULTS).
+    defaults = sh("dumpe2fs", "-h", p7).split("Default mount options:")[1].splitlines()[0].split()
+    assert "nodelalloc" in defaults
 
 
 def test_rootfs_customisation(built: Built) -> None:
