@@ -6,8 +6,8 @@ is `python -m bench.faults` (bench/RESULTS.md).
 
 LIVENG_FAULTS_SEED picks the rounds (operation, fault, moment, torn sector) from those that need no
 other image than the BIOS golden; LIVENG_FAULTS_ROUNDS sets how many (a round is a resume, the
-operation, a cold boot and the checks: 90-175 s here). CI runs one fixed round: the campaign's
-first real defect.
+operation, a cold boot and the checks: 90-175 s here). CI runs one fixed round (the campaign's
+first real defect) and the boot tests of the defects it found since.
 """
 
 from __future__ import annotations
