@@ -50,8 +50,9 @@ class Op:
         pass
 
     def reboots_in(self, ctx: Ctx) -> bool:
-        """Whether this round's command ends in a reboot (the fault window then covers the boot)."""
-        return self.reboots
+        """Whether this round's command ends in a reboot (the fault window then covers the boot):
+        always (``reboots``), or in the rounds whose prepare() drew notes["then_boot"]."""
+        return self.reboots or bool(ctx.notes.get("then_boot"))
 
     def command(self, ctx: Ctx) -> str:
         raise NotImplementedError

@@ -255,12 +255,9 @@ class UpdateApply(Op):
     pairs = False
 
     def prepare(self, ctx: Ctx) -> None:
-        ctx.notes["then_boot"] = ctx.rng.random() < 0.5  # half the rounds cut v2's first boot instead
-
-    def reboots_in(self, ctx: Ctx) -> bool:
-        # The window then spans v2's first boot too. Before session 10 (2026-12-06) it did not: the
-        # then_boot rounds recorded earlier were cut within ~55 s of the apply's start.
-        return bool(ctx.notes["then_boot"])
+        # Half the rounds cut v2's first boot instead (Op.reboots_in: the window spans it; before
+        # session 10, 2026-12-06, it did not, and those rounds were cut within ~55 s of the apply's start).
+        ctx.notes["then_boot"] = ctx.rng.random() < 0.5
 
     def command(self, ctx: Ctx) -> str:
         url = f"http://{HOST}:{ctx.world.channel_port}/"

@@ -4,8 +4,7 @@ initramfs and liveng's hook writes a kernel slot). After the fault, dpkg's own r
 
 from __future__ import annotations
 
-import fnmatch
-
+from liveng.host import trim
 from tests.vm import Vm
 
 from .opbase import Ctx, Op, kernel_problems
@@ -62,19 +61,10 @@ def dpkg_recover(vm: Vm, package: str) -> tuple[list[str], dict[str, object]]:
 
 def not_filtered(verify: str, dpkg_cfg: str) -> list[str]:
     """`dpkg --verify` lines, without the "missing" files the image's dpkg path filters left out on
-    purpose (liveng/host/trim.py; dpkg(1): the last --path-exclude/--path-include that matches wins)."""
-    rules = [line.strip().partition("=")[::2] for line in dpkg_cfg.splitlines()
-             if line.strip().startswith(("path-exclude=", "path-include="))]
-
-    def excluded(path: str) -> bool:
-        out = False
-        for kind, pattern in rules:
-            if fnmatch.fnmatchcase(path, pattern):
-                out = kind == "path-exclude"
-        return out
-
+    purpose (liveng/host/trim.py)."""
+    filters = [line.strip() for line in dpkg_cfg.splitlines()]
     return [line for line in verify.splitlines() if line.strip()
-            and not (line.startswith("missing") and excluded(line.split()[-1]))]
+            and not (line.startswith("missing") and trim.excluded(filters, line.split()[-1]))]
 
 
 class AptUpgrade(Op):
@@ -117,9 +107,6 @@ class AptKernel(Op):
         out = ctx.vm.sh(f"{APT} --download-only upgrade && sync", timeout=900)
         if f"{len(kernel.also) + 1} upgraded" not in out:
             raise RuntimeError(f"apt would not upgrade {kernel.package} and {', '.join(kernel.also)}: {out[-500:]}")
-
-    def reboots_in(self, ctx: Ctx) -> bool:
-        return bool(ctx.notes["then_boot"])
 
     def command(self, ctx: Ctx) -> str:
         assert ctx.world.kernel is not None

@@ -9,6 +9,8 @@ rootfs of about 500 MiB."""
 
 from __future__ import annotations
 
+import fnmatch
+
 from liveng.host.recipe import Recipe
 
 # Every package's copyright file stays (Debian's licences ask for it to travel with the binaries).
@@ -34,6 +36,17 @@ def language(locale: str | None) -> str | None:
         return None
     lang = locale.split(".", 1)[0].split("_", 1)[0].split("@", 1)[0]
     return None if lang in ("C", "POSIX") else lang
+
+
+def excluded(filters: tuple[str, ...] | list[str], path: str) -> bool:
+    """Whether dpkg leaves ``path`` out under ``filters`` ("path-exclude=GLOB"/"path-include=GLOB"):
+    dpkg(1) applies them in order, the last that matches wins, and its glob's * matches / too."""
+    out = False
+    for option in filters:
+        kind, _, pattern = option.partition("=")
+        if kind in ("path-exclude", "path-include") and fnmatch.fnmatchcase(path, pattern):
+            out = kind == "path-exclude"
+    return out
 
 
 def dpkg_filters(recipe: Recipe) -> tuple[str, ...]:

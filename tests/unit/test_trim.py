@@ -4,7 +4,6 @@ handed to mmdebstrap and part of the rootfs cache key."""
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 
 from liveng import layout
 from liveng.host import recipe, rootfs, trim
@@ -14,13 +13,17 @@ MIRRORS = Mirrors("http://m.example/debian", "http://m.example/debian-security")
 
 
 def kept(filters: tuple[str, ...], path: str) -> bool:
-    """dpkg's rule (dpkg(1), --path-include): the last pattern that matches decides."""
-    keep = True
-    for option in filters:
-        kind, _, pattern = option.partition("=")
-        if fnmatch.fnmatchcase(path, pattern):
-            keep = kind == "path-include"
-    return keep
+    return not trim.excluded(filters, path)
+
+
+def test_dpkgs_rule_the_last_matching_filter_wins() -> None:
+    filters = ("path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright")
+    assert trim.excluded(filters, "/usr/share/doc/bash/README")
+    assert not trim.excluded(filters, "/usr/share/doc/bash/copyright")
+    assert trim.excluded(filters[::-1], "/usr/share/doc/bash/copyright")  # the exclude came last
+    assert trim.excluded(filters, "/usr/share/doc/a/b/c")  # * matches / too, as dpkg's glob does
+    assert not trim.excluded(filters, "/usr/bin/bash") and not trim.excluded((), "/usr/share/doc/x")
+    assert not trim.excluded(("# a comment", ""), "/x")
 
 
 def test_default_recipe_leaves_out_docs_translations_and_other_boards_device_trees() -> None:
