@@ -10,6 +10,7 @@ import contextlib
 import http.server
 import re
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class Server:
                     self.hang_up()
                     return
                 server.requests.append(f"GET {self.path} {rng}".strip())
-                path = (server.root / self.path.lstrip("/").split("?")[0]).resolve()
+                path = (server.root / urllib.parse.unquote(self.path.split("?")[0]).lstrip("/")).resolve()
                 if server.root.resolve() not in path.parents or not path.is_file():
                     self.send_error(404)
                     return

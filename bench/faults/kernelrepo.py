@@ -149,8 +149,7 @@ def rebuild(deb: Path, repo: Path, kernel: str, version: str) -> Path:
         raise RuntimeError(f"{deb}: no Version field in its control file")
     control.write_text(new)
     fields = dict(line.split(": ", 1) for line in new.splitlines() if ": " in line and not line[0].isspace())
-    # No "+" in the file name: the campaign's web server (tests/httpserve.py) does not unquote paths.
-    out = repo / f"{fields['Package']}_{fields['Version']}_{fields['Architecture']}.deb".replace("+", "_")
+    out = repo / f"{fields['Package']}_{fields['Version']}_{fields['Architecture']}.deb"
     # Uncompressed: the modules are compressed already, and the emulated guest need not unpack it.
     subprocess.run(["dpkg-deb", "-Znone", "-b", str(tree), str(out)], check=True, capture_output=True)
     subprocess.run(["rm", "-rf", str(tree), str(deb)], check=True)
