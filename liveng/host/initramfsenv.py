@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from liveng import layout
+from liveng import durable, layout
 
 
 def initramfs_constants() -> str:
@@ -53,5 +53,6 @@ def initramfs_constants() -> str:
         "LIVENG_INODES_NEEDED": str(layout.INODES_NEEDED),
         "LIVENG_ROOM_NOTICE": layout.ROOM_NOTICE_PATH,
         "LIVENG_ROOM_RAM": layout.ROOM_RAM_PATH,
+        "LIVENG_P7_MOUNT_DEFAULTS": durable.PERSISTENCE_MOUNT_DEFAULTS,
     }
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())

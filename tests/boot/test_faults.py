@@ -16,6 +16,7 @@ import json
 import os
 import random
 import secrets
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ import pytest
 from bench.faults import rounds
 from bench.faults.ops import OPS
 from bench.faults.world import World
-from liveng import layout
+from liveng import durable, layout
+from liveng.host.disk import read_table
 from tests.boot import golden
 from tests.boot.conftest import partition_hash
 from tests.vm import Vm
@@ -152,3 +154,26 @@ def test_files_replaced_without_fsync_survive_a_power_cut(bios_golden: golden.Go
         assert vm.sh("cat /etc/motd") == token
         vm.sh("systemctl start liveng-boot-ok.service", timeout=600)
         assert vm.sh("systemctl --failed --plain --no-legend") == ""
+
+
+def test_a_card_made_before_p7s_mount_options_gets_them(fresh_copy: Path, tmp_path: Path) -> None:
+    """A card flashed before p7 had its default mount options (the fix above) keeps delayed allocation
+    until something sets them: live-premount/liveng-p7defaults does, once, before live-boot mounts
+    the delta, so that a whole-system update brings the fix to cards already out there."""
+    p7 = read_table(fresh_copy).entry(layout.partition(layout.Role.PERSISTENCE).number).start
+    fs = f"{fresh_copy}?offset={p7}"
+    subprocess.run(["tune2fs", "-o", f"^{durable.PERSISTENCE_MOUNT_DEFAULTS}", fs], check=True, capture_output=True)
+    assert durable.PERSISTENCE_MOUNT_DEFAULTS not in mount_defaults(fs)
+    log = tmp_path / "console.log"
+    with Vm(fresh_copy, log, bios=True) as vm:
+        vm.wait_shell()
+        assert durable.PERSISTENCE_MOUNT_DEFAULTS in vm.sh("cat /proc/fs/ext4/vda7/options").splitlines()
+        vm.poweroff()
+    assert "default mount options now include" in log.read_text(errors="replace")
+    assert durable.PERSISTENCE_MOUNT_DEFAULTS in mount_defaults(fs)
+    assert subprocess.run(["e2fsck", "-fn", fs], capture_output=True).returncode == 0
+
+
+def mount_defaults(fs: str) -> list[str]:
+    out = subprocess.run(["tune2fs", "-l", fs], capture_output=True, text=True, check=True).stdout
+    return next(x for x in out.splitlines() if x.startswith("Default mount options:")).split(":", 1)[1].split()

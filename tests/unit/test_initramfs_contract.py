@@ -66,3 +66,10 @@ def test_the_command_line_parser(functions: Path) -> None:
 
 def test_the_file_is_in_the_rootfs_overlay() -> None:
     assert rootfs.initramfs_overlay()[rootfs.FUNCTIONS_PATH] == rootfs.initramfs_functions()
+
+
+def test_every_script_and_hook_is_in_the_rootfs_overlay() -> None:
+    overlay = rootfs.initramfs_overlay()
+    for script in SCRIPTS:
+        where = "hooks" if script.parent.name == "hooks" else f"scripts/{script.parent.name}"
+        assert overlay.get(f"etc/initramfs-tools/{where}/{script.name}") == script.read_bytes(), script
