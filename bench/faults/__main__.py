@@ -134,7 +134,7 @@ def campaign(args: argparse.Namespace) -> int:
             if rec.get("op_rc") == 0 and not spec.partner and fault not in ("full", "inodes") \
                     and not OPS[op].reboots:
                 measured[op] = rec["op_seconds"]
-            record.add(args.state, rec, measured, args.results, list(OPS), list(rounds.FAULTS))
+            record.add(args.state, rec, measured, args.results, list(OPS), list(rounds.FAULTS), rounds.applicable)
             print(f"  {rec['outcome']} in {rec['seconds']} s" + (": " + "; ".join(rec["problems"])
                                                                  if rec["problems"] else ""), flush=True)
             if rec["outcome"] == "failed":

@@ -10,12 +10,15 @@ import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 BEGIN = "<!-- bench/faults.py: this section is written by the tool; edits are overwritten -->"
 END = "<!-- end of bench/faults.py's section -->"
+GOAL_PER_PAIR = 10  # rounds for every (operation, fault) pair that applies (issue 14's "Done when")
+# Whether an (operation, fault) pair applies on an architecture (rounds.applicable).
+Applies = Callable[[str, str, str], bool]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -44,7 +47,7 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def add(path: Path, rec: dict[str, Any], durations: dict[str, float], results: Path | None,
-        ops: list[str], faults: list[str]) -> dict[str, Any]:
+        ops: list[str], faults: list[str], applies: Applies | None = None) -> dict[str, Any]:
     """One round more in the state file as it is now (other workers' rounds included), then the
     RESULTS section rewritten from it; returns that state."""
     with locked(path):
@@ -54,7 +57,7 @@ def add(path: Path, rec: dict[str, Any], durations: dict[str, float], results: P
             state["durations"][op] = max(state["durations"].get(op, 0.0), seconds)
         save(path, state)
         if results:
-            write_results(results, section(state, ops, faults))
+            write_results(results, section(state, ops, faults, applies))
     return state
 
 
@@ -69,7 +72,9 @@ def replay_command(r: dict[str, Any]) -> str:
             + (f" --partner {r['partner']}" if r.get("partner") else ""))
 
 
-def section(state: dict[str, Any], ops: list[str], faults: list[str]) -> str:
+def section(state: dict[str, Any], ops: list[str], faults: list[str], applies: Applies | None = None) -> str:
+    """``applies``: which pairs apply (cells "n/a" otherwise, "0/0" for one not run yet, and a line of
+    what is left to the goal of GOAL_PER_PAIR rounds each); without it "-" for every pair not run."""
     rounds = [r for r in state["rounds"] if not r.get("replay")]
     lines = [BEGIN, "## Fault campaign (bench/faults.py)", ""]
     if not rounds:
@@ -89,17 +94,25 @@ def section(state: dict[str, Any], ops: list[str], faults: list[str]) -> str:
         err = Counter((r["op"], r["fault"]) for r in mine if r["outcome"] == "error")
         total, good = sum(run.values()), sum(ok.values())
         lines += [f"### {arch}: {total} rounds, {good} recovered, {total - good} failed, "
-                  f"{sum(err.values())} harness errors", "",
-                  "| operation | " + " | ".join(faults) + " |", "|---|" + "---|" * len(faults)]
+                  f"{sum(err.values())} harness errors", ""]
+        if applies:
+            pairs = [(o, f) for o in ops for f in faults if applies(o, f, arch)]
+            short = {p: GOAL_PER_PAIR - run[p] for p in pairs if run[p] < GOAL_PER_PAIR}
+            lines += [f"{len(pairs)} (operation, fault) pairs apply; {len(pairs) - len(short)} have "
+                      f"{GOAL_PER_PAIR} rounds or more; {sum(short.values())} more rounds give every pair "
+                      f"{GOAL_PER_PAIR}.", ""]
+        lines += ["| operation | " + " | ".join(faults) + " |", "|---|" + "---|" * len(faults)]
         for op in ops:
             cells = []
             for fault in faults:
                 key = (op, fault)
-                if not run[key] and not err[key]:
-                    cells.append("-")
-                else:
+                if run[key] or err[key]:
                     cells.append(f"{ok[key]}/{run[key]}" + (f" [{err[key]}]" if err[key] else ""))
-            if any(c != "-" for c in cells):
+                elif applies:
+                    cells.append("0/0" if applies(op, fault, arch) else "n/a")
+                else:
+                    cells.append("-")
+            if any(c not in ("-", "n/a") for c in cells):
                 lines.append(f"| {op} | " + " | ".join(cells) + " |")
         failures = [r for r in mine if r["outcome"] == "failed"]
         lines.append("")

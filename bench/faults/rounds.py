@@ -49,6 +49,11 @@ def applies(op: Op, fault: str, arch: str) -> bool:
     return True
 
 
+def applicable(op: str, fault: str, arch: str) -> bool:
+    """rounds.applies by name, for the record (record.Applies)."""
+    return applies(OPS[op], fault, arch)
+
+
 def window(op: Op, durations: dict[str, float], g: golden.Golden, ctx: Ctx) -> float:
     seconds = durations.get(op.name, op.window)
     return seconds + (g.boot_seconds if op.reboots_in(ctx) else 0.0)

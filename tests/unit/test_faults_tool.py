@@ -72,6 +72,25 @@ def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
     assert text.startswith("# Benchmark results\n\n## Before\ntext\n") and text.endswith("## After\nmore\n")
 
 
+def test_results_say_which_pairs_apply_and_what_is_left() -> None:
+    """With rounds.applicable: a pair not run yet shows 0/0, one that cannot apply n/a, and a line
+    counts the pairs and the rounds left to record.GOAL_PER_PAIR each."""
+    ok = {"arch": "pc", "outcome": "recovered", "problems": [], "started": "2026-12-06T06:00:00Z", "commit": "abc"}
+    state: dict[str, Any] = {"campaign_seed": 5, "durations": {}, "rounds": [
+        {**ok, "seed": i, "op": "reset", "fault": "cut"} for i in range(record.GOAL_PER_PAIR + 2)] + [
+        {**ok, "seed": 99, "op": "boot", "fault": "torn"}]}
+    text = record.section(state, list(OPS), list(rounds.FAULTS), rounds.applicable)
+    pairs = [(o, f) for o in OPS for f in rounds.FAULTS if rounds.applies(OPS[o], f, "pc")]
+    assert 0 < len(pairs) < len(OPS) * len(rounds.FAULTS)
+    left = (len(pairs) - 1) * record.GOAL_PER_PAIR - 1  # reset/cut is done, boot/torn has one
+    assert f"{len(pairs)} (operation, fault) pairs apply; 1 have {record.GOAL_PER_PAIR} rounds or more; " \
+           f"{left} more rounds" in text
+    assert "| reset | 12/12 | 0/0 |" in text
+    assert "| boot | 0/0 | 1/1 | 0/0 | 0/0 | n/a |" in text  # the boot reboots: no partner runs with it
+    assert "| db-writes-ram-paths |" in text  # every operation that applies has its row, run or not
+    assert "| db-writes-ram-paths |" not in record.section(state, list(OPS), list(rounds.FAULTS))
+
+
 def test_state_saved_and_loaded(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     state = record.load(path)
