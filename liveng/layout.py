@@ -161,13 +161,17 @@ DELTA_STATE_DIR = "liveng"
 # initramfs (live-premount/liveng-room) deletes them when fewer than RESERVE_RELEASE_BELOW inodes
 # are free and makes them again at a boot with RESERVE_REFILL_FROM free; with fewer than
 # INODES_NEEDED even then, persistent mode boots as ram mode does (the delta copied into RAM, p7
-# read-only) and says so in ROOM_NOTICE_PATH.
+# read-only) and says so in INITRAMFS_NOTICE_PATH.
 RESERVE_DIR = "liveng/reserve"
 RESERVE_FILES = 64
 RESERVE_RELEASE_BELOW = 16
 RESERVE_REFILL_FROM = 1024
 INODES_NEEDED = 8
-ROOM_NOTICE_PATH = "/run/liveng-room"  # moved into the system with /run
+# What liveng's initramfs scripts did at this boot that the owner should know (one line each;
+# liveng status shows them as warnings); moved into the system with /run.
+INITRAMFS_NOTICE_PATH = "/run/liveng-initramfs-notices"
+# e2fsck's output when live-premount/liveng-p7 had it repair p7 at this boot.
+P7_FSCK_LOG_PATH = "/run/liveng-p7-fsck.log"
 ROOM_RAM_PATH = "/run/liveng-room-ram"  # there: live-bottom/liveng-ram brings the delta into RAM
 
 

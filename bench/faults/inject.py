@@ -98,7 +98,11 @@ def _journal_blocks(disk: Path, p7: int) -> tuple[int, list[int]]:
 
 def journal_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
     """A sector of the newest commit block in p7's journal (the last thing a transaction writes)."""
-    p7 = read_table(disk).entry(7).start
+    return newest_commit(disk, read_table(disk).entry(7).start)
+
+
+def newest_commit(disk: Path, p7: int) -> tuple[int, str]:
+    """The first sector of the newest commit block of the ext4 at byte ``p7`` of ``disk``."""
     block, blocks = _journal_blocks(disk, p7)
     best: tuple[int, int] | None = None  # (sequence, journal block)
     with open(disk, "rb") as f:

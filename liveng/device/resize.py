@@ -13,13 +13,12 @@ liveng-resize.service runs it at every boot (a no-op once done); `liveng resize`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout
+from liveng import layout, sfdisk
 from liveng.device import bootstate, system
 from liveng.device.runner import DeviceError, run
 
@@ -91,7 +90,10 @@ def disk_of(part: Path) -> Path:
 def read_geometry(disk: Path) -> Geometry:
     if int((Path("/sys/block") / disk.name / "queue/logical_block_size").read_text()) != layout.SECTOR:
         raise DeviceError(f"{disk} does not have 512-byte sectors: liveng resize cannot handle it")
-    table = json.loads(run(["sfdisk", "-J", str(disk)]))["partitiontable"]
+    try:
+        table, _warnings = sfdisk.partition_table(run(["sfdisk", "-J", str(disk)]))
+    except ValueError as exc:
+        raise DeviceError(f"{disk}: cannot read its partition table: {exc}") from None
     parts: dict[int, tuple[int, int]] = {}
     for p in table.get("partitions", []):
         number = int(_sys_block_number(p["node"]))

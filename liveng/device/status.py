@@ -44,10 +44,11 @@ def _persistence(report: dict[str, Any]) -> None:
         report["switch_in_progress"] = delta.switch_in_progress(root)
 
 
-def _room_notices() -> list[str]:
-    """What the initramfs did at this boot about a p7 without free inodes (live-premount/liveng-room)."""
+def _initramfs_notices() -> list[str]:
+    """What the initramfs did to p7 at this boot (live-premount/liveng-p7: a repair; liveng-room: no
+    free inodes)."""
     try:
-        return Path(layout.ROOM_NOTICE_PATH).read_text(errors="replace").splitlines()
+        return Path(layout.INITRAMFS_NOTICE_PATH).read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return []
 
@@ -57,7 +58,7 @@ def collect() -> dict[str, Any]:
     report: dict[str, Any] = dataclasses.asdict(st)
     report["firmware"] = "UEFI" if Path("/sys/firmware/efi").is_dir() else "BIOS"
     report["errors"] = []
-    report["warnings"] = _room_notices()
+    report["warnings"] = _initramfs_notices()
     if st.image_id is None:
         return report
     report["partitions"] = _partitions(st.image_id)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout
+from liveng import layout, sfdisk
 from liveng.host.errors import CommandError, ImageError
 from liveng.host.runner import output, run
 
@@ -44,10 +43,10 @@ class Table:
 def read_table(image: Path) -> Table:
     """Read an MBR with ``sfdisk -J`` (works on files and block devices)."""
     try:
-        data = json.loads(output(["sfdisk", "-J", image]))["partitiontable"]
+        data, _warnings = sfdisk.partition_table(output(["sfdisk", "-J", image]))
     except CommandError as exc:
         raise ImageError(f"{image}: no partition table ({exc.stderr.strip()}): not a liveng image") from None
-    except (ValueError, KeyError) as exc:
+    except ValueError as exc:
         raise ImageError(f"{image}: cannot read a partition table: {exc}") from None
     if data.get("label") != "dos":
         raise ImageError(f"{image}: not an MBR disk (found {data.get('label')!r}), so not a liveng image")

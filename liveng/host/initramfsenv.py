@@ -51,7 +51,8 @@ def initramfs_constants() -> str:
         "LIVENG_RESERVE_RELEASE_BELOW": str(layout.RESERVE_RELEASE_BELOW),
         "LIVENG_RESERVE_REFILL_FROM": str(layout.RESERVE_REFILL_FROM),
         "LIVENG_INODES_NEEDED": str(layout.INODES_NEEDED),
-        "LIVENG_ROOM_NOTICE": layout.ROOM_NOTICE_PATH,
+        "LIVENG_NOTICE": layout.INITRAMFS_NOTICE_PATH,
+        "LIVENG_P7_FSCK_LOG": layout.P7_FSCK_LOG_PATH,
         "LIVENG_ROOM_RAM": layout.ROOM_RAM_PATH,
         "LIVENG_P7_MOUNT_DEFAULTS": durable.PERSISTENCE_MOUNT_DEFAULTS,
     }

@@ -104,7 +104,7 @@ def initramfs_overlay() -> dict[str, bytes]:
     data = resources.files("liveng.device").joinpath("data/initramfs")
     files = {FUNCTIONS_PATH: initramfs_functions()}
     for name in ("live-premount/liveng", "live-premount/liveng-luks", "live-premount/liveng-delta",
-                 "live-premount/liveng-room", "live-premount/liveng-p7defaults", "live-premount/liveng-system",
+                 "live-premount/liveng-room", "live-premount/liveng-p7", "live-premount/liveng-system",
                  "live-bottom/liveng-ram"):
         files[f"etc/initramfs-tools/scripts/{name}"] = data.joinpath(name).read_bytes()
     for name in ("liveng", "liveng-luks"):

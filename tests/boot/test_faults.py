@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import rounds
+from bench.faults import inject, rounds
 from bench.faults.ops import OPS
 from bench.faults.world import World
 from liveng import durable, layout
@@ -158,7 +158,7 @@ def test_files_replaced_without_fsync_survive_a_power_cut(bios_golden: golden.Go
 
 def test_a_card_made_before_p7s_mount_options_gets_them(fresh_copy: Path, tmp_path: Path) -> None:
     """A card flashed before p7 had its default mount options (the fix above) keeps delayed allocation
-    until something sets them: live-premount/liveng-p7defaults does, once, before live-boot mounts
+    until something sets them: live-premount/liveng-p7 does, once, before live-boot mounts
     the delta, so that a whole-system update brings the fix to cards already out there."""
     p7 = read_table(fresh_copy).entry(layout.partition(layout.Role.PERSISTENCE).number).start
     fs = f"{fresh_copy}?offset={p7}"
@@ -177,3 +177,33 @@ def test_a_card_made_before_p7s_mount_options_gets_them(fresh_copy: Path, tmp_pa
 def mount_defaults(fs: str) -> list[str]:
     out = subprocess.run(["tune2fs", "-l", fs], capture_output=True, text=True, check=True).stdout
     return next(x for x in out.splitlines() if x.startswith("Default mount options:")).split(":", 1)[1].split()
+
+
+def test_a_torn_last_journal_commit_still_boots_with_the_delta(bios_golden: golden.Golden, tmp_path: Path) -> None:
+    """The campaign's seed 87606111: a power cut tore the first sector of the journal's newest commit
+    block; the kernel refused to load the journal ("journal transaction N is corrupt"), so p7 could
+    not be mounted and the boot went on without the delta. live-premount/liveng-p7 runs e2fsck
+    first: the transactions before the torn one are replayed, and liveng status says so."""
+    disk, log = tmp_path / "disk.img", tmp_path / "console.log"
+    token = secrets.token_hex(8)
+    with golden.resume(bios_golden, disk, log) as vm:
+        vm.sh(f"echo {token} > /root/kept && sync /root/kept")
+        # Transactions after it, the newest of which the cut tears.
+        vm.sh("for i in $(seq 1 20); do echo $i > /root/later-$i; sync /root/later-$i; done")
+        vm.power_cut()
+    p7 = read_table(disk).entry(layout.partition(layout.Role.PERSISTENCE).number).start
+    offset, what = inject.newest_commit(disk, p7)
+    assert what.startswith("the commit block of transaction"), what
+    with open(disk, "r+b") as f:  # new content up to byte 43, then random bytes: as seed 87606111 left it
+        f.seek(offset + 43)
+        f.write(random.Random(87606111).randbytes(layout.SECTOR - 43))
+    with Vm(disk, log, bios=bios_golden.bios, memory=bios_golden.memory, machine=bios_golden.machine) as vm:
+        vm.wait_shell()
+        status = json.loads(vm.sh("liveng status --json", timeout=600))
+        assert status["errors"] == [], status["errors"]
+        assert any("was repaired at this boot" in w for w in status["warnings"]), status["warnings"]
+        assert vm.sh("cat /root/kept") == token
+        assert vm.sh("findmnt -n -o SOURCE /run/live/persistence/vda7") == "/dev/vda7"
+        assert "corrupt" in vm.sh(f"cat {layout.P7_FSCK_LOG_PATH}")
+        vm.poweroff()
+    assert subprocess.run(["e2fsck", "-fn", f"{disk}?offset={p7}"], capture_output=True).returncode == 0

@@ -151,11 +151,11 @@ def test_little_room_keeps_the_reserve_as_it_is(stand_in: Path) -> None:
 def test_status_shows_what_the_initramfs_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from liveng.device import status
 
-    notice = tmp_path / "liveng-room"
-    monkeypatch.setattr(layout, "ROOM_NOTICE_PATH", str(notice))
-    assert status._room_notices() == []
+    notice = tmp_path / "notices"
+    monkeypatch.setattr(layout, "INITRAMFS_NOTICE_PATH", str(notice))
+    assert status._initramfs_notices() == []
     notice.write_text("the persistence partition had 0 free inodes: its reserve was released\n")
     report = {"image_id": "12ab34cd", "boot_entry": "slot-a", "firmware": "BIOS", "kernel": "6.12",
               "root_fstype": "overlay", "lower": [], "upper": None, "persistence_device": None,
-              "warnings": status._room_notices()}
+              "warnings": status._initramfs_notices()}
     assert "warning:      the persistence partition had 0 free inodes: its reserve was released" in status.lines(report)
