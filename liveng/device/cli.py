@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from liveng import layout
 from liveng.device import updatecmd
-from liveng.device.runner import DeviceError
+from liveng.device.runner import DeviceError, run
 from liveng.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -173,7 +173,15 @@ def cmd_mode_paths(args: argparse.Namespace) -> int:
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
-    changed = resize.resize(say=lambda msg: print(f"liveng: {msg}", flush=True))
+    try:
+        changed = resize.resize(say=lambda msg: print(f"liveng: {msg}", flush=True))
+    except resize.RebootNeeded as exc:
+        if not args.auto:
+            print(f"liveng: {exc}: reboot to use it")
+            return 0
+        print(f"liveng: {exc}: rebooting", flush=True)
+        run(["systemctl", "reboot"])
+        return 0
     if not changed and not args.auto:
         print("liveng: the persistence partition already fills the disk")
     return 0

@@ -13,13 +13,14 @@ liveng-resize.service runs it at every boot (a no-op once done); `liveng resize`
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from liveng import layout, sfdisk
-from liveng.device import bootstate, system
+from liveng.device import bootstate, system, tablerepair
 from liveng.device.runner import DeviceError, run
 
 ALIGN_SECTORS = layout.ALIGN // layout.SECTOR
@@ -134,9 +135,31 @@ def fs_size(part: Path) -> int:
     return int(fields["Block count"]) * int(fields["Block size"])
 
 
+class RebootNeeded(Exception):
+    """p7's entry was put right, and this boot runs without p7: the next boot mounts it."""
+
+
+def _in_use(link: Path) -> bool:
+    if not link.exists():
+        return False
+    devices = {link.resolve()}
+    with contextlib.suppress(DeviceError):  # encrypted and locked: only p7 itself
+        devices.add(bootstate.persistence_filesystem().resolve())
+    return any(m.device.startswith("/dev/") and Path(m.device).resolve() in devices for m in system.mounts())
+
+
 def resize(say: Callable[[str], None] = print) -> bool:
-    """Grow p3, p7 and its ext4 as far as the disk allows; returns whether anything changed."""
+    """Grow p3, p7 and its ext4 as far as the disk allows; returns whether anything changed. First
+    p7's entry is checked (tablerepair): when it had to be written again while this boot runs
+    without p7, RebootNeeded."""
     link = bootstate.device_path(layout.Role.PERSISTENCE)
+    system_part = bootstate.device_path(layout.Role.SYSTEM)
+    if system_part.exists():  # p2 is a primary partition: its entry is in the MBR, which a resize of p7 leaves
+        repaired = tablerepair.repair(disk_of(system_part.resolve(strict=True)))
+        if repaired:
+            say(f"{repaired} (a power cut during a resize tears such a sector): written again")
+            if not _in_use(link):
+                raise RebootNeeded("this boot runs without the persistence partition; the next boot mounts it")
     if not link.exists():
         raise DeviceError(f"{link} (the persistence partition) is missing")
     # The kernel's names from here on: rewriting the partition table makes udev take the

@@ -207,3 +207,36 @@ def test_a_torn_last_journal_commit_still_boots_with_the_delta(bios_golden: gold
         assert "corrupt" in vm.sh(f"cat {layout.P7_FSCK_LOG_PATH}")
         vm.poweroff()
     assert subprocess.run(["e2fsck", "-fn", f"{disk}?offset={p7}"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(os.environ.get("LIVENG_LONG_TESTS") != "1", reason="two boots: CI's 45 minutes; "
+                    "tablerepair is unit-tested on real tables (tests/unit/test_tablerepair.py)")
+def test_a_torn_p7_ebr_is_rewritten_and_the_delta_comes_back(bios_golden: golden.Golden, tmp_path: Path) -> None:
+    """The campaign's arm64 seed 3869886963: the EBR in front of p7 (which a resize writes) torn; the
+    kernel does not see p7, the boot goes on without the delta. liveng-resize.service writes p7's
+    entry again from p6 and p3 and reboots once; that boot has the delta."""
+    disk, log = tmp_path / "disk.img", tmp_path / "console.log"
+    token = secrets.token_hex(8)
+    with golden.resume(bios_golden, disk, log) as vm:
+        vm.sh(f"echo {token} > /root/kept && sync /root/kept")
+        vm.power_cut()
+    table = read_table(disk)
+    p6 = table.entry(layout.partition(layout.Role.SLOT_B).number)
+    ebr = p6.start + p6.size  # the EBR sits at the start of the MiB before p7
+    rng = random.Random(3869886963)
+    with open(disk, "r+b") as f:
+        f.seek(ebr + 510)
+        assert f.read(2) == b"\x55\xaa"
+        keep = rng.randrange(1, 446)  # p7's entry and the signature lost
+        f.seek(ebr + keep)
+        f.write(rng.randbytes(layout.SECTOR - keep))
+    with Vm(disk, log, bios=bios_golden.bios, memory=bios_golden.memory, machine=bios_golden.machine) as vm:
+        vm.proc.expect_exact("the next boot mounts it: rebooting", timeout=900)
+        vm.wait_shell()
+        assert vm.sh("cat /root/kept") == token
+        assert vm.sh("findmnt -n -o SOURCE /run/live/persistence/vda7") == "/dev/vda7"
+        status = json.loads(vm.sh("liveng status --json", timeout=600))
+        assert status["errors"] == [], status["errors"]
+        vm.poweroff()
+    p7 = read_table(disk).entry(layout.partition(layout.Role.PERSISTENCE).number)
+    assert p7.start == table.entry(layout.partition(layout.Role.PERSISTENCE).number).start

@@ -1,0 +1,97 @@
+"""tablerepair on real partition tables (sfdisk on image files): p7's EBR torn as a card that loses
+power in the middle of that sector leaves it (signature gone, or old and new bytes mixed), put
+right from p6 and p3; an intact table, and one a resize cut between its two writes, left alone."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from liveng import layout
+from liveng.device import tablerepair
+from liveng.device.runner import DeviceError
+from liveng.host import disk
+
+MIB = layout.MiB
+S = layout.SECTOR
+
+
+def image(tmp_path: Path, grown: bool = False) -> tuple[Path, int]:
+    """A liveng layout on a 64 MiB file (p7 4 MiB, or grown to the end); returns it and the byte offset
+    of p7's EBR."""
+    extents, _ = layout.plan(4 * MIB, 8 * MIB, 4 * MIB, 4 * MIB)
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(64 * MIB)
+    disk.write_table(path, "12ab34cd", extents)
+    p6 = next(e for e in extents if e.number == 6)
+    ebr = p6.end  # the EBR sits at the start of the MiB before p7
+    with open(path, "rb") as f:
+        f.seek(ebr + 510)
+        assert f.read(2) == b"\x55\xaa"
+    if grown:
+        for number, new_end in ((3, 64 * MIB), (7, 64 * MIB)):
+            start = next(e for e in extents if e.number == number).start
+            tablerepair._sfdisk(["-N", str(number), str(path)], f",{(new_end - start) // S}\n")
+    return path, ebr
+
+
+def entries(path: Path) -> dict[int, tablerepair.Entry]:
+    return tablerepair.read_entries(path)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_an_intact_table_is_not_written(tmp_path: Path, grown: bool) -> None:
+    path, _ = image(tmp_path, grown)
+    before = digest(path)
+    assert tablerepair.repair(path) is None
+    assert digest(path) == before
+
+
+def test_a_resize_cut_between_its_two_writes_is_left_to_the_resize(tmp_path: Path) -> None:
+    path, _ = image(tmp_path)
+    p3 = entries(path)[3]
+    tablerepair._sfdisk(["-N", "3", str(path)], f",{64 * MIB // S - p3.start}\n")  # p3 grown, p7 not yet
+    before = digest(path)
+    assert tablerepair.repair(path) is None
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize("style", ["random", "erased", "mixed-size"])
+@pytest.mark.parametrize("grown", [False, True])
+def test_a_torn_p7_ebr_is_put_right(tmp_path: Path, style: str, grown: bool) -> None:
+    path, ebr = image(tmp_path, grown)
+    good = entries(path)
+    rng = random.Random(f"{style}{grown}")
+    with open(path, "r+b") as f:
+        if style == "mixed-size":  # the signature and start as they were, the size's high bytes garbage
+            f.seek(ebr + 446 + 14)
+            f.write(bytes([0xF3, 0x7A]))
+        else:
+            keep = rng.randrange(1, 446)  # the entry and the signature lost
+            f.seek(ebr + keep)
+            f.write(rng.randbytes(S - keep) if style == "random" else b"\xff" * (S - keep))
+    assert entries(path).get(7) != good[7]
+    what = tablerepair.repair(path)
+    assert what is not None and what.startswith("p7's entry in the partition table was "), what
+    assert entries(path) == good
+    with open(path, "rb") as f:
+        f.seek(ebr + 510)
+        assert f.read(2) == b"\x55\xaa"
+    assert tablerepair.repair(path) is None
+
+
+def test_not_a_liveng_layout(tmp_path: Path) -> None:
+    path = tmp_path / "other.img"
+    with open(path, "wb") as f:
+        f.truncate(16 * MIB)
+    disk.run(["sfdisk", "--no-reread", "--no-tell-kernel", str(path)], input_bytes=b"label: dos\n,8MiB,83\n")
+    with pytest.raises(DeviceError, match="not a liveng layout"):
+        tablerepair.repair(path)
