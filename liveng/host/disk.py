@@ -65,10 +65,20 @@ def read_table(image: Path) -> Table:
     return Table(image_id=image_id, entries=tuple(entries))
 
 
+def layout_problems(table: Table) -> list[tuple[layout.Role, str]]:
+    """The liveng partitions missing from the table or of another type, each with what is wrong."""
+    problems = []
+    for part in layout.PARTITIONS:
+        found = {e.number: e for e in table.entries}.get(part.number)
+        if found is None:
+            problems.append((part.role, f"partition {part.number} ({part.role.value}) is missing"))
+        elif found.mbr_type != part.mbr_type:
+            problems.append((part.role, f"partition {part.number} ({part.role.value}) has type "
+                                        f"0x{found.mbr_type:02x}, expected 0x{part.mbr_type:02x}"))
+    return problems
+
+
 def check_layout(table: Table) -> None:
     """Raise ImageError unless the table has the liveng partitions with the liveng types."""
-    for part in layout.PARTITIONS:
-        entry = table.entry(part.number)
-        if entry.mbr_type != part.mbr_type:
-            raise ImageError(f"partition {part.number} ({part.role.value}) has type 0x{entry.mbr_type:02x}, "
-                             f"expected 0x{part.mbr_type:02x}: not a liveng image")
+    for _role, problem in layout_problems(table)[:1]:
+        raise ImageError(f"{problem}: not a liveng image")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from liveng import layout
 from liveng.host import disk
 from liveng.host.errors import CommandError, ImageError
 from liveng.host.runner import run
+
+log = logging.getLogger("liveng")
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,21 @@ def fat_file(image: Path, offset: int, path: str) -> bytes:
         raise ImageError(f"{image}: cannot read {path} from the boot partition: {exc.stderr.strip()}") from None
 
 
-def open_image(path: Path) -> ImageFile:
+# What a booting liveng system needs from the table before any of its own code runs: the firmware
+# and GRUB read p1, live-boot's initramfs p2 (both entries in the MBR).
+FIRMWARE_ROLES = (layout.Role.BOOT, layout.Role.SYSTEM)
+
+
+def open_image(path: Path, damaged_ok: bool = False) -> ImageFile:
+    """``damaged_ok``: for booting a card as it is (liveng run): a logical partition's entry that is
+    wrong (a torn EBR, which the system repairs at boot) is a warning, not an error."""
     if not path.exists():
         raise ImageError(f"{path}: no such image file or device")
     table = disk.read_table(path)
-    disk.check_layout(table)
+    for role, problem in disk.layout_problems(table):
+        if not damaged_ok or role in FIRMWARE_ROLES:
+            raise ImageError(f"{path}: {problem}: not a liveng image")
+        log.warning("%s: %s: booting it as it is (the system on it may repair its table)", path, problem)
     boot = table.entry(layout.partition(layout.Role.BOOT).number)
     raw = fat_file(path, boot.start, layout.IMAGE_INFO_PATH)
     try:

@@ -82,7 +82,7 @@ def test_inspect_reports_damaged_files(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(inspect, "fat_file", fat_file)
     monkeypatch.setattr(inspect, "iso_file", lambda _i, _o, _p: b"{not json")
     monkeypatch.setattr(disk, "read_table", lambda _p: _table())
-    monkeypatch.setattr(disk, "check_layout", lambda _t: None)
+    monkeypatch.setattr(disk, "layout_problems", lambda _t: [])
     with pytest.raises(ImageError, match=r"liveng/image\.json on the boot partition is damaged: not a JSON object"):
         imagefile.open_image(image)
     files[layout.IMAGE_INFO_PATH] = json.dumps({"id": ID}).encode()
@@ -99,3 +99,23 @@ def test_host_settings_check_refuses_special_files(capsys: pytest.CaptureFixture
 
     assert main(["settings", "check", "/dev/zero"]) == 2
     assert "/dev/zero: cannot read it: not a regular file" in capsys.readouterr().err
+
+
+def test_a_damaged_logical_entry_boots_but_is_not_an_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torn EBR in front of p7 (type and size garbage): liveng run boots the card as it is, for the
+    system on it repairs its table; everything else refuses it. A damaged p1 or p2 is refused by both."""
+    image = tmp_path / "x.img"
+    image.write_bytes(b"")
+    mib = layout.MiB
+    types = {p.number: p.mbr_type for p in layout.PARTITIONS} | {7: 0xBA}
+    torn = disk.Table(ID, tuple(disk.TableEntry(e.number, e.start, e.size, types[e.number], False)
+                                for e in _table().entries))
+    monkeypatch.setattr(disk, "read_table", lambda _p: torn)
+    monkeypatch.setattr(imagefile, "fat_file", lambda _i, _o, _p: json.dumps({"id": ID}).encode())
+    with pytest.raises(ImageError, match=r"partition 7 \(persistence\) has type 0xba, expected 0x83: not a liveng"):
+        imagefile.open_image(image)
+    assert imagefile.open_image(image, damaged_ok=True).table is torn
+    no_p2 = disk.Table(ID, (*(e for e in torn.entries if e.number != 2), disk.TableEntry(9, mib, mib, 0x83, False)))
+    monkeypatch.setattr(disk, "read_table", lambda _p: no_p2)
+    with pytest.raises(ImageError, match=r"partition 2 \(system\) is missing"):
+        imagefile.open_image(image, damaged_ok=True)
