@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout, sfdisk
+from liveng import layout
 from liveng.device import bootstate, system, tablerepair
 from liveng.device.runner import DeviceError, run
 
@@ -91,14 +91,7 @@ def disk_of(part: Path) -> Path:
 def read_geometry(disk: Path) -> Geometry:
     if int((Path("/sys/block") / disk.name / "queue/logical_block_size").read_text()) != layout.SECTOR:
         raise DeviceError(f"{disk} does not have 512-byte sectors: liveng resize cannot handle it")
-    try:
-        table, _warnings = sfdisk.partition_table(run(["sfdisk", "-J", str(disk)]))
-    except ValueError as exc:
-        raise DeviceError(f"{disk}: cannot read its partition table: {exc}") from None
-    parts: dict[int, tuple[int, int]] = {}
-    for p in table.get("partitions", []):
-        number = int(_sys_block_number(p["node"]))
-        parts[number] = (int(p["start"]), int(p["size"]))
+    parts = {n: (e.start, e.size) for n, e in tablerepair.read_entries(disk).items()}
     ext, p7 = layout.partition(layout.Role.EXTENDED).number, layout.partition(layout.Role.PERSISTENCE).number
     if ext not in parts or p7 not in parts:
         raise DeviceError(f"{disk} has no partitions {ext} and {p7}: not a liveng layout")
@@ -106,15 +99,6 @@ def read_geometry(disk: Path) -> Geometry:
                     extended_start=parts[ext][0], extended_size=parts[ext][1],
                     persistence_start=parts[p7][0], persistence_size=parts[p7][1],
                     others=tuple((n, st, size) for n, (st, size) in sorted(parts.items()) if n < 5 and n != ext))
-
-
-def _sys_block_number(node: str) -> str:
-    digits = ""
-    for ch in reversed(node):
-        if not ch.isdigit():
-            break
-        digits = ch + digits
-    return digits
 
 
 def _set_size(disk: Path, number: int, size: int) -> None:

@@ -61,6 +61,13 @@ def repair(disk: Path) -> str | None:
     entries = read_entries(disk)
     want = expected(entries)
     extra = sorted(n for n in entries if n > PERSISTENCE)
+    # A logical partition inside p3 after p7's start is someone's own: neither this nor the resize
+    # (which would grow p7 over it) may touch the table. Anything else there a torn EBR made up.
+    own = [n for n in extra if want.start < entries[n].start and entries[n].start + entries[n].size <= want.start
+           + want.size]
+    if own:
+        raise DeviceError(f"partition {own[0]} lies after p{PERSISTENCE} in p{EXTENDED}: liveng does not manage "
+                          f"such a layout and leaves the partition table as it is (p{PERSISTENCE} cannot grow)")
     have = entries.get(PERSISTENCE)
     if have and have.start == want.start and have.size <= want.size and not extra:
         return None  # in place (smaller: a resize cut between its two writes, which it finishes itself)

@@ -95,3 +95,17 @@ def test_not_a_liveng_layout(tmp_path: Path) -> None:
     disk.run(["sfdisk", "--no-reread", "--no-tell-kernel", str(path)], input_bytes=b"label: dos\n,8MiB,83\n")
     with pytest.raises(DeviceError, match="not a liveng layout"):
         tablerepair.repair(path)
+
+
+def test_someones_own_partition_after_p7_is_left_alone(tmp_path: Path) -> None:
+    """p7 made smaller and a p8 added in the room: not a liveng layout any more, so neither the
+    repair nor the resize (which would grow p7 over it) writes the table."""
+    path, _ = image(tmp_path, grown=True)
+    p7 = entries(path)[7]
+    tablerepair._sfdisk(["-N", "7", str(path)], f",{4 * MIB // S}\n")
+    tablerepair._sfdisk(["--append", str(path)], f"{p7.start + 6 * MIB // S},{8 * MIB // S},83\n")
+    assert 8 in entries(path)
+    before = digest(path)
+    with pytest.raises(DeviceError, match="partition 8 lies after p7 in p3: liveng does not manage"):
+        tablerepair.repair(path)
+    assert digest(path) == before
