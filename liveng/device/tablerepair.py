@@ -4,8 +4,11 @@ A resize writes two sectors once in a card's life: the MBR (p3's size), then the
 (p7's size). A power cut that tears the EBR leaves an entry the kernel ignores (its signature gone)
 or one with a wrong size, and the boot goes on without the delta. p7's place is known: it starts
 one ALIGN after p6 ends (layout.plan) and ends where p3 ends (the build and the resize give both the
-same end), so the entry is written again from those, with sfdisk, for p7 alone; p7's data is not
-touched. A torn MBR is beyond this: the firmware reads it before anything of liveng runs.
+same end). An entry that starts there, fits the disk and holds p7's ext4 is left as it is (one
+sector tears at a time: when it was the MBR's, p7 may end after a p3 now too small, which the resize
+grows again); any other is written again from p6 and p3, with sfdisk, for p7 alone, never smaller
+than the ext4; p7's data is not touched. A torn MBR beyond p3's size is beyond this: the firmware
+reads the MBR before anything of liveng runs.
 """
 
 from __future__ import annotations
@@ -49,15 +52,13 @@ def expected(entries: dict[int, Entry]) -> Entry:
         raise DeviceError(f"the partition table has no p{EXTENDED} and p{BEFORE}: not a liveng layout")
     start = entries[BEFORE].start + entries[BEFORE].size + ALIGN_SECTORS
     end = entries[EXTENDED].start + entries[EXTENDED].size
-    if end - start < ALIGN_SECTORS:
-        raise DeviceError(f"p{EXTENDED} ends at sector {end}, before p{PERSISTENCE} could start ({start}): "
-                          "the partition table is not a liveng layout")
-    return Entry(start, end - start)
+    return Entry(start, max(0, end - start))  # 0: p3 ends before (its entry, in the MBR, torn)
 
 
 def repair(disk: Path) -> str | None:
-    """Write p7's entry again when it is missing, starts elsewhere or ends after p3, and drop entries
-    a torn EBR made up after it; returns what was wrong (None: nothing was)."""
+    """Write p7's entry again when it is missing, starts elsewhere, ends after the disk or before
+    its ext4 does, and drop entries a torn EBR made up after it; returns what was wrong (None:
+    nothing was)."""
     entries = read_entries(disk)
     want = expected(entries)
     extra = sorted(n for n in entries if n > PERSISTENCE)
@@ -69,8 +70,13 @@ def repair(disk: Path) -> str | None:
         raise DeviceError(f"partition {own[0]} lies after p{PERSISTENCE} in p{EXTENDED}: liveng does not manage "
                           f"such a layout and leaves the partition table as it is (p{PERSISTENCE} cannot grow)")
     have = entries.get(PERSISTENCE)
-    if have and have.start == want.start and have.size <= want.size and not extra:
-        return None  # in place (smaller: a resize cut between its two writes, which it finishes itself)
+    fs = ext4_sectors(disk, want.start)
+    if have and not extra and _plausible(have, want, fs, _sectors(disk)):
+        return None
+    if want.size < max(fs or 0, ALIGN_SECTORS):
+        raise DeviceError(f"p{PERSISTENCE}'s entry is damaged and p{EXTENDED} ends before p{PERSISTENCE}'s "
+                          f"filesystem could ({want.size} sectors from sector {want.start}): the partition "
+                          "table is left as it is")
     found = f"start {have.start}, {have.size} sectors" if have else "missing"
     mbr_type = layout.partition(layout.Role.PERSISTENCE).mbr_type
     for number in reversed(extra):
@@ -81,6 +87,35 @@ def repair(disk: Path) -> str | None:
                           f"start {want.start}, {want.size} sectors")
     return (f"p{PERSISTENCE}'s entry in the partition table was {found}, not start {want.start}, "
             f"{want.size} sectors" + (f", and partitions {extra} followed it" if extra else ""))
+
+
+def _plausible(have: Entry, want: Entry, fs: int | None, disk_sectors: int) -> bool:
+    """Whether p7's entry can be the one the build or a resize wrote: one sector tears at a time, so
+    when p3's entry (in the MBR) is the torn one, p7 may end after p3 (the resize then grows p3)."""
+    if have.start != want.start or have.start + have.size > disk_sectors:
+        return False
+    if fs is None:  # no ext4 at p7's start (encrypted): p3's end is all there is to go by
+        return have.size <= want.size
+    return have.size >= fs  # smaller than want: a resize cut between its two writes, which it finishes
+
+
+def ext4_sectors(disk: Path, start: int) -> int | None:
+    """The sectors the ext4 at sector ``start`` of ``disk`` spans (dumpe2fs reads its superblock
+    through the whole disk, so the kernel need not see p7); None without an ext4 there."""
+    try:
+        header = run(["dumpe2fs", "-h", f"{disk}?offset={start * layout.SECTOR}"])
+    except DeviceError:  # no ext4 superblock there: an encrypted p7
+        return None
+    fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
+    try:
+        return int(fields["Block count"]) * int(fields["Block size"]) // layout.SECTOR
+    except (KeyError, ValueError):
+        return None
+
+
+def _sectors(disk: Path) -> int:
+    with open(disk, "rb") as f:
+        return f.seek(0, 2) // layout.SECTOR
 
 
 def _sfdisk(args: list[str], script: str | None = None) -> None:

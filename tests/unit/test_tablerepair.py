@@ -27,6 +27,8 @@ def image(tmp_path: Path, grown: bool = False) -> tuple[Path, int]:
     with open(path, "wb") as f:
         f.truncate(64 * MIB)
     disk.write_table(path, "12ab34cd", extents)
+    p7 = next(e for e in extents if e.number == 7)
+    disk.run(["mkfs.ext4", "-q", "-F", "-E", f"offset={p7.start}", str(path), f"{p7.size // 1024}k"])
     p6 = next(e for e in extents if e.number == 6)
     ebr = p6.end  # the EBR sits at the start of the MiB before p7
     with open(path, "rb") as f:
@@ -109,3 +111,28 @@ def test_someones_own_partition_after_p7_is_left_alone(tmp_path: Path) -> None:
     with pytest.raises(DeviceError, match="partition 8 lies after p7 in p3: liveng does not manage"):
         tablerepair.repair(path)
     assert digest(path) == before
+
+
+def test_a_torn_mbr_that_makes_p3_end_before_p7_leaves_p7_alone(tmp_path: Path) -> None:
+    """One sector tears at a time: when it is the MBR (p3's size old and new bytes mixed, smaller),
+    p7's own entry is intact and must not be cut to p3's end, below its filesystem."""
+    path, _ = image(tmp_path, grown=True)
+    p3 = entries(path)[3]
+    with open(path, "r+b") as f:  # p3's size field (MBR entry 3, bytes 12-15): its high bytes from before
+        f.seek(446 + 2 * 16 + 12)
+        f.write((4 * MIB // S).to_bytes(4, "little"))
+    assert entries(path)[3].size < p3.size
+    before = digest(path)
+    assert tablerepair.repair(path) is None
+    assert digest(path) == before
+
+
+def test_p7_smaller_than_its_filesystem_is_put_right(tmp_path: Path) -> None:
+    path, ebr = image(tmp_path, grown=True)
+    good = entries(path)
+    with open(path, "r+b") as f:  # p7's size field in its EBR, mixed down to 1 MiB (the ext4 spans 4)
+        f.seek(ebr + 446 + 12)
+        f.write((MIB // S).to_bytes(4, "little"))
+    assert entries(path)[7].size == MIB // S
+    assert tablerepair.repair(path) is not None
+    assert entries(path) == good
