@@ -22,11 +22,17 @@ def apt_source(version: str, world: World, name: str = "faults") -> str:
             "-o APT::Get::List-Cleanup=0")
 
 
+# The packages with dpkg's "reinstallation required" flag (the third letter of db:Status-Abbrev).
+REINST_REQUIRED = "dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' | awk 'substr($1, 3, 1) == \"R\" {print $2}'"
+
+
 def dpkg_recover(vm: Vm, package: str) -> tuple[list[str], dict[str, object]]:
-    """dpkg's own recovery after a cut, what an owner does when apt says so: `dpkg --configure -a`;
-    if that leaves something broken (a package half unpacked, one that depends on it unconfigured),
-    `apt-get -f install`, which reinstalls and configures; a reinstall of ``package`` if it is still
-    not installed. Returns (problems, the steps taken and the package's status)."""
+    """dpkg's own recovery after a cut, what an owner does when dpkg and apt say so: `dpkg
+    --configure -a`; the packages dpkg marks "reinstallation required" (cut while unpacking: "in a
+    very bad inconsistent state; you should reinstall it", which `apt-get -f install` refuses)
+    reinstalled; then, if something is still broken (one that depends on it unconfigured),
+    `apt-get -f install`; a reinstall of ``package`` if it is still not installed. Returns
+    (problems, the steps taken and the package's status)."""
     steps: list[str] = []
     notes: dict[str, object] = {"recovery": steps}
     if vm.sh("dpkg --audit", check=False):
@@ -34,6 +40,12 @@ def dpkg_recover(vm: Vm, package: str) -> tuple[list[str], dict[str, object]]:
         out = vm.sh("dpkg --configure -a; echo rc=$?", timeout=1800)
         if not out.endswith("rc=0"):
             notes["configure_a"] = out[-300:]
+    reinstall = vm.sh(REINST_REQUIRED, check=False).split()
+    if reinstall:
+        steps.append(f"apt-get install --reinstall {' '.join(reinstall)}")
+        out = vm.sh(f"{APT} install --reinstall {' '.join(reinstall)}; echo rc=$?", timeout=1800)
+        if not out.endswith("rc=0"):
+            return [f"apt-get install --reinstall {' '.join(reinstall)} failed: {out[-300:]}"], notes
     query = f"dpkg-query -W -f '${{Status}} ${{Version}}' {package}"
     if vm.sh("dpkg --audit", check=False):
         steps.append("apt-get -f install")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from bench.faults import record, rounds
 from bench.faults.__main__ import next_pair, pairs_for, round_seed, worker_of
 from bench.faults.ops import OPS
-from bench.faults.ops_apt import not_filtered
+from bench.faults.ops_apt import REINST_REQUIRED, not_filtered
 
 HELPER = Path(rounds.__file__).with_name("guest_helper.py")
 
@@ -160,3 +161,14 @@ def test_dpkg_verify_ignores_only_what_the_image_filters_out() -> None:
     assert not_filtered(verify, cfg) == verify.splitlines()[1:]
     assert not_filtered("", cfg) == []
     assert not_filtered(verify, "") == verify.splitlines()
+
+
+def test_packages_dpkg_wants_reinstalled(tmp_path: Path) -> None:
+    """ops_apt.REINST_REQUIRED on dpkg-query's db:Status-Abbrev as dpkg prints it after a cut during
+    an unpack (arm64 seed 178015920: "iHR", which `apt-get -f install` refuses)."""
+    shim = tmp_path / "dpkg-query"
+    shim.write_text("#!/bin/sh\nprintf 'ii  bash\\niHR liveng-faults-demo\\nrc  old-conf\\niUR other\\n'\n")
+    shim.chmod(0o755)
+    out = subprocess.run(["sh", "-c", REINST_REQUIRED], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
+    assert out.split() == ["liveng-faults-demo", "other"]
