@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import subprocess
 import time
 from collections import Counter
@@ -119,7 +120,7 @@ def section(state: dict[str, Any], ops: list[str], faults: list[str], applies: A
         if failures:
             lines += ["Failures (replay: the command shown):", ""]
             for r in failures:
-                why = "; ".join(p.split("; console log:")[0] for p in r["problems"])
+                why = _one_line("; ".join(p.split("; console log:")[0] for p in r["problems"]))
                 replays = [x for x in state["rounds"] if x.get("replay") and x["seed"] == r["seed"]
                            and x["arch"] == arch]
                 lines.append(f"- seed {r['seed']} ({r['op']}" + (f" + {r['partner']}" if r.get("partner") else "")
@@ -134,6 +135,11 @@ def section(state: dict[str, Any], ops: list[str], faults: list[str], applies: A
                       for r in errors]
             lines.append("")
     return "\n".join([*lines, END])
+
+
+def _one_line(text: str) -> str:
+    """A problem as one line of a Markdown list: no line breaks, no terminal colour codes."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
 
 
 def write_results(results: Path, text: str) -> None:
