@@ -61,6 +61,9 @@ MINUTES = {
     "test_reserve_used_up_boots_as_ram_mode_then_persistent_again": 1.6,  # 2026-12-06: 96 s (156 with the way back)
     "test_appliance_recipe_builds_with_repository_deb_services_tree_and_script": 1.4,
     "test_files_replaced_without_fsync_survive_a_power_cut": 1.7,  # 2026-12-06: 102 s (resume, a cut, a cold boot)
+    "test_a_torn_last_journal_commit_still_boots_with_the_delta": 1.7,  # session 11: as the one above (estimate)
+    "test_a_card_made_before_p7s_mount_options_gets_them": 1.2,  # session 11: one BIOS boot (estimate)
+    "test_a_torn_p7_ebr_is_rewritten_and_the_delta_comes_back": 0.1,  # LIVENG_LONG_TESTS: 2 boots, 2.8 min
 }
 
 

@@ -14,6 +14,7 @@ from liveng import layout
 from liveng.device import tablerepair
 from liveng.device.runner import DeviceError
 from liveng.host import disk
+from liveng.host.runner import run
 
 MIB = layout.MiB
 S = layout.SECTOR
@@ -28,7 +29,7 @@ def image(tmp_path: Path, grown: bool = False) -> tuple[Path, int]:
         f.truncate(64 * MIB)
     disk.write_table(path, "12ab34cd", extents)
     p7 = next(e for e in extents if e.number == 7)
-    disk.run(["mkfs.ext4", "-q", "-F", "-E", f"offset={p7.start}", str(path), f"{p7.size // 1024}k"])
+    run(["mkfs.ext4", "-q", "-F", "-E", f"offset={p7.start}", str(path), f"{p7.size // 1024}k"])
     p6 = next(e for e in extents if e.number == 6)
     ebr = p6.end  # the EBR sits at the start of the MiB before p7
     with open(path, "rb") as f:
@@ -94,7 +95,7 @@ def test_not_a_liveng_layout(tmp_path: Path) -> None:
     path = tmp_path / "other.img"
     with open(path, "wb") as f:
         f.truncate(16 * MIB)
-    disk.run(["sfdisk", "--no-reread", "--no-tell-kernel", str(path)], input_bytes=b"label: dos\n,8MiB,83\n")
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", str(path)], input_bytes=b"label: dos\n,8MiB,83\n")
     with pytest.raises(DeviceError, match="not a liveng layout"):
         tablerepair.repair(path)
 
