@@ -172,6 +172,9 @@ INODES_NEEDED = 8
 INITRAMFS_NOTICE_PATH = "/run/liveng-initramfs-notices"
 # e2fsck's output when live-premount/liveng-p7 had it repair p7 at this boot.
 P7_FSCK_LOG_PATH = "/run/liveng-p7-fsck.log"
+# There when live-premount/liveng-p7 found p7 shut down uncleanly (a power cut): what apt wrote without
+# fsync is checked at this boot (liveng-apt-recover.service, device/aptrecover.py).
+P7_UNCLEAN_PATH = "/run/liveng-p7-unclean"
 ROOM_RAM_PATH = "/run/liveng-room-ram"  # there: live-bottom/liveng-ram brings the delta into RAM
 
 

@@ -17,6 +17,7 @@ from liveng.settings import SettingsError
 
 if TYPE_CHECKING:
     from liveng.device import (
+        aptrecover,
         bootstate,
         delta,
         firstboot,
@@ -38,9 +39,10 @@ else:
         def __getattr__(self, attr: str) -> object:
             return getattr(importlib.import_module(f"liveng.device.{self.__name__}"), attr)
 
-    (bootstate, delta, firstboot, install, kernel, kernelfit, ram, resize, shutdown, snapshot, status, verify) = (
-        _Lazy(n) for n in ("bootstate", "delta", "firstboot", "install", "kernel", "kernelfit", "ram", "resize",
-                           "shutdown", "snapshot", "status", "verify"))
+    _NAMES = ("aptrecover", "bootstate", "delta", "firstboot", "install", "kernel", "kernelfit", "ram", "resize",
+              "shutdown", "snapshot", "status", "verify")
+    (aptrecover, bootstate, delta, firstboot, install, kernel, kernelfit, ram, resize, shutdown, snapshot, status,
+     verify) = (_Lazy(n) for n in _NAMES)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -187,6 +189,13 @@ def cmd_resize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apt_recover(args: argparse.Namespace) -> int:
+    report = aptrecover.recover(say=lambda msg: print(f"liveng: apt: {msg}", flush=True))
+    if not report.removed and not report.set_aside:
+        print("liveng: apt's downloads, lists and states are whole")
+    return 0
+
+
 def cmd_kernel_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(kernel.status_dict(), indent=1))
@@ -321,6 +330,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resize", help="grow the persistence partition to the end of the disk")
     p.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_resize)
+    p = sub.add_parser("apt-recover", help="after a power cut: remove apt's cached downloads, lists that do not "
+                                           "match their release and an unreadable extended_states (run by "
+                                           "liveng-apt-recover.service)")
+    p.set_defaults(func=cmd_apt_recover)
     p = sub.add_parser("prepare-shutdown", help="make this shutdown end in RAM, so the persistence is unmounted "
                                                 "cleanly (run by liveng-shutdown.service)")
     p.set_defaults(func=cmd_prepare_shutdown)

@@ -262,8 +262,8 @@ def device_units(tree: Path) -> None:
     for unit in src.iterdir():
         if unit.name.endswith((".service", ".timer", ".target")):
             _write(tree / UNIT_DIR / unit.name, unit.read_text())
-    enable_units(tree, ["liveng-boot-ok.service", "liveng-resize.service", "liveng-settings.service",
-                        "liveng-shutdown.service"])
+    enable_units(tree, ["liveng-apt-recover.service", "liveng-boot-ok.service", "liveng-resize.service",
+                        "liveng-settings.service", "liveng-shutdown.service"])
 
 
 def kernel_hooks(tree: Path) -> None:

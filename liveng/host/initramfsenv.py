@@ -53,6 +53,7 @@ def initramfs_constants() -> str:
         "LIVENG_INODES_NEEDED": str(layout.INODES_NEEDED),
         "LIVENG_NOTICE": layout.INITRAMFS_NOTICE_PATH,
         "LIVENG_P7_FSCK_LOG": layout.P7_FSCK_LOG_PATH,
+        "LIVENG_P7_UNCLEAN": layout.P7_UNCLEAN_PATH,
         "LIVENG_ROOM_RAM": layout.ROOM_RAM_PATH,
         "LIVENG_P7_MOUNT_DEFAULTS": durable.PERSISTENCE_MOUNT_DEFAULTS,
     }

@@ -12,11 +12,15 @@ first real defect) and the boot tests of the defects it found since.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
 import random
 import secrets
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,7 @@ from bench.faults import inject, rounds
 from bench.faults.ops import OPS
 from bench.faults.world import World
 from liveng import durable, layout
+from liveng.device import aptrecover
 from liveng.host.disk import read_table
 from tests.boot import golden
 from tests.boot.conftest import partition_hash
@@ -183,11 +188,14 @@ def test_a_torn_last_journal_commit_still_boots_with_the_delta(bios_golden: gold
     """The campaign's seed 87606111: a power cut tore the first sector of the journal's newest commit
     block; the kernel refused to load the journal ("journal transaction N is corrupt"), so p7 could
     not be mounted and the boot went on without the delta. live-premount/liveng-p7 runs e2fsck
-    first: the transactions before the torn one are replayed, and liveng status says so."""
+    first: the transactions before the torn one are replayed, and liveng status says so. With it,
+    seed 1032437738's damage to apt's files (apt_damage), which apt cannot get past by itself."""
     disk, log = tmp_path / "disk.img", tmp_path / "console.log"
     token = secrets.token_hex(8)
     with golden.resume(bios_golden, disk, log) as vm:
         vm.sh(f"echo {token} > /root/kept && sync /root/kept")
+        vm.sh(f"echo {apt_damage()} | base64 -d | tar -xz -C / && sync")
+        assert "Unable to parse package file /var/lib/apt/extended_states" in vm.sh("apt-get check", check=False)
         # Transactions after it, the newest of which the cut tears.
         vm.sh("for i in $(seq 1 20); do echo $i > /root/later-$i; sync /root/later-$i; done")
         vm.power_cut()
@@ -205,8 +213,43 @@ def test_a_torn_last_journal_commit_still_boots_with_the_delta(bios_golden: gold
         assert vm.sh("cat /root/kept") == token
         assert vm.sh("findmnt -n -o SOURCE /run/live/persistence/vda7") == "/dev/vda7"
         assert "corrupt" in vm.sh(f"cat {layout.P7_FSCK_LOG_PATH}")
+        # The seed 1032437738 part: liveng-apt-recover.service ran before the login.
+        assert vm.sh("systemctl is-active liveng-apt-recover.service") == "active"
+        vm.sh("apt-get check")
+        lists, states = f"/{aptrecover.LISTS}/{APT_LIST_PREFIX}", f"/{aptrecover.EXTENDED_STATES}"
+        left = vm.sh(f"ls -d {lists}* /{aptrecover.ARCHIVES}/*.deb {states}* 2>/dev/null", check=False).split()
+        assert sorted(left) == sorted([f"{lists}main_i18n_Translation-en", f"{states}{aptrecover.SET_ASIDE_SUFFIX}"])
         vm.poweroff()
     assert subprocess.run(["e2fsck", "-fn", f"{disk}?offset={p7}"], capture_output=True).returncode == 0
+
+
+APT_LIST_PREFIX = "deb.example.org_debian_dists_bookworm_"
+
+
+def apt_damage() -> str:
+    """apt's files as seed 1032437738's cut left them, and a torn list: a cached .deb of its full
+    size with a block's tail never written, extended_states the same way, a Packages list whose
+    InRelease says otherwise beside a whole one; a tar.gz in base64, unpacked in the guest."""
+    deb = (b"!<arch>\ndebian-binary   " * 512)[:3 * 4096]  # compressible: the console takes lines < 4 KiB
+    packages, translation = b"Package: hello\nVersion: 2\n\n", b"Package: hello\nDescription-en: hi\n\n"
+    release = "".join(f" {hashlib.sha256(d).hexdigest()} {len(d)} {n}\n" for n, d in (
+        ("main/binary-amd64/Packages", packages), ("main/i18n/Translation-en", translation)))
+    files = {
+        f"{aptrecover.ARCHIVES}/liveng-faults-demo_2_all.deb": deb[:4096 - 139] + bytes(139) + deb[4096:],
+        aptrecover.EXTENDED_STATES: b"Package: hello\nArchitecture: amd64\nAuto-Inst" + bytes(64),
+        f"{aptrecover.LISTS}/{APT_LIST_PREFIX}InRelease": (
+            "-----BEGIN PGP SIGNED MESSAGE-----\n\nSuite: bookworm\nSHA256:\n" + release
+            + "-----BEGIN PGP SIGNATURE-----\n-----END PGP SIGNATURE-----\n").encode(),
+        f"{aptrecover.LISTS}/{APT_LIST_PREFIX}main_binary-amd64_Packages": packages[:10] + bytes(len(packages) - 10),
+        f"{aptrecover.LISTS}/{APT_LIST_PREFIX}main_i18n_Translation-en": translation,
+    }
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(out.getvalue()).decode()
 
 
 @pytest.mark.skipif(os.environ.get("LIVENG_LONG_TESTS") != "1", reason="two boots: CI's 45 minutes; "

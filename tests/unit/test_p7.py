@@ -60,6 +60,7 @@ def test_an_old_card_gets_the_options_once(root: Path) -> None:
     before = digest(image)
     assert run(root) == ""  # the next boots: nothing written
     assert digest(image) == before
+    assert not (root / "unclean").exists()
 
 
 def test_ram_mode_only_reads_a_clean_card(root: Path) -> None:
@@ -132,6 +133,7 @@ def test_a_journal_to_replay_is_replayed_quietly(root: Path) -> None:
     assert run(root) == "liveng: the persistence partition's default mount options now include " \
         f"{durable.PERSISTENCE_MOUNT_DEFAULTS} (set once)\n"
     assert not (root / "notice").exists() and not (root / "fsck.log").exists()
+    assert (root / "unclean").exists()  # liveng-apt-recover.service's condition
     assert subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True).returncode == 0
 
 
