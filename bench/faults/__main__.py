@@ -42,7 +42,8 @@ def pairs_for(arch: str, ops: list[str], faults: list[str]) -> list[tuple[str, s
 
 
 def next_pair(state: dict[str, Any], arch: str, pairs: list[tuple[str, str]]) -> tuple[str, str]:
-    done = Counter((r["op"], r["fault"]) for r in state["rounds"] if r["arch"] == arch and not r.get("replay"))
+    """The pair of ``arch`` with the fewest rounds on both images (the goal counts them together)."""
+    done = Counter((r["op"], r["fault"]) for r in state["rounds"] if not r.get("replay"))
     return min(pairs, key=lambda p: (done[p], pairs.index(p)))
 
 

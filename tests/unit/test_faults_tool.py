@@ -84,9 +84,14 @@ def test_results_say_which_pairs_apply_and_what_is_left() -> None:
     text = record.section(state, list(OPS), list(rounds.FAULTS), rounds.applicable)
     pairs = [(o, f) for o in OPS for f in rounds.FAULTS if rounds.applies(OPS[o], f, "pc")]
     assert 0 < len(pairs) < len(OPS) * len(rounds.FAULTS)
-    left = (len(pairs) - 1) * record.GOAL_PER_PAIR - 1  # reset/cut is done, boot/torn has one
-    assert f"{len(pairs)} (operation, fault) pairs apply; 1 have {record.GOAL_PER_PAIR} rounds or more; " \
+    either = [(o, f) for o in OPS for f in rounds.FAULTS
+              if rounds.applies(OPS[o], f, "pc") or rounds.applies(OPS[o], f, "arm64")]
+    left = (len(either) - 1) * record.GOAL_PER_PAIR - 1  # reset/cut is done, boot/torn has one
+    assert f"{len(either)} pairs apply to one image or both; 1 have {record.GOAL_PER_PAIR} rounds or more; " \
            f"{left} more rounds" in text
+    assert f"{len(pairs)} (operation, fault) pairs apply to this image." in text
+    state["rounds"] += [{**ok, "arch": "arm64", "seed": 100 + i, "op": "boot", "fault": "torn"} for i in range(9)]
+    assert f"{left - 9} more rounds" in record.section(state, list(OPS), list(rounds.FAULTS), rounds.applicable)
     assert "| reset | 12/12 | 0/0 |" in text
     assert "| boot | 0/0 | 1/1 | 0/0 | 0/0 | n/a |" in text  # the boot reboots: no partner runs with it
     assert "| db-writes-ram-paths |" in text  # every operation that applies has its row, run or not
@@ -140,6 +145,9 @@ def test_schedule_takes_the_least_run_pair_and_seeds_are_stable() -> None:
     state: dict[str, Any] = {"campaign_seed": 9, "rounds": [
         {"arch": "pc", "op": "reset", "fault": "cut"}, {"arch": "pc", "op": "kernel-install", "fault": "cut"}]}
     assert next_pair(state, "pc", pairs) == ("kernel-install", "two-ops")
+    # The other image's rounds count: its kernel-install/two-ops rounds make reset/cut the next.
+    state["rounds"] += [{"arch": "arm64", "op": "kernel-install", "fault": "two-ops"}] * 2
+    assert next_pair(state, "pc", pairs) == ("reset", "cut")
     assert round_seed(state, "pc", 3) == round_seed(state, "pc", 3) != round_seed(state, "arm64", 3)
 
 
