@@ -94,6 +94,10 @@ def campaign(args: argparse.Namespace) -> int:
         known = [r for r in state["rounds"] if r["seed"] == args.seed and r["arch"] == args.arch]
         if not known:
             raise SystemExit(f"--seed {args.seed}: not in {args.state}; give one --ops and one --faults")
+        if any(not record.same_round(r, known[0]) for r in known):
+            raise SystemExit(f"--seed {args.seed}: rounds of different pairs drew it ("
+                             + ", ".join(sorted({f"{r['op']}/{r['fault']}" for r in known}))
+                             + "): give one --ops and one --faults (and --partner for two-ops)")
         ops, faults, args.partner = [known[0]["op"]], [known[0]["fault"]], known[0].get("partner")
         pairs = [(ops[0], faults[0])]
     kinds = {k for o in ops for k in OPS[o].kinds[:1]}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench.faults import record, rounds
-from bench.faults.__main__ import next_pair, pairs_for, round_seed, worker_of
+from bench.faults.__main__ import main, next_pair, pairs_for, round_seed, worker_of
 from bench.faults.ops import OPS
 from bench.faults.ops_apt import REINST_REQUIRED, not_filtered
 
@@ -72,6 +72,24 @@ def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
     text = results.read_text()
     assert text.count(record.BEGIN) == 1 and "| reset | 1/1 |" in text
     assert text.startswith("# Benchmark results\n\n## Before\ntext\n") and text.endswith("## After\nmore\n")
+
+
+def test_a_seed_two_pairs_drew_is_told_apart(tmp_path: Path) -> None:
+    """Seed 87606111 was drawn by an apt-upgrade/torn round (recovered) and a db-writes-ram-paths/torn
+    one (failed): a replay of one is not the other's, and --seed alone must name the pair."""
+    base = {"seed": 7, "arch": "pc", "fault": "torn", "problems": ["x"], "started": "2026-12-06T06:00:00Z",
+            "commit": "abc", "delay": 1.0}
+    state: dict[str, Any] = {"campaign_seed": 5, "durations": {}, "rounds": [
+        {**base, "op": "apt-upgrade", "outcome": "recovered"},
+        {**base, "op": "db-writes-ram-paths", "outcome": "failed"},
+        {**base, "op": "apt-upgrade", "outcome": "recovered", "replay": True, "commit": "def"}]}
+    text = record.section(state, list(OPS), list(rounds.FAULTS))
+    failed = next(line for line in text.splitlines() if line.startswith("- seed 7"))
+    assert "db-writes-ram-paths" in failed and "replayed" not in failed
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(state))
+    with pytest.raises(SystemExit, match=r"apt-upgrade/torn, db-writes-ram-paths/torn.*give one --ops"):
+        main(["--seed", "7", "--state", str(path), "--results", "", "--workdir", str(tmp_path / "w")])
 
 
 def test_results_say_which_pairs_apply_and_what_is_left() -> None:
