@@ -47,8 +47,16 @@ def next_pair(state: dict[str, Any], arch: str, pairs: list[tuple[str, str]]) ->
     return min(pairs, key=lambda p: (done[p], pairs.index(p)))
 
 
-def round_seed(state: dict[str, Any], arch: str, index: int) -> int:
-    return random.Random(f"{state['campaign_seed']}:{arch}:{index}").randrange(2**32)
+def round_seed(state: dict[str, Any], arch: str, op: str, fault: str) -> int:
+    """The next round of this pair on this image: its number among them makes it new whatever the
+    number of workers (workers take disjoint pairs); a seed already drawn is passed over."""
+    used = {r["seed"] for r in state["rounds"]}
+    n = sum(1 for r in state["rounds"] if (r["arch"], r["op"], r["fault"]) == (arch, op, fault))
+    while True:
+        seed = random.Random(f"{state['campaign_seed']}:{arch}:{op}:{fault}:{n}").randrange(2**32)
+        if seed not in used:
+            return seed
+        n += 1
 
 
 def choose_partner(op: str, fault: str, seed: int, arch: str, given: str | None) -> str | None:
@@ -126,9 +134,8 @@ def campaign(args: argparse.Namespace) -> int:
             elif len(mine) >= args.rounds:
                 break
             else:
-                # len(mine) * workers + worker: no two workers draw the same number.
-                seed = round_seed(state, args.arch, len(mine) * workers + worker if workers > 1 else len(mine))
                 op, fault = next_pair(state, args.arch, pairs)
+                seed = round_seed(state, args.arch, op, fault)
             spec = rounds.Spec(seed, op, fault, choose_partner(op, fault, seed, args.arch, args.partner))
             print(f"round {len(mine) + 1}/{args.rounds}: seed {seed}, {op}"
                   + (f" + {spec.partner}" if spec.partner else "") + f", {fault}", flush=True)

@@ -166,7 +166,15 @@ def test_schedule_takes_the_least_run_pair_and_seeds_are_stable() -> None:
     # The other image's rounds count: its kernel-install/two-ops rounds make reset/cut the next.
     state["rounds"] += [{"arch": "arm64", "op": "kernel-install", "fault": "two-ops"}] * 2
     assert next_pair(state, "pc", pairs) == ("reset", "cut")
-    assert round_seed(state, "pc", 3) == round_seed(state, "pc", 3) != round_seed(state, "arm64", 3)
+    state["rounds"] = [{**r, "seed": i} for i, r in enumerate(state["rounds"])]
+    seed = round_seed(state, "pc", "reset", "cut")
+    assert seed == round_seed(state, "pc", "reset", "cut") != round_seed(state, "arm64", "reset", "cut")
+    assert seed != round_seed(state, "pc", "kernel-install", "cut")
+    state["rounds"].append({"arch": "pc", "op": "reset", "fault": "cut", "seed": seed})
+    assert round_seed(state, "pc", "reset", "cut") != seed
+    taken = round_seed(state, "pc", "kernel-install", "two-ops")  # drawn by another pair's round already:
+    state["rounds"].append({"arch": "pc", "op": "reset", "fault": "cut", "seed": taken})
+    assert round_seed(state, "pc", "kernel-install", "two-ops") != taken
 
 
 @pytest.mark.parametrize("arch", ["pc", "arm64"])
