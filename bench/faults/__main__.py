@@ -9,9 +9,10 @@
 
 Every round is recorded in the state file (default bench/faults-state.json) as soon as it ends, and
 bench/RESULTS.md's fault section is rewritten from it: stopping (Ctrl-C, a crash) loses at most the
-round under way, and the same command goes on. The next round is the applicable (operation, fault)
-pair with the fewest rounds so far; its seed (from the campaign seed and its number) decides
-everything random in it: the files' content, the moment of the fault, the torn sector. Images and
+round under way, and the same command goes on. The next round is the (operation, fault) pair that
+applies to this image with the fewest rounds so far on either image; its seed (from the campaign
+seed, the image, the pair and its number among that pair's rounds) decides everything random in it:
+the files' content, the moment of the fault, the torn sector. Images and
 goldens are built once into --workdir (about 4 GB for the PC with every operation).
 """
 
