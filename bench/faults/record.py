@@ -101,6 +101,7 @@ def section(state: dict[str, Any], ops: list[str], faults: list[str], applies: A
         if applies:
             lines += [f"{sum(applies(o, f, arch) for o in ops for f in faults)} (operation, fault) pairs apply "
                       f"to this image.", ""]
+        lines += [_by_commit(mine), ""]
         lines += ["| operation | " + " | ".join(faults) + " |", "|---|" + "---|" * len(faults)]
         for op in ops:
             cells = []
@@ -139,6 +140,19 @@ def same_round(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """A seed says every random choice of a round, not its pair: when the number of workers changed,
     two rounds could draw one seed (seed 87606111 on the PC: apt-upgrade/torn and db-writes-ram-paths/torn)."""
     return all(a.get(k) == b.get(k) for k in ("seed", "arch", "op", "fault", "partner"))
+
+
+def _by_commit(rounds: list[dict[str, Any]]) -> str:
+    """Recovered/run by the code each round ran, in the order the commits were first used: the rounds
+    after the last fix are the campaign run again."""
+    order: list[str] = []
+    for r in rounds:
+        if r.get("commit", "?") not in order:
+            order.append(r.get("commit", "?"))
+    counted = [r for r in rounds if r["outcome"] != "error"]
+    cells = [f"{c} {sum(r['outcome'] == 'recovered' for r in counted if r.get('commit', '?') == c)}/"
+             f"{sum(r.get('commit', '?') == c for r in counted)}" for c in order]
+    return "By the commit the rounds ran (recovered/run): " + ", ".join(cells) + "."
 
 
 def _goal(rounds: list[dict[str, Any]], ops: list[str], faults: list[str], applies: Applies) -> str:

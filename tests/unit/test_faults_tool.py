@@ -64,6 +64,7 @@ def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
     record.write_results(results, record.section(state, list(OPS), list(rounds.FAULTS)))
     text = results.read_text()
     assert "| reset | 1/2 | - | - | - | - |" in text
+    assert "By the commit the rounds ran (recovered/run): abc 1/2." in text
     assert "seed 2 (reset, cut, fault 3.5 s in): no shell" in text and "--seed 2 --ops reset --faults cut" in text
     assert record._one_line("\x1b[1mdpkg:\x1b[0m error\n  more") == "dpkg: error more"
     results.write_text(text + "\n## After\nmore\n")
