@@ -189,7 +189,9 @@ SNAPSHOT_DIR = "liveng/snapshots"  # NAME.tar.zst (GNU tar | zstd) and NAME.json
 SNAPSHOT_SUFFIX = ".tar.zst"
 # A restore or reset is staged by the running system and switched in by the initramfs at the
 # next boot (liveng/device/data/initramfs/live-premount/liveng-delta), before the overlay exists:
-#   STAGED_DIR   the complete new delta, made and synced before PENDING_PATH is written
+#   STAGED_DIR   the complete new delta, made and synced before PENDING_PATH is written; a
+#                request staged while another is pending goes to the other of STAGED_DIRS and
+#                names it (requests.py "staged"), so the earlier one stays whole until it replaces it
 #   PENDING_PATH the request (liveng/requests.py: key=value lines)
 #   SWITCH_PATH  the journal: the request renamed (nothing written, so it works on a full p7); once
 #                the old delta is set aside the switch is rolled forward at every boot until done
@@ -197,6 +199,7 @@ SNAPSHOT_SUFFIX = ".tar.zst"
 #   RESET_DELTA_DIR a factory reset confirmed at the boot menu renames the delta here first (no new
 #                inode or block, so it works on a full p7); while it exists every boot finishes the reset
 STAGED_DIR = "liveng/rw.new"
+STAGED_DIRS = (STAGED_DIR, "liveng/rw.next")
 OLD_DELTA_DIR = "liveng/rw.old"
 RESET_DELTA_DIR = "liveng/rw.reset"
 PENDING_PATH = "liveng/pending"

@@ -27,12 +27,13 @@ class Request:
     created: str = ""
     order: str = ""  # the boot order (grubenv numbers) before the request, put back by a cancel
     keep: str = ""  # a commit in ram-paths mode: the persistent paths (comma-separated), kept from the old delta
+    staged: str = layout.STAGED_DIR  # which of layout.STAGED_DIRS holds the new delta (absent: the first)
 
     def text(self) -> str:
         # key=value lines: the initramfs reads them with the shell's read, no JSON parser there.
         return (f"action={self.action}\nsnapshot={self.snapshot}\n"
                 f"delete_snapshots={int(self.delete_snapshots)}\ncreated={self.created}\norder={self.order}\n"
-                f"keep={self.keep}\n")
+                f"keep={self.keep}\nstaged={self.staged}\n")
 
     def describe(self) -> str:
         if self.action == layout.ACTION_COMMIT:
@@ -61,6 +62,10 @@ def parse_request(text: str) -> Request:
         raise RequestError(f"{layout.PENDING_PATH}: a restore without a snapshot; cancel it with 'liveng cancel'")
     if fields.get("delete_snapshots", "0") not in ("0", "1"):
         raise RequestError(f"{layout.PENDING_PATH}: delete_snapshots must be 0 or 1")
+    staged = fields.get("staged") or layout.STAGED_DIR  # requests staged before the key existed
+    if staged not in layout.STAGED_DIRS:
+        raise RequestError(f"{layout.PENDING_PATH}: staged={staged!r} is not one of {', '.join(layout.STAGED_DIRS)}; "
+                           "cancel it with 'liveng cancel'")
     return Request(action=action, snapshot=fields.get("snapshot", ""),
                    delete_snapshots=fields.get("delete_snapshots") == "1", created=fields.get("created", ""),
-                   order=fields.get("order", ""), keep=fields.get("keep", ""))
+                   order=fields.get("order", ""), keep=fields.get("keep", ""), staged=staged)

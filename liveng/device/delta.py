@@ -1,7 +1,8 @@
 """The delta on p7: where it is, and requests (restore, reset) that the initramfs applies at the next boot.
 
-A request is staged whole by the running system: the new delta is made in STAGED_DIR and synced,
-and only then is PENDING_PATH written (temporary name, fsync, rename). The initramfs script
+A request is staged whole by the running system: the new delta is made in STAGED_DIR (or, while
+another request is pending, the other of STAGED_DIRS) and synced, and only then is PENDING_PATH
+written (temporary name, fsync, rename). The initramfs script
 live-premount/liveng-delta renames it to the journal SWITCH_PATH and switches with renames; it
 rolls forward from any point a power cut leaves behind, so the next boot has the old delta or the
 new one, never a mix.
@@ -80,7 +81,8 @@ def drop_pending(root: Path) -> Request | None:
     with contextlib.suppress(FileNotFoundError):
         (root / layout.PENDING_PATH).unlink()
         fsync_dir(root / layout.DELTA_STATE_DIR)
-    remove_tree(root / layout.STAGED_DIR)
+    for name in layout.STAGED_DIRS:
+        remove_tree(root / name)
     return request
 
 
@@ -94,10 +96,18 @@ def stage(root: Path, request: Request, fill: Callable[[Path], None],
     if switch_in_progress(root):
         raise DeviceError("a restore or reset is being switched in (the boot was interrupted): reboot first")
     (root / layout.DELTA_STATE_DIR).mkdir(mode=0o700, exist_ok=True)
-    # A request replaces any earlier one; the earlier one is withdrawn first, so that a power cut
-    # here leaves no request rather than a request pointing at a half-made delta.
-    drop_pending(root)
-    staged = root / layout.STAGED_DIR
+    # A request replaces any earlier one, which stays whole until the new one is: the new delta is
+    # made in the other staged directory, and the request's rename switches from one to the other
+    # (the campaign's seed 1362263916: a second commit cut while it staged lost the first).
+    try:
+        earlier = read_pending(root)
+    except DeviceError:
+        earlier = None
+    if earlier is None:
+        drop_pending(root)  # none, or a damaged one: withdrawn, and any unfinished staging with it
+    name = layout.STAGED_DIRS[1] if earlier and earlier.staged == layout.STAGED_DIRS[0] else layout.STAGED_DIRS[0]
+    staged = root / name
+    remove_tree(staged)  # an unfinished staging (a power cut), not the earlier request's
     staged.mkdir(mode=0o755)
     # The overlay's root directory takes its owner and mode from the upper directory.
     os.chmod(staged, 0o755)
@@ -107,10 +117,13 @@ def stage(root: Path, request: Request, fill: Callable[[Path], None],
     except BaseException:
         remove_tree(staged)
         raise
+    request = dataclasses.replace(request, staged=name)
     if adjust_order is not None:
         request = dataclasses.replace(request, order=adjust_order(staged))
     bootstate.write_atomic(root / layout.PENDING_PATH, request.text().encode())
     os.sync()
+    if earlier is not None:
+        remove_tree(root / earlier.staged)
     return request
 
 

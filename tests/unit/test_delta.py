@@ -21,6 +21,8 @@ def test_request_round_trip() -> None:
     reset = Request(action="reset", delete_snapshots=True)
     assert delta.parse_request(reset.text()) == reset
     assert "snapshots deleted too" in reset.describe()
+    assert delta.parse_request("action=reset\n").staged == layout.STAGED_DIR  # staged before the key existed
+    assert delta.parse_request(Request(action="reset", staged=layout.STAGED_DIRS[1]).text()).staged == "liveng/rw.next"
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -28,6 +30,7 @@ def test_request_round_trip() -> None:
     ("action=restore\n", "a restore without a snapshot"),
     ("action=reset\ndelete_snapshots=yes\n", "delete_snapshots must be 0 or 1"),
     ("garbage\n", "malformed line 'garbage'"),
+    ("action=reset\nstaged=liveng/../rw\n", "staged='liveng/../rw' is not one of liveng/rw.new, liveng/rw.next"),
 ])
 def test_bad_requests_are_named(text: str, message: str) -> None:
     with pytest.raises(DeviceError, match=message):
@@ -131,6 +134,16 @@ def test_stage_commits_only_a_complete_delta(tmp_path: Path) -> None:
     assert request.order == "1 0 2"
     assert delta.read_pending(tmp_path) == request
     assert (tmp_path / layout.STAGED_DIR).stat().st_mode & 0o777 == 0o755
+    # A second request while the first is pending: the other directory; a failure leaves the first.
+    with pytest.raises(DeviceError, match="disk full"):
+        delta.stage(tmp_path, Request(action="reset"), fail)
+    assert delta.read_pending(tmp_path) == request and (tmp_path / layout.STAGED_DIR).is_dir()
+    assert not (tmp_path / layout.STAGED_DIRS[1]).exists()
+    second = delta.stage(tmp_path, Request(action="reset"), lambda staged: None)
+    assert second.staged == layout.STAGED_DIRS[1] and delta.read_pending(tmp_path) == second
+    assert not (tmp_path / layout.STAGED_DIR).exists()
+    assert delta.stage(tmp_path, Request(action="reset"), lambda staged: None).staged == layout.STAGED_DIR
+    assert not (tmp_path / layout.STAGED_DIRS[1]).exists()
     (tmp_path / layout.SWITCH_PATH).write_text("action=reset\n")
     with pytest.raises(DeviceError, match="reboot first"):
         delta.stage(tmp_path, Request(action="reset"), lambda staged: None)

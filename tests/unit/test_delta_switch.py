@@ -4,14 +4,17 @@ the new one, whole, and with nothing left over."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from liveng import layout
+from liveng.device import bootstate, delta
 from liveng.host.rootfs import initramfs_functions
 from liveng.requests import Request
 
@@ -58,7 +61,7 @@ def delta_state(p7: Path) -> str:
     """old, new or empty; fails on a mix or on leftovers."""
     assert not (p7 / layout.SWITCH_PATH).exists()
     assert not (p7 / layout.PENDING_PATH).exists()
-    assert not (p7 / layout.STAGED_DIR).exists()
+    assert not any((p7 / d).exists() for d in layout.STAGED_DIRS)
     assert not (p7 / layout.OLD_DELTA_DIR).exists()
     assert not (p7 / layout.RESET_DELTA_DIR).exists()
     files = sorted(str(p.relative_to(p7 / "rw")) for p in (p7 / "rw").rglob("*"))
@@ -120,6 +123,69 @@ def test_delete_snapshots(tmp_path: Path, bin_dir: Path) -> None:
     assert run(tmp_path, bin_dir, 10**6)
     assert delta_state(p7) == "empty"
     assert not (p7 / layout.SNAPSHOT_DIR).exists()
+
+
+def test_a_request_in_the_other_staged_directory(tmp_path: Path, bin_dir: Path) -> None:
+    """A request staged while another was pending names rw.next; rw.new, the earlier request's
+    delta (the cut came before the device deleted it), is garbage. A cut before every step."""
+    cuts = 0
+    for crash_at in range(1, 100):
+        root = tmp_path / f"run{crash_at}"
+        root.mkdir()
+        p7 = make_p7(root, pending=dataclasses.replace(RESTORE, staged=layout.STAGED_DIRS[1]), staged=True)
+        (p7 / layout.STAGED_DIR).rename(p7 / layout.STAGED_DIRS[1])
+        (p7 / layout.STAGED_DIR / "etc").mkdir(parents=True)
+        (p7 / layout.STAGED_DIR / "etc/marker").write_text("earlier\n")
+        if run(root, bin_dir, crash_at):
+            assert delta_state(p7) == "new"
+            break
+        cuts += 1
+        assert run(root, bin_dir, 10**6)
+        assert delta_state(p7) == "new", f"cut before operation {crash_at}"
+    assert cuts >= 3
+
+
+@pytest.mark.parametrize("cut_before_request", [True, False])
+def test_a_second_request_cut_while_staging_keeps_the_first(tmp_path: Path, bin_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            cut_before_request: bool) -> None:
+    """The campaign's seed 1362263916: `liveng commit` (A), then a second commit cut while it staged;
+    the boot lost A, because the second withdrew the first request before staging. Now the first
+    stays whole until the second's request replaces it: the boot switches in A, or A and B."""
+    p7 = make_p7(tmp_path, pending=None, staged=False)
+    (p7 / layout.DELTA_STATE_DIR).mkdir(exist_ok=True)
+    commit = Request(action=layout.ACTION_COMMIT)
+
+    def fill(content: str) -> Callable[[Path], None]:
+        def write(staged: Path) -> None:
+            (staged / "etc").mkdir()
+            (staged / "etc/marker").write_text(content)
+        return write
+
+    assert delta.stage(p7, commit, fill("A\n")).staged == layout.STAGED_DIR
+    if cut_before_request:
+        def cut(path: Path, data: bytes) -> None:
+            raise KeyboardInterrupt("the power went")
+        monkeypatch.setattr(bootstate, "write_atomic", cut)
+        with pytest.raises(KeyboardInterrupt):
+            delta.stage(p7, commit, fill("A and B\n"))
+        assert (p7 / layout.STAGED_DIRS[1] / "etc/marker").exists()  # as the cut leaves it
+    else:
+        remove_tree = delta.remove_tree
+
+        def cut_after(path: Path) -> None:  # once the new request is written, before the old delta goes
+            pending = delta.read_pending(p7)
+            if path == p7 / layout.STAGED_DIR and pending and pending.staged == layout.STAGED_DIRS[1]:
+                raise KeyboardInterrupt("the power went")
+            remove_tree(path)
+        monkeypatch.setattr(delta, "remove_tree", cut_after)
+        with pytest.raises(KeyboardInterrupt):
+            delta.stage(p7, commit, fill("A and B\n"))
+        monkeypatch.undo()
+    assert run(tmp_path, bin_dir, 10**6)
+    assert (p7 / "rw/etc/marker").read_text() == ("A\n" if cut_before_request else "A and B\n")
+    assert not any((p7 / d).exists() for d in layout.STAGED_DIRS)
+    assert not (p7 / layout.PENDING_PATH).exists()
 
 
 def test_interrupted_staging_is_dropped(tmp_path: Path, bin_dir: Path) -> None:

@@ -16,7 +16,7 @@ from liveng.host import luks, rootfs
 DATA = Path(str(resources.files("liveng.device").joinpath("data/initramfs")))
 SCRIPTS = sorted(p for p in DATA.glob("*/*") if p.parent.name != "lib")
 # What the scripts used to retype: each now comes from layout.py.
-RETYPED = ("liveng/pending", "liveng/switch", "rw.new", "rw.old", "rw.reset", "liveng/persistent-paths",
+RETYPED = ("liveng/pending", "liveng/switch", "rw.new", "rw.next", "rw.old", "rw.reset", "liveng/persistent-paths",
            "liveng/paths-work", "/dev/disk/by-partuuid", "-07", "-02", "persistence.key", "liveng.id=",
            "liveng.mode=", "liveng.paths=", "liveng.reset=", "/run/live/liveng-persistence",
            "/usr/lib/liveng/tar")
