@@ -145,13 +145,10 @@ def same_round(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _by_commit(rounds: list[dict[str, Any]]) -> str:
     """Recovered/run by the code each round ran, in the order the commits were first used: the rounds
     after the last fix are the campaign run again."""
-    order: list[str] = []
-    for r in rounds:
-        if r.get("commit", "?") not in order:
-            order.append(r.get("commit", "?"))
-    counted = [r for r in rounds if r["outcome"] != "error"]
-    cells = [f"{c} {sum(r['outcome'] == 'recovered' for r in counted if r.get('commit', '?') == c)}/"
-             f"{sum(r.get('commit', '?') == c for r in counted)}" for c in order]
+    order = dict.fromkeys(r.get("commit", "?") for r in rounds)
+    run = Counter(r.get("commit", "?") for r in rounds if r["outcome"] != "error")
+    ok = Counter(r.get("commit", "?") for r in rounds if r["outcome"] == "recovered")
+    cells = [f"{c} {ok[c]}/{run[c]}" for c in order]
     return "By the commit the rounds ran (recovered/run): " + ", ".join(cells) + "."
 
 
