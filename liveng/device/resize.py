@@ -109,14 +109,54 @@ def _set_size(disk: Path, number: int, size: int) -> None:
     os.sync()
 
 
-def fs_size(part: Path) -> int:
-    """Bytes the ext4 on ``part`` spans."""
+def superblock(part: Path) -> dict[str, str]:
+    """The ext4 superblock of ``part``, as dumpe2fs -h names its fields."""
     fields = {}
     for line in run(["dumpe2fs", "-h", str(part)]).splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields[key.strip()] = value.strip()
+    return fields
+
+
+def fs_size(part: Path) -> int:
+    """Bytes the ext4 on ``part`` spans."""
+    fields = superblock(part)
     return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def _has_backup(group: int, features: list[str]) -> bool:
+    """Whether block group ``group`` holds a copy of the superblock (sparse_super: 0, 1 and the
+    powers of 3, 5 and 7; sparse_super2, whose two groups the superblock names: assumed yes)."""
+    if "sparse_super" not in features or "sparse_super2" in features or group <= 1:
+        return True
+    for base in (3, 5, 7):
+        n = base
+        while n < group:
+            n *= base
+        if n == group:
+            return True
+    return False
+
+
+def attainable(fields: dict[str, str], device_bytes: int) -> int:
+    """Bytes resize2fs makes of this ext4 on a device of ``device_bytes``: all of it, but for a last
+    block group too small to hold its own metadata and 50 blocks, which resize2fs leaves out
+    (e2fsprogs' adjust_fs_info); without this, a p7 ending such a remnant after its last full group
+    would be "grown" again at every boot."""
+    block = int(fields["Block size"])
+    per_group = int(fields["Blocks per group"])
+    first = int(fields["First block"])
+    blocks = device_bytes // block
+    groups = -(-(blocks - first) // per_group)
+    remnant = (blocks - first) % per_group
+    overhead = 2 + int(fields["Inode blocks per group"])
+    if _has_backup(groups - 1, fields.get("Filesystem features", "").split()):
+        desc_size = int(fields.get("Group descriptor size", "32"))
+        overhead += 1 + -(-groups * desc_size // block) + int(fields.get("Reserved GDT blocks", "0"))
+    if groups > 1 and remnant and remnant < overhead + 50:
+        blocks -= remnant
+    return blocks * block
 
 
 class RebootNeeded(Exception):
@@ -176,7 +216,8 @@ def resize(say: Callable[[str], None] = print) -> bool:
     if fs != part:
         changed |= _grow_mapping(part, mapping, say)
     fs_bytes = int((_sys_block(fs) / "size").read_text()) * layout.SECTOR
-    if fs_size(fs) + layout.ALIGN <= fs_bytes:
+    fields = superblock(fs)
+    if int(fields["Block count"]) * int(fields["Block size"]) + layout.ALIGN <= attainable(fields, fs_bytes):
         mounted = any(m.device.startswith("/dev/") and Path(m.device).resolve() == fs.resolve()
                       for m in system.mounts())
         if not mounted:

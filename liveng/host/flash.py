@@ -21,8 +21,9 @@ from pathlib import Path
 
 from liveng import layout
 from liveng.durable import fsync_dir
+from liveng.host import cardgrow
 from liveng.host.errors import FlashError, UsageError
-from liveng.host.flashio import Progress, verify, write_image
+from liveng.host.flashio import Progress, human, verify, write_image
 from liveng.host.imagefile import open_image
 from liveng.host.runner import run
 
@@ -76,15 +77,6 @@ class Disk:
     def describe(self) -> str:
         kind = "removable" if self.removable else "fixed"
         return f"{self.model or 'unknown model'}, {human(self.size)}, {kind}"
-
-
-def human(size: int) -> str:
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "bytes" else f"{size} bytes"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _read(path: Path, default: str = "") -> str:
@@ -294,10 +286,17 @@ def flash(image: Path, target: Path, force: bool = False, host: Host | None = No
         finally:
             os.close(fd)
         verify(image, target, size, Progress("verified", size))
-        # Let the kernel see the new partitions (a failure here changes nothing on the disk).
-        run(["blockdev", "--rereadpt", target], check=False)
-        return f"{target}: {human(size)} written and verified"
+        return finish_block(target, size)
     return _flash_file(image, target, size, st)
+
+
+def finish_block(target: Path, size: int) -> str:
+    """After the image is on the disk and read back: its partition table grown to the disk
+    (cardgrow), the kernel told; the one-line summary."""
+    grown = cardgrow.grow(target)
+    # Let the kernel see the new partitions (a failure here changes nothing on the disk).
+    run(["blockdev", "--rereadpt", target], check=False)
+    return f"{target}: {human(size)} written and verified" + (f"; {grown}" if grown else "")
 
 
 def check_file_target(image: Path, target: Path, st: os.stat_result | None) -> None:

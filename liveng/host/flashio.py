@@ -45,6 +45,15 @@ class Progress:
         self._write(("\r" if self.tty else "") + self.line(done) + "\n")
 
 
+def human(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "bytes" else f"{size} bytes"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def _is_zero(piece: memoryview) -> bool:
     return not bytes(piece).strip(b"\0")
 

@@ -24,6 +24,7 @@ from liveng import layout
 from liveng.durable import fsync_dir
 from liveng.host import disk, flash, preflight
 from liveng.host.errors import LivengError
+from liveng.host.flashio import human
 from liveng.host.imagefile import fat_file
 from liveng.host.runner import output, reading, run
 
@@ -261,21 +262,20 @@ def flash_compressed(image: Path, compression: str, target: Path, force: bool, h
     if st is not None and stat.S_ISBLK(st.st_mode):
         found = flash.check_block_target(target, st.st_rdev, size, force, host)
         flash.confirm_fixed(target, found, yes or force, flash._terminal_ask())
-        print(f"liveng: writing {image} (id {image_id}, {flash.human(size)}: {how}) to {target}: "
+        print(f"liveng: writing {image} (id {image_id}, {human(size)}: {how}) to {target}: "
               f"{found.describe()}", file=sys.stderr)
         _written(image, compression, target, bmap_path, bmap, size)
         if bmap is not None:
             blank_partition_starts(target, bmap)
-        run(["blockdev", "--rereadpt", target], check=False)
-        return f"{target}: {flash.human(size)} written and verified"
+        return flash.finish_block(target, size)
     flash.check_file_target(image, target, st)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        print(f"liveng: writing {image} (id {image_id}, {flash.human(size)}: {how}) to the file {target}",
+        print(f"liveng: writing {image} (id {image_id}, {human(size)}: {how}) to the file {target}",
               file=sys.stderr)
         _written(image, compression, tmp, bmap_path, bmap, size)
         os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    return f"{target}: {flash.human(size)} written and verified"
+    return f"{target}: {human(size)} written and verified"

@@ -18,9 +18,9 @@ from liveng.host.errors import FlashError, ImageError, UsageError
 IMAGE_ID = "1234abcd"
 
 
-def small_image(path: Path) -> Path:
+def small_image(path: Path, persistence: int = layout.MiB) -> Path:
     """A liveng disk in miniature: the partition table, p1 with image.json, some data and holes."""
-    extents, total = layout.plan(boot=4 * layout.MiB, system=layout.MiB, slot=layout.MiB, persistence=layout.MiB)
+    extents, total = layout.plan(boot=4 * layout.MiB, system=layout.MiB, slot=layout.MiB, persistence=persistence)
     with open(path, "wb") as f:
         f.truncate(total)
     disk.write_table(path, IMAGE_ID, extents)
@@ -224,11 +224,32 @@ def test_writes_and_verifies_a_block_device(tmp_path: Path, loop_device: Path,
     with open(loop_device, "r+b") as f:
         f.write(b"\xaa" * (16 * layout.MiB))  # old content everywhere, holes of the image included
     assert main(["flash", str(image), str(loop_device)]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"loop device on {tmp_path / 'disk.bin'}" in err and "16.0 MiB" in err
     size = image.stat().st_size
     with open(loop_device, "rb") as f:
-        assert f.read(size) == image.read_bytes()
+        written = f.read(size)
+    built = image.read_bytes()
+    # The image, but for the two sectors of the table that grew to the disk (the MBR: p3's size; the
+    # EBR in front of p7: p7's size).
+    changed = [i for i in range(0, size, layout.SECTOR) if written[i:i + layout.SECTOR] != built[i:i + layout.SECTOR]]
+    before, after = disk.read_table(image), disk.read_table(loop_device)
+    p7 = after.entry(7)
+    assert len(changed) == 2 and changed[0] == 0 and changed[1] < p7.start, changed
+    assert after.entry(3).start + after.entry(3).size == p7.start + p7.size == 16 * layout.MiB
+    assert p7.size == before.entry(7).size + 4 * layout.MiB
+    assert [e for e in after.entries if e.number not in (3, 7)] == \
+        [e for e in before.entries if e.number not in (3, 7)]
+    assert "persistence partition grown to 5.0 MiB" in out
+    # Flashed again to a disk it fills: the table stays as built.
+    with open(loop_device, "r+b") as f:
+        f.write(b"\xaa" * (16 * layout.MiB))
+    (tmp_path / "fills").mkdir()
+    fills = small_image(tmp_path / "fills" / "liveng.img", persistence=5 * layout.MiB)
+    assert fills.stat().st_size == 16 * layout.MiB
+    assert main(["flash", str(fills), str(loop_device)]) == 0
+    assert "grown" not in capsys.readouterr().out
+    assert disk.read_table(loop_device) == disk.read_table(fills)
     # Someone else holds it open exclusively (as a mount would): refused, nothing written.
     held = os.open(loop_device, os.O_RDONLY | os.O_EXCL)
     try:
