@@ -1,7 +1,7 @@
 """Torn writes: after the power cut, one sector of the card partly overwritten, as a card that lost
 power while programming it would leave it. Under QEMU the sector being written at the cut is not
 known, so the sector is one an operation writes: a copy of the boot state (grubenv, grubenv.bak),
-the FAT sector that maps it, an EBR of the extended partition, or the last commit block of p7's
+the FAT sector that maps it, the EBR in front of p7, or the last commit block of p7's
 journal. The sector keeps its new content up to a random byte, then old content (the golden's, before
 the round), random bytes, or an erased card's 0xff."""
 
@@ -64,7 +64,12 @@ def fat_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
 
 
 def ebr_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
-    """An EBR of the chain (the resize rewrites p7's) or the MBR (the extended partition's size)."""
+    """The EBR in front of p7, the one a resize writes (sfdisk -N 7 writes that sector alone).
+
+    Not the MBR, the resize's other write: the firmware reads it before anything on the disk runs,
+    so no system on an MBR disk can come back from a torn one, and `liveng flash` grows the table on
+    the host so that the device never writes it (a card written by another tool writes it once, at
+    its first boot: README, Resize). The issue's faults name the EBRs."""
     table = read_table(disk)
     ext = table.entry(3).start
     chain = [0, ext]
@@ -78,8 +83,8 @@ def ebr_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
                 break
             here = ext + rel * SECTOR
             chain.append(here)
-    offset = rng.choice([chain[0], chain[-1]])
-    return offset, "the MBR" if offset == 0 else f"the EBR at {offset}"
+    rng.choice((0, 1))  # drawn as when the MBR was a choice, so that earlier seeds replay the same
+    return chain[-1], f"the EBR at {chain[-1]}"
 
 
 def _journal_blocks(disk: Path, p7: int) -> tuple[int, list[int]]:

@@ -208,3 +208,28 @@ def test_packages_dpkg_wants_reinstalled(tmp_path: Path) -> None:
     out = subprocess.run(["sh", "-c", REINST_REQUIRED], capture_output=True, text=True, check=True,
                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
     assert out.split() == ["liveng-faults-demo", "other"]
+
+
+def test_the_ebr_torn_is_the_one_in_front_of_p7(tmp_path: Path) -> None:
+    """Never the MBR (nothing on an MBR disk survives a torn one; liveng flash keeps the device from
+    writing it), whatever the seed draws."""
+    import random
+
+    from bench.faults import inject
+    from liveng import layout
+    from liveng.host import disk
+
+    extents, total = layout.plan(boot=4 * layout.MiB, system=layout.MiB, slot=layout.MiB, persistence=layout.MiB)
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(total)
+    disk.write_table(image, "1234abcd", extents)
+    p7 = disk.read_table(image).entry(7)
+    for seed in range(8):
+        offset, what = inject.ebr_sector(image, random.Random(seed))
+        with open(image, "rb") as f:
+            f.seek(offset)
+            ebr = f.read(layout.SECTOR)
+        # The EBR's first entry: p7, from the EBR's own sector.
+        assert offset + int.from_bytes(ebr[446 + 8:446 + 12], "little") * layout.SECTOR == p7.start, what
+        assert offset > 0 and "MBR" not in what
