@@ -5,14 +5,15 @@
     sudo .venv/bin/python -m bench.faults --rounds 20 --ops commit-ram,reset --faults cut,torn
     sudo .venv/bin/python -m bench.faults --seed 123 --ops reset --faults torn   # replay one round
     sudo .venv/bin/python -m bench.faults --rounds 200 --worker 1/2 & \
-    sudo .venv/bin/python -m bench.faults --rounds 200 --worker 2/2      # one VM per core
+    sudo .venv/bin/python -m bench.faults --rounds 200 --worker 2/2      # one VM per core, one workdir
 
 Every round is recorded in the state file (default bench/faults-state.json) as soon as it ends, and
 bench/RESULTS.md's fault section is rewritten from it: stopping (Ctrl-C, a crash) loses at most the
 round under way, and the same command goes on. The next round is the (operation, fault) pair that
 applies to this image with the fewest rounds so far on either image; its seed (from the campaign
 seed, the image, the pair and its number among that pair's rounds) decides everything random in it:
-the files' content, the moment of the fault, the torn sector. Images and
+the files' content, the moment of the fault, the torn sector. A pair another process is running
+(any image) counts one round more, so processes side by side spread over the pairs. Images and
 goldens are built once into --workdir (about 4 GB for the PC with every operation).
 """
 
@@ -24,6 +25,7 @@ import random
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +44,19 @@ def pairs_for(arch: str, ops: list[str], faults: list[str]) -> list[tuple[str, s
     return sorted(pairs, key=lambda p: ((ops.index(p[0]) - faults.index(p[1])) % len(faults), ops.index(p[0])))
 
 
-def next_pair(state: dict[str, Any], arch: str, pairs: list[tuple[str, str]]) -> tuple[str, str]:
-    """The pair of ``arch`` with the fewest rounds on both images (the goal counts them together)."""
+def next_pair(state: dict[str, Any], arch: str, pairs: list[tuple[str, str]],
+              busy: Iterable[tuple[str, str]] = ()) -> tuple[str, str]:
+    """The pair of ``arch`` with the fewest rounds on both images (the goal counts them together);
+    a round under way in another process (``busy``) counts as one already."""
     done = Counter((r["op"], r["fault"]) for r in state["rounds"] if not r.get("replay"))
+    done.update(busy)
     return min(pairs, key=lambda p: (done[p], pairs.index(p)))
 
 
-def round_seed(state: dict[str, Any], arch: str, op: str, fault: str) -> int:
-    """The next round of this pair on this image: its number among them makes it new whatever the
-    number of workers (workers take disjoint pairs); a seed already drawn is passed over."""
-    used = {r["seed"] for r in state["rounds"]}
+def round_seed(state: dict[str, Any], arch: str, op: str, fault: str, taken: Iterable[int] = ()) -> int:
+    """The next round of this pair on this image: its number among them makes it new; a seed already
+    drawn, or ``taken`` by a round under way in another process, is passed over."""
+    used = {r["seed"] for r in state["rounds"]} | set(taken)
     n = sum(1 for r in state["rounds"] if (r["arch"], r["op"], r["fault"]) == (arch, op, fault))
     while True:
         seed = random.Random(f"{state['campaign_seed']}:{arch}:{op}:{fault}:{n}").randrange(2**32)
@@ -95,7 +100,7 @@ def campaign(args: argparse.Namespace) -> int:
         state = record.load(args.state)
         record.save(args.state, state)
     worker, workers = args.worker
-    pairs = pairs_for(args.arch, ops, faults)[worker::workers]
+    pairs = pairs_for(args.arch, ops, faults)
     if not pairs:
         raise SystemExit("no (operation, fault) pair applies: see --ops and --faults")
     replay = args.seed is not None
@@ -128,15 +133,18 @@ def campaign(args: argparse.Namespace) -> int:
         if w.channel:
             w.channel_port = stack.enter_context(serve(w.channel)).port
         while True:
-            state = record.load(args.state)  # other workers' rounds too
-            mine = [r for r in state["rounds"] if r["arch"] == args.arch and not r.get("replay")]
-            if replay:
-                seed, (op, fault) = args.seed, pairs[0]
-            elif len(mine) >= args.rounds:
-                break
-            else:
-                op, fault = next_pair(state, args.arch, pairs)
-                seed = round_seed(state, args.arch, op, fault)
+            with record.locked(args.state):
+                state = record.load(args.state)  # other workers' rounds too
+                mine = [r for r in state["rounds"] if r["arch"] == args.arch and not r.get("replay")]
+                if replay:
+                    seed, (op, fault) = args.seed, pairs[0]
+                elif len(mine) >= args.rounds:
+                    break
+                else:
+                    others = list(record.running(args.state).values())
+                    op, fault = next_pair(state, args.arch, pairs, [(o, f) for o, f, _ in others])
+                    seed = round_seed(state, args.arch, op, fault, [s for _, _, s in others])
+                    record.set_running(args.state, (op, fault, seed))
             spec = rounds.Spec(seed, op, fault, choose_partner(op, fault, seed, args.arch, args.partner))
             print(f"round {len(mine) + 1}/{args.rounds}: seed {seed}, {op}"
                   + (f" + {spec.partner}" if spec.partner else "") + f", {fault}", flush=True)
@@ -174,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/liveng-faults"))
     parser.add_argument("--keep-failed", action="store_true", help="keep the disk of each failed round in the logs")
     parser.add_argument("--worker", type=worker_of, default=(0, 1), metavar="K/N",
-                        help="one of N campaign processes side by side (K from 1): each takes every Nth "
-                             "(operation, fault) pair, all share --state and the images in --workdir")
+                        help="one of N campaign processes side by side (K from 1) in one --workdir: each "
+                             "has its own round disk there; all share --state and the images")
     args = parser.parse_args(argv)
     if args.results == Path(""):
         args.results = None

@@ -47,6 +47,39 @@ def locked(path: Path) -> Iterator[None]:
         yield
 
 
+def _claims_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.running")
+
+
+def running(path: Path) -> dict[int, tuple[str, str, int]]:
+    """The rounds other campaign processes are running now, (operation, fault, seed) by process id
+    (processes gone, stopped or killed mid-round, left out). Call with the state locked."""
+    try:
+        claims = json.loads(_claims_path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    alive = {}
+    for pid, (op, fault, seed) in claims.items():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass  # alive, another user's
+        alive[int(pid)] = (op, fault, seed)
+    return alive
+
+
+def set_running(path: Path, round_: tuple[str, str, int] | None) -> None:
+    """This process runs ``round_`` (operation, fault, seed; None: nothing). Call with the state locked."""
+    claims = {pid: list(r) for pid, r in running(path).items() if pid != os.getpid()}
+    if round_:
+        claims[os.getpid()] = list(round_)
+    tmp = _claims_path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(claims))
+    tmp.replace(_claims_path(path))
+
+
 def add(path: Path, rec: dict[str, Any], durations: dict[str, float], results: Path | None,
         ops: list[str], faults: list[str], applies: Applies | None = None) -> dict[str, Any]:
     """One round more in the state file as it is now (other workers' rounds included), then the
@@ -54,6 +87,7 @@ def add(path: Path, rec: dict[str, Any], durations: dict[str, float], results: P
     with locked(path):
         state = load(path)
         state["rounds"].append(rec)
+        set_running(path, None)
         for op, seconds in durations.items():
             state["durations"][op] = max(state["durations"].get(op, 0.0), seconds)
         save(path, state)

@@ -150,6 +150,37 @@ def test_workers_add_rounds_to_one_state(tmp_path: Path) -> None:
     assert "replayed on def: recovered" in text
 
 
+def test_processes_side_by_side_take_different_rounds(tmp_path: Path) -> None:
+    """A round under way elsewhere counts for its pair and keeps its seed; a process gone (killed
+    mid-round) no longer does; recording a round ends this process's claim."""
+    path = tmp_path / "state.json"
+    state = record.load(path)
+    record.save(path, state)
+    pairs = pairs_for("pc", list(OPS), list(rounds.FAULTS))
+    first = next_pair(state, "pc", pairs)
+    seed = round_seed(state, "pc", *first)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claims = {str(child.pid): [*first, seed]}
+        (tmp_path / ".state.json.running").write_text(json.dumps(claims))
+        others = list(record.running(path).values())
+        assert others == [(*first, seed)]
+        second = next_pair(state, "pc", pairs, [(o, f) for o, f, _ in others])
+        assert second != first
+        # Alone on the pair's last open round, both would take the pair: never the seed.
+        assert round_seed(state, "pc", *first, [seed]) != seed
+        record.set_running(path, (*second, 7))
+        assert sorted(record.running(path).values()) == sorted([(*first, seed), (*second, 7)])
+        record.add(path, {"seed": 7, "op": second[0], "fault": second[1], "arch": "pc", "partner": None,
+                          "outcome": "recovered", "problems": [], "started": "2026-12-06T09:00:00Z"},
+                   {}, None, list(OPS), list(rounds.FAULTS))
+        assert list(record.running(path).values()) == [(*first, seed)]
+    finally:
+        child.kill()
+        child.wait()
+    assert record.running(path) == {}
+
+
 def test_worker_argument() -> None:
     assert worker_of("1/2") == (0, 2) and worker_of("2/2") == (1, 2)
     for bad in ("0/2", "3/2", "2", "a/b"):
