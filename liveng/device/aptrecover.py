@@ -10,8 +10,8 @@ its InRelease named, so every apt command failed until its owner cleaned up by h
 At the boot after an unclean shutdown (live-premount/liveng-p7 leaves layout.P7_UNCLEAN_PATH),
 liveng-apt-recover.service, before any login or apt timer: the cached .debs and partial downloads go
 (apt downloads them again), apt's binary caches go (apt makes them again), a list whose size or
-SHA256 is not what its InRelease says goes with that InRelease (the next `apt-get update` fetches
-them again), and an extended_states apt cannot parse is moved aside. It holds apt's own locks
+SHA256 is not what its InRelease (or Release) says goes with that file (the next `apt-get update`
+fetches them again), and an extended_states apt cannot parse is moved aside. It holds apt's own locks
 meanwhile. dpkg's database needs none of this: dpkg fsyncs it.
 """
 
@@ -99,15 +99,27 @@ def _remove(path: Path, root: Path, report: Report) -> None:
 
 
 def _stale_lists(lists: Path) -> Iterator[Path]:
-    """Each list an InRelease names whose size or SHA256 differs, with that InRelease; an
-    InRelease that is itself torn (no whole signature, NUL bytes) with every list of its source."""
+    """Each list an InRelease (or a Release with its Release.gpg, for a source that has no
+    InRelease) names whose size or SHA256 differs, with that release file; a release file that is
+    itself torn (NUL bytes, no whole signature) with every list of its source."""
     try:
         names = sorted(p.name for p in lists.iterdir() if p.is_file() and not p.is_symlink())
     except FileNotFoundError:
         return
-    for release in (n for n in names if n.endswith("_InRelease")):
-        prefix = release[: -len("InRelease")]
-        entries = _release_hashes((lists / release).read_bytes())
+    for release in names:
+        if release.endswith("_InRelease"):
+            prefix = release[: -len("InRelease")]
+            entries = _release_hashes((lists / release).read_bytes())
+            own = [release]
+        elif release.endswith("_Release") and release.replace("_Release", "_InRelease") not in names:
+            prefix = release[: -len("Release")]
+            signature = lists / f"{release}.gpg"
+            entries = _release_hashes((lists / release).read_bytes(), signed=False)
+            if not signature.is_file() or not _whole_signature(signature.read_bytes()):
+                entries = None
+            own = [release, signature.name]
+        else:
+            continue
         if entries is None:
             yield from (lists / n for n in names if n.startswith(prefix))
             continue
@@ -115,15 +127,19 @@ def _stale_lists(lists: Path) -> Iterator[Path]:
                  and not _matches(lists / n, *entries[n[len(prefix):]])]
         yield from (lists / n for n in stale)
         if stale:
-            yield lists / release
+            yield from (lists / n for n in own if n in names)
 
 
-def _release_hashes(text: bytes) -> dict[str, tuple[int, str]] | None:
+def _whole_signature(text: bytes) -> bool:
+    return b"\0" not in text and text.rstrip().endswith(b"-----END PGP SIGNATURE-----")
+
+
+def _release_hashes(text: bytes, signed: bool = True) -> dict[str, tuple[int, str]] | None:
     """{list file name after its source's prefix, as apt stores it: (size, sha256)} from an
-    InRelease; None when torn.
+    InRelease (``signed``) or a Release; None when torn.
 
     The signature was checked by apt when it downloaded the file; here only its wholeness matters."""
-    if b"\0" in text or not text.rstrip().endswith(b"-----END PGP SIGNATURE-----"):
+    if b"\0" in text or (signed and not _whole_signature(text)):
         return None
     entries: dict[str, tuple[int, str]] = {}
     in_sha256 = False

@@ -94,6 +94,36 @@ def test_a_torn_inrelease_takes_its_source_with_it(root: Path) -> None:
     assert other.exists()
 
 
+REPO = "apt.example.org_debian_dists_stable_"  # a source that publishes Release and Release.gpg only
+
+
+def _release_source(lists: Path) -> None:
+    signed = in_release({"main/binary-amd64/Packages": PACKAGES})
+    body, _, signature = signed.partition(b"-----BEGIN PGP SIGNATURE-----")
+    (lists / f"{REPO}Release").write_bytes(body.split(b"\n\n", 1)[1])
+    (lists / f"{REPO}Release.gpg").write_bytes(b"-----BEGIN PGP SIGNATURE-----" + signature)
+    (lists / f"{REPO}main_binary-amd64_Packages").write_bytes(PACKAGES)
+
+
+def test_a_source_without_inrelease(root: Path) -> None:
+    lists = root / aptrecover.LISTS
+    _release_source(lists)
+    aptrecover.recover(root)
+    assert len(list(lists.glob(f"{REPO}*"))) == 3  # whole: kept
+    # A torn list goes, with the Release that named it and its signature.
+    (lists / f"{REPO}main_binary-amd64_Packages").write_bytes(torn(PACKAGES, 30))
+    report = aptrecover.recover(root)
+    assert not list(lists.glob(f"{REPO}*"))
+    assert f"/{aptrecover.LISTS}/{REPO}Release.gpg" in report.removed
+    assert len(list(lists.glob(f"{PREFIX}*"))) == 3  # the other source is whole
+    # A torn signature, or a torn Release: the whole source goes.
+    for name, keep in (("Release.gpg", 10), ("Release", 40)):
+        _release_source(lists)
+        (lists / f"{REPO}{name}").write_bytes(torn((lists / f"{REPO}{name}").read_bytes(), keep))
+        aptrecover.recover(root)
+        assert not list(lists.glob(f"{REPO}*")), name
+
+
 def test_links_are_removed_not_followed(root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     outside = tmp_path_factory.mktemp("outside") / "precious.deb"
     outside.write_bytes(b"keep")
