@@ -100,7 +100,19 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
     record: dict[str, Any] = {"seed": spec.seed, "op": spec.op, "fault": spec.fault, "partner": spec.partner,
                               "arch": world.arch, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     start = time.monotonic()
+    phases: dict[str, float] = {}  # seconds each part of the round took: where a round's time goes
+    record["phases"] = phases
+
+    last = start
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        phases[name] = round(now - last, 1)
+        last = now
+
     vm = golden.resume(g, disk, log)
+    lap("resume")
     ctx = Ctx(vm, rng, world, kind, disk_full=spec.fault in ("full", "inodes"))
     record["notes"] = ctx.notes
     try:
@@ -110,6 +122,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
             o.prepare(ctx)
         if spec.fault in ("full", "inodes"):
             ctx.notes["fill"] = guest.fill_p7(vm, "blocks" if spec.fault == "full" else "inodes")
+        lap("prepare")
         span = max(window(o, durations, g, ctx) for o in ops)
         fraction = rng.random()
         delay = fraction * span * 1.2
@@ -129,6 +142,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         except pexpect.TIMEOUT:
             pass
         vm.power_cut()
+        lap("operation")
     except Exception as exc:  # a harness failure is recorded; the campaign goes on
         vm.close()
         record.update(outcome="error", problems=[f"before the fault: {exc!r}"[:600]],
@@ -147,14 +161,17 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
     vm = Vm(disk, log, bios=g.bios, memory=g.memory, machine=g.machine)
     try:
         record["boot_seconds"] = round(vm.wait_shell(timeout=BOOT_BOUND))
+        lap("boot")
         guest.upload(vm)
         ctx.vm = vm
         problems += checks.in_guest(vm, ctx.notes, ctx.disk_full)
         problems += _check_common(ctx, vm, op, ops)
         for o in ops:
             problems += o.check(ctx, vm)
+        lap("checks")
         vm.poweroff()
         powered_off = True
+        lap("poweroff")
     except VmError as exc:
         problems.append(f"{exc}"[:400])
         record["console"] = exc.console[-1500:]  # in the state file; the RESULTS line stays short
@@ -172,6 +189,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
             problems += o.check_host(ctx, disk)
         except Exception as exc:
             problems.append(f"{o.name} host check: {exc!r}")
+    lap("host")
     record.update(outcome="failed" if problems else "recovered", problems=problems,
                   seconds=round(time.monotonic() - start))
     return record
