@@ -150,6 +150,7 @@ def campaign(args: argparse.Namespace) -> int:
                   + (f" + {spec.partner}" if spec.partner else "") + f", {fault}", flush=True)
             rec = rounds.run(w, spec, state["durations"], rounddir, logdir)
             rec["commit"] = commit
+            rec["image_commit"] = w.image_commit
             rec["replay"] = replay
             measured = {}
             if rec.get("op_rc") == 0 and not spec.partner and fault not in ("full", "inodes") \

@@ -176,14 +176,21 @@ def same_round(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in ("seed", "arch", "op", "fault", "partner"))
 
 
+def ran(r: dict[str, Any]) -> str:
+    """The commit whose device code a round ran: its images' (recorded since 2026-12-06), else the
+    harness's, which built the images of the rounds before."""
+    image = r.get("image_commit", "?")
+    return str(image if image != "?" else r.get("commit", "?"))
+
+
 def _by_commit(rounds: list[dict[str, Any]]) -> str:
-    """Recovered/run by the code each round ran, in the order the commits were first used: the rounds
-    after the last fix are the campaign run again."""
-    order = dict.fromkeys(r.get("commit", "?") for r in rounds)
-    run = Counter(r.get("commit", "?") for r in rounds if r["outcome"] != "error")
-    ok = Counter(r.get("commit", "?") for r in rounds if r["outcome"] == "recovered")
+    """Recovered/run by the code each round ran (its images'), in the order the commits were first
+    used: the rounds after the last fix are the campaign run again."""
+    order = dict.fromkeys(ran(r) for r in rounds)
+    run = Counter(ran(r) for r in rounds if r["outcome"] != "error")
+    ok = Counter(ran(r) for r in rounds if r["outcome"] == "recovered")
     cells = [f"{c} {ok[c]}/{run[c]}" for c in order]
-    return "By the commit the rounds ran (recovered/run): " + ", ".join(cells) + "."
+    return "By the commit whose images the rounds ran (recovered/run): " + ", ".join(cells) + "."
 
 
 def _goal(rounds: list[dict[str, Any]], ops: list[str], faults: list[str], applies: Applies) -> str:

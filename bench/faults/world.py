@@ -22,6 +22,7 @@ from tests.boot.conftest import (
 )
 
 from .kernelrepo import KernelPackage, index_repo, kernel_repo
+from .record import commit_id
 
 HOST = "10.0.2.2"  # the host, seen from QEMU's user-mode network
 MEMORY = 2048  # MiB for every VM: the RAM modes copy the system into RAM (mode set can switch to them)
@@ -41,6 +42,7 @@ class World:
     kernel: KernelPackage | None = None
     repo_port: int = 0  # set while the campaign's web server runs
     channel_port: int = 0
+    image_commit: str = "?"  # the commit whose code built the images: the device code every round runs
 
 
 def kinds_for(arch: str) -> tuple[str, ...]:
@@ -53,6 +55,9 @@ def make(arch: str, workdir: Path, kinds: set[str], need_repo: bool, need_channe
     """Build what the chosen operations need (each part once: kept in ``workdir``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     world = World(arch, workdir)
+    marker = workdir / "images-commit"
+    if not marker.exists():  # images found without it were built by code that did not say which
+        marker.write_text(("?" if any(workdir.glob("*.img")) else commit_id()) + "\n")
     if arch == "pc":
         key = signing_key(workdir)
         images = {"base": lambda: build_image(workdir, "trixie", "trixie", extra=update_recipe(key[1], "1")),
@@ -69,6 +74,7 @@ def make(arch: str, workdir: Path, kinds: set[str], need_repo: bool, need_channe
         world.goldens["base"] = golden.make(image, workdir, "golden-virt", memory=MEMORY, machine="virt")
     for kind, g in world.goldens.items():
         world.system_hash[kind] = partition_hash(g.disk, layout.Role.SYSTEM)
+    world.image_commit = marker.read_text().strip()
     if need_repo:
         world.repo = make_repo(workdir / "repo")
     if need_kernel:

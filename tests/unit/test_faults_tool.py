@@ -60,11 +60,16 @@ def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
         {"seed": 1, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "recovered", "problems": [],
          "started": "2026-12-06T06:00:00Z", "commit": "abc"},
         {"seed": 2, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "failed", "delay": 3.5,
-         "problems": ["no shell"], "started": "2026-12-06T06:05:00Z", "commit": "abc"}]}
+         "problems": ["no shell"], "started": "2026-12-06T06:05:00Z", "commit": "abc"},
+        {"seed": 3, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "recovered", "problems": [],
+         "started": "2026-12-06T06:10:00Z", "commit": "fed", "image_commit": "abc"},
+        {"seed": 4, "op": "reset", "fault": "cut", "arch": "pc", "outcome": "recovered", "problems": [],
+         "started": "2026-12-06T06:15:00Z", "commit": "fed", "image_commit": "fed"}]}
     record.write_results(results, record.section(state, list(OPS), list(rounds.FAULTS)))
     text = results.read_text()
-    assert "| reset | 1/2 | - | - | - | - |" in text
-    assert "By the commit the rounds ran (recovered/run): abc 1/2." in text
+    assert "| reset | 3/4 | - | - | - | - |" in text
+    # By the images' commit: the harness's newer code ran abc's images in round 3.
+    assert "By the commit whose images the rounds ran (recovered/run): abc 2/3, fed 1/1." in text
     assert "seed 2 (reset, cut, fault 3.5 s in): no shell" in text and "--seed 2 --ops reset --faults cut" in text
     assert record._one_line("\x1b[1mdpkg:\x1b[0m error\n  more") == "dpkg: error more"
     results.write_text(text + "\n## After\nmore\n")
