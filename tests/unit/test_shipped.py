@@ -104,6 +104,12 @@ def test_flash_to_a_block_device_writes_the_mapped_ranges(tmp_path: Path, loop_d
             n = min(layout.MiB, entry.size)
             f.seek(entry.start)
             assert f.read(n) == data[entry.start:entry.start + n], entry
+    # A smaller image: its table grows to the disk, as with a raw image (test_flash).
+    (tmp_path / "small").mkdir()
+    small, _, _ = shipped.package(small_image(tmp_path / "small" / "liveng.img"), "zstd")
+    assert "persistence partition grown to 5.0 MiB" in flash.flash(small, loop_device)
+    p7 = disk.read_table(loop_device).entry(7)
+    assert p7.start + p7.size == 16 * layout.MiB
 
 
 def test_build_compress_leaves_the_three_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
