@@ -1,12 +1,23 @@
 """Torn writes: after the power cut, one sector of the card partly overwritten, as a card that lost
-power while programming it would leave it. Under QEMU the sector being written at the cut is not
-known, so the sector is one an operation writes: a copy of the boot state (grubenv, grubenv.bak),
-the FAT sector that maps it, the EBR in front of p7, or the last commit block of p7's
-journal. The sector keeps its new content up to a random byte, then old content (the golden's, before
-the round), random bytes, or an erased card's 0xff."""
+power while programming it would leave it. The sector is either the last one the guest was writing
+("last": QEMU traces the guest's disk writes from the moment the operation starts, and the tear is
+in the last request it was given, in flight at the cut or the last before it) or one of a structure
+liveng keeps whole by its own means however a sector of it tears: a copy of the boot state
+(grubenv, grubenv.bak), the FAT sector that maps it, or the EBR in front of p7. The sector keeps its
+new content up to a random byte, then old content (the golden's, before the round), random bytes, or
+an erased card's 0xff.
+
+Why the last write and not, as at first, the newest commit block of p7's journal: that block may
+have been written, flushed and its fsync returned long before the cut, with the application gone on
+(seed 3033260409: an SQLite transaction and a log line acknowledged, then the commit block holding
+the log line torn, so the log lost a line the database kept). No card can lose a sector whose flush
+it has acknowledged, so no file system can be asked to survive that; a sector of the last write can
+tear, and everything written before it stays, as after a cut during that write.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -16,6 +27,7 @@ from typing import Any
 
 from liveng import layout
 from liveng.host.disk import read_table
+from liveng.host.qmp import Qmp
 
 SECTOR = layout.SECTOR
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
@@ -101,11 +113,6 @@ def _journal_blocks(disk: Path, p7: int) -> tuple[int, list[int]]:
     return block, blocks
 
 
-def journal_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
-    """A sector of the newest commit block in p7's journal (the last thing a transaction writes)."""
-    return newest_commit(disk, read_table(disk).entry(7).start)
-
-
 def newest_commit(disk: Path, p7: int) -> tuple[int, str]:
     """The first sector of the newest commit block of the ext4 at byte ``p7`` of ``disk``."""
     block, blocks = _journal_blocks(disk, p7)
@@ -126,13 +133,72 @@ def newest_commit(disk: Path, p7: int) -> tuple[int, str]:
     return p7 + blocks[best[1]] * block, f"the commit block of transaction {best[0]} (journal block {best[1]})"
 
 
-FINDERS = {"grubenv": grubenv_sector, "fat": fat_sector, "ebr": ebr_sector, "journal": journal_sector}
+TRACED = ("virtio_blk_handle_write", "virtio_blk_rw_complete")
+_WRITE = re.compile(r"virtio_blk_handle_write .*req (0x[0-9a-f]+) sector (\d+) nsectors (\d+)$")
+_DONE = re.compile(r"virtio_blk_rw_complete .*req (0x[0-9a-f]+) ret")
 
 
-def tear(disk: Path, before: Path, rng: random.Random, regions: tuple[str, ...]) -> dict[str, Any]:
-    """Tear one sector of ``disk`` in one of ``regions``; ``before``: the disk as it was before the round."""
+def trace_writes(qmp: Path, trace: Path) -> None:
+    """From now on QEMU logs each disk write the guest submits and completes to ``trace`` (its
+    trace events, switched on through the VM's QMP socket; the log is line-buffered, so a kill
+    leaves every whole line)."""
+    trace.unlink(missing_ok=True)
+    q = Qmp(qmp)
+    try:
+        q.execute("human-monitor-command", **{"command-line": f"logfile {trace}"})
+        for event in TRACED:
+            q.execute("trace-event-set-state", name=event, enable=True)
+    finally:
+        q.close()
+
+
+def last_write(trace: Path) -> tuple[int, int, bool] | None:
+    """(first sector, sectors, in flight) of the request to tear: the last submitted of those still
+    in flight at the cut, else the last submitted; None when the guest wrote nothing."""
+    submitted: dict[str, tuple[int, int]] = {}
+    order: list[str] = []
+    done: set[str] = set()
+    with contextlib.suppress(FileNotFoundError), open(trace, errors="replace") as f:
+        for line in f:
+            if m := _WRITE.search(line.strip()):
+                req = m.group(1)
+                submitted[req] = (int(m.group(2)), int(m.group(3)))
+                done.discard(req)  # QEMU reuses a request's memory
+                order.append(req)
+            elif m := _DONE.search(line):
+                done.add(m.group(1))
+    if not order:
+        return None
+    flying = [r for r in order if r not in done]
+    req = flying[-1] if flying else order[-1]
+    return (*submitted[req], bool(flying))
+
+
+def last_sector(disk: Path, rng: random.Random, trace: Path) -> tuple[int, str] | None:
+    found = last_write(trace)
+    if found is None:
+        return None
+    first, count, flying = found
+    k = rng.randrange(count)
+    return (first + k) * SECTOR, (f"sector {k} of {count} of the last write ({'in flight' if flying else 'done'} "
+                                  f"at the cut, from sector {first})")
+
+
+FINDERS = {"grubenv": grubenv_sector, "fat": fat_sector, "ebr": ebr_sector}
+
+
+def tear(disk: Path, before: Path, rng: random.Random, regions: tuple[str, ...], trace: Path) -> dict[str, Any]:
+    """Tear one sector of ``disk`` in one of ``regions`` ("last": of the last write in ``trace``);
+    ``before``: the disk as it was before the round."""
     region = rng.choice(regions)
-    offset, what = FINDERS[region](disk, rng)
+    if region == "last":
+        found = last_sector(disk, rng, trace)
+        if found is None:
+            return {"region": region, "what": "nothing: the guest wrote nothing after the operation began",
+                    "changed": False}
+        offset, what = found
+    else:
+        offset, what = FINDERS[region](disk, rng)
     style = rng.choice(("old", "random", "erased"))
     keep = rng.randrange(1, SECTOR)  # bytes of the new content that made it
     with open(disk, "r+b") as f:

@@ -39,7 +39,7 @@ class Op:
     name = ""
     kinds: tuple[str, ...] = ("base",)  # the goldens it runs on (the first: when it is the round's operation)
     arches: tuple[str, ...] = ("pc", "arm64")
-    regions: tuple[str, ...] = ("journal",)  # where a torn sector may be (inject.py)
+    regions: tuple[str, ...] = ("last",)  # where a torn sector may be (inject.py)
     window = 30.0  # seconds the fault moment is spread over, until a round measures the operation
     reboots = False  # the command ends in a reboot: the window covers the boot
     discards_delta = False  # A_DIR may be wholly gone afterwards

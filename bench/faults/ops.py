@@ -23,7 +23,7 @@ from .world import HOST
 
 class Boot(Op):
     name = "boot"
-    regions = ("grubenv", "fat", "journal")
+    regions = ("grubenv", "fat", "last")
     reboots = True
     window = 10.0
 
@@ -43,7 +43,7 @@ class Boot(Op):
 class KernelInstall(Op):
     name = "kernel-install"
     kinds = ("base", "ram")
-    regions = ("grubenv", "fat", "journal")
+    regions = ("grubenv", "fat", "last")
     window = 25.0
 
     def command(self, ctx: Ctx) -> str:
@@ -57,7 +57,7 @@ class Commit(Op):
     name = "commit-ram"
     kinds = ("ram",)
     arches = ("pc",)  # the RAM-mode images are built for the PC only (world.kinds_for)
-    regions = ("grubenv", "fat", "journal")
+    regions = ("grubenv", "fat", "last")
     window = 40.0
 
     def prepare(self, ctx: Ctx) -> None:
@@ -91,7 +91,7 @@ class CommitPaths(Commit):
 
 class Restore(Op):
     name = "snapshot-restore"
-    regions = ("grubenv", "fat", "journal")
+    regions = ("grubenv", "fat", "last")
     reboots = True
 
     def prepare(self, ctx: Ctx) -> None:
@@ -109,7 +109,7 @@ class Restore(Op):
 
 class Reset(Op):
     name = "reset"
-    regions = ("grubenv", "fat", "journal")
+    regions = ("grubenv", "fat", "last")
     reboots = True
     discards_delta = True
 
@@ -119,7 +119,7 @@ class Reset(Op):
 
 class Resize(Op):
     name = "resize"
-    regions = ("ebr", "journal")
+    regions = ("ebr", "last")
     pairs = False  # the disk grows first, from the host
 
     def prepare(self, ctx: Ctx) -> None:
@@ -154,7 +154,7 @@ class Resize(Op):
 
 class Settings(Op):
     name = "settings"
-    regions = ("fat", "journal")
+    regions = ("fat", "last")
 
     def prepare(self, ctx: Ctx) -> None:
         name = f"faults{ctx.rng.randrange(10**6)}"
@@ -232,7 +232,7 @@ class DbWrites(Op):
     def check(self, ctx: Ctx, vm: Vm) -> list[str]:
         problems, report = guest.check_db(vm, self.DIR, "database")
         ctx.notes["db"] = {k: report.get(k) for k in ("journal", "integrity", "logged", "in_db", "in_flight")}
-        if report.get("journal") not in (None, ctx.notes["journal"]):
+        if report.get("last") not in (None, ctx.notes["journal"]):
             problems.append(f"database: journal_mode {report['journal']}, written in {ctx.notes['journal']}")
         return problems
 
@@ -249,7 +249,7 @@ class DbWritesPaths(DbWrites):
 class UpdateApply(Op):
     name = "update-apply"
     arches = ("pc",)
-    regions = ("grubenv", "fat", "journal")
+    regions = ("grubenv", "fat", "last")
     window = 45.0
     writer = False  # v2 gets a copy of /home made during the apply: later files are not carried, by design
     pairs = False

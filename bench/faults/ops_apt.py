@@ -106,7 +106,7 @@ class AptKernel(Op):
     into that slot: the fault may land in its trial boot."""
 
     name = "apt-kernel"
-    regions = ("grubenv", "fat", "journal")
+    regions = ("grubenv", "fat", "last")
     window = 300.0  # until a round measures it: dpkg, update-initramfs, the slot write (pc, TCG: 293 s)
 
     def prepare(self, ctx: Ctx) -> None:

@@ -123,6 +123,10 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         if spec.fault in ("full", "inodes"):
             ctx.notes["fill"] = guest.fill_p7(vm, "blocks" if spec.fault == "full" else "inodes")
         lap("prepare")
+        trace = workdir / "writes.trace"
+        if spec.fault == "torn":  # the guest's writes from here on: the last of them is the one that tears
+            assert vm.qmp_path is not None
+            inject.trace_writes(vm.qmp_path, trace)
         span = max(window(o, durations, g, ctx) for o in ops)
         fraction = rng.random()
         delay = fraction * span * 1.2
@@ -151,7 +155,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
     if spec.fault == "torn":
         regions = tuple(sorted({r for o in ops for r in o.regions}))
         try:
-            record["torn"] = inject.tear(disk, g.disk, rng, regions)
+            record["torn"] = inject.tear(disk, g.disk, rng, regions, trace)
         except Exception as exc:
             record.update(outcome="error", problems=[f"tearing a sector: {exc!r}"[:600]],
                           trace=traceback.format_exc()[-1500:], seconds=round(time.monotonic() - start))

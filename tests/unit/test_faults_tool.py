@@ -269,3 +269,39 @@ def test_the_ebr_torn_is_the_one_in_front_of_p7(tmp_path: Path) -> None:
         # The EBR's first entry: p7, from the EBR's own sector.
         assert offset + int.from_bytes(ebr[446 + 8:446 + 12], "little") * layout.SECTOR == p7.start, what
         assert offset > 0 and "MBR" not in what
+
+
+def test_the_torn_write_is_the_last_the_guest_gave(tmp_path: Path) -> None:
+    """From QEMU's trace of the guest's writes: the last request still in flight at the cut, else the
+    last one; a request's memory reused by a later request is a new request; a half line (the kill)
+    is ignored; no write at all, no tear."""
+    from bench.faults import inject
+
+    trace = tmp_path / "writes.trace"
+    w = "virtio_blk_handle_write vdev 0x55 req {} sector {} nsectors {}\n"
+    c = "virtio_blk_rw_complete vdev 0x55 req {} ret 0\n"
+    trace.write_text(w.format("0xa", 100, 8) + w.format("0xb", 200, 16) + c.format("0xa") + c.format("0xb")
+                     + w.format("0xa", 300, 8) + "virtio_blk_handle_write vdev 0x55 req 0xc sec")
+    assert inject.last_write(trace) == (300, 8, True)
+    trace.write_text(w.format("0xa", 100, 8) + w.format("0xb", 200, 16) + c.format("0xb"))
+    assert inject.last_write(trace) == (100, 8, True)
+    trace.write_text(w.format("0xa", 100, 8) + c.format("0xa") + w.format("0xb", 200, 16) + c.format("0xb"))
+    assert inject.last_write(trace) == (200, 16, False)
+    trace.write_text("")
+    assert inject.last_write(trace) is None and inject.last_write(tmp_path / "none") is None
+    # The tear itself: one sector of that request, nothing else.
+    import random
+
+    disk, before = tmp_path / "disk.img", tmp_path / "before.img"
+    disk.write_bytes(b"\x11" * 512 * 400)
+    before.write_bytes(b"\x22" * 512 * 400)
+    trace.write_text(w.format("0xa", 200, 16))
+    for seed in range(20):
+        disk.write_bytes(b"\x11" * 512 * 400)
+        torn = inject.tear(disk, before, random.Random(seed), ("last",), trace)
+        data = disk.read_bytes()
+        changed = [i // 512 for i in range(0, len(data), 512) if data[i:i + 512] != b"\x11" * 512]
+        assert changed == ([torn["offset"] // 512] if torn["changed"] else []), torn
+        assert 200 <= torn["offset"] // 512 < 216 and "of the last write (in flight" in torn["what"]
+    trace.write_text("")
+    assert inject.tear(disk, before, random.Random(1), ("last",), trace)["changed"] is False
