@@ -232,7 +232,7 @@ class DbWrites(Op):
     def check(self, ctx: Ctx, vm: Vm) -> list[str]:
         problems, report = guest.check_db(vm, self.DIR, "database")
         ctx.notes["db"] = {k: report.get(k) for k in ("journal", "integrity", "logged", "in_db", "in_flight")}
-        if report.get("last") not in (None, ctx.notes["journal"]):
+        if report.get("journal") not in (None, ctx.notes["journal"]):
             problems.append(f"database: journal_mode {report['journal']}, written in {ctx.notes['journal']}")
         return problems
 

@@ -305,3 +305,16 @@ def test_the_torn_write_is_the_last_the_guest_gave(tmp_path: Path) -> None:
         assert 200 <= torn["offset"] // 512 < 216 and "of the last write (in flight" in torn["what"]
     trace.write_text("")
     assert inject.tear(disk, before, random.Random(1), ("last",), trace)["changed"] is False
+
+
+def test_db_check_names_a_journal_mode_other_than_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from bench.faults import guest, ops
+
+    report = {"journal": "delete", "integrity": "ok", "logged": 3, "in_db": 3, "in_flight": None}
+    monkeypatch.setattr(guest, "check_db", lambda vm, directory, what: ([], report))
+    ctx: Any = SimpleNamespace(notes={"journal": "wal"})
+    assert ops.OPS["db-writes"].check(ctx, None) == ["database: journal_mode delete, written in wal"]  # type: ignore[arg-type]
+    ctx.notes["journal"] = "delete"
+    assert ops.OPS["db-writes"].check(ctx, None) == []  # type: ignore[arg-type]
