@@ -111,7 +111,7 @@ def _stale_lists(lists: Path) -> Iterator[Path]:
             prefix = release[: -len("InRelease")]
             entries = _release_hashes((lists / release).read_bytes())
             own = [release]
-        elif release.endswith("_Release") and release.replace("_Release", "_InRelease") not in names:
+        elif release.endswith("_Release") and f"{release[: -len('Release')]}InRelease" not in names:
             prefix = release[: -len("Release")]
             signature = lists / f"{release}.gpg"
             entries = _release_hashes((lists / release).read_bytes(), signed=False)
