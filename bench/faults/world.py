@@ -54,6 +54,14 @@ def make(arch: str, workdir: Path, kinds: set[str], need_repo: bool, need_channe
          need_kernel: bool = False) -> World:
     """Build what the chosen operations need (each part once: kept in ``workdir``)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    # Workers started together: one builds, the others wait and find it built (the repository's
+    # packages are made in place, so two makers would delete each other's trees).
+    with golden.locked(workdir / "world"):
+        return _make(arch, workdir, kinds, need_repo, need_channel, need_kernel)
+
+
+def _make(arch: str, workdir: Path, kinds: set[str], need_repo: bool, need_channel: bool,
+          need_kernel: bool) -> World:
     world = World(arch, workdir)
     marker = workdir / "images-commit"
     if not marker.exists():  # images found without it were built by code that did not say which
