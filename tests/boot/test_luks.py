@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from liveng import layout
+from liveng.host import flash
 from liveng.host.disk import read_table
 from tests.boot.conftest import build_channel, build_image, update_recipe
 from tests.boot.test_update import HOST, ustatus
@@ -103,14 +104,40 @@ def answer_passphrase(vm: Vm, wrong_first: bool) -> float:
     return time.monotonic() - start
 
 
+def flash_to_bigger_disk(image: Path, disk: Path, extra: int) -> bool:
+    """``image`` written by `liveng flash` to a loop device over ``disk``, ``extra`` bytes bigger than
+    the image, as to a bigger card: p3 and p7 grow in the partition table on the host. Where no loop
+    device can be had (not root, none free) ``disk`` is a plain copy grown by ``extra`` and the first
+    boot grows the table itself (as after Raspberry Pi Imager or dd); returns whether it was flashed."""
+    size = image.stat().st_size
+    with open(disk, "wb") as f:
+        f.truncate(size + extra)
+    proc = subprocess.run(["losetup", "--find", "--show", str(disk)], capture_output=True, text=True)
+    if os.geteuid() != 0 or proc.returncode != 0:
+        print(f"no loop device ({proc.stderr.strip()}): a copy of the image instead of liveng flash")
+        subprocess.run(["cp", "--sparse=always", image, disk], check=True)
+        with open(disk, "r+b") as f:
+            f.truncate(size + extra)
+        return False
+    dev = Path(proc.stdout.strip())
+    try:
+        summary = flash.flash(image, dev)
+    finally:
+        subprocess.run(["losetup", "--detach", str(dev)], check=True)
+    print(summary)
+    p7 = read_table(disk).entry(layout.partition(layout.Role.PERSISTENCE).number)
+    assert p7.start + p7.size == size + extra, (summary, p7)
+    return True
+
+
 def test_luks_persistence(luks_image: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     image_id = read_table(luks_image).image_id
     check_p7_on_host(luks_image, image_id, luks_image.parent)
     disk = tmp_path / "disk.img"
-    subprocess.run(["cp", "--sparse=always", luks_image, disk], check=True)
-    # One GiB more than built: the resize service grows the partition, the LUKS mapping and the ext4.
-    with open(disk, "r+b") as f:
-        f.truncate(disk.stat().st_size + 1024 * layout.MiB)
+    # One GiB more than built: `liveng flash` grows the table, the resize service the LUKS mapping and the ext4.
+    flashed = flash_to_bigger_disk(luks_image, disk, 1024 * layout.MiB)
+    with open(disk, "rb") as f:
+        mbr = f.read(layout.SECTOR)
     token = secrets.token_hex(8)
     log = tmp_path / "console.log"
     target = tmp_path / "target.img"  # for liveng install at the end
@@ -135,6 +162,10 @@ def test_luks_persistence(luks_image: Path, request: pytest.FixtureRequest, tmp_
         size_mib = int(vm.sh("df -BM --output=size /run/live/persistence/vda7 | tail -1").strip().rstrip("M"))
         assert size_mib > 1800, f"p7 did not grow: {size_mib} MiB"
         assert "already fills the disk" in vm.sh("liveng resize")
+        if flashed:  # a card written by liveng flash never has its MBR written on the device
+            vm.sh("sync")
+            with open(disk, "rb") as f:
+                assert f.read(layout.SECTOR) == mbr, "the device wrote the MBR of a card liveng flash had grown"
         assert json.loads(vm.sh("liveng status --json"))["persistence"]["encrypted"] is True
         vm.sh(f"echo {token} > /root/luks-token")
         assert "written to" in vm.sh("liveng snapshot create before-update", timeout=600)
