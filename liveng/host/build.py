@@ -40,7 +40,6 @@ log = logging.getLogger("liveng.build")
 
 # The PC's kernel consoles. On arm64 there are none on the command line: the kernel takes the
 # firmware's serial console (the device tree's stdout-path on the Pi, ACPI SPCR on UEFI servers).
-CONSOLE = {"pc": "console=tty0 console=ttyS0,115200n8", "rpi": ""}
 
 
 @dataclass
@@ -102,15 +101,15 @@ def step_rootfs(ctx: Context) -> None:
                                             ctx.cached_rootfs)
         log.info("rootfs %s: %s", "reused from cache" if cached else "made", ctx.tarball.name)
     rootfs.extract(ctx.tarball, ctx.tree)
-    ctx.assets = rootfs.take_assets(ctx.tree, ctx.workdir / "assets", rootfs.BOOT_ASSETS[ctx.recipe.target])
-    if ctx.recipe.target == "rpi":
+    ctx.assets = rootfs.take_assets(ctx.tree, ctx.workdir / "assets", ctx.recipe.platform.boot_assets)
+    if ctx.recipe.platform.pi_firmware:
         rpi.check_assets(ctx.assets)
 
 
 def step_customise(ctx: Context) -> None:
     tree, recipe = ctx.tree, ctx.recipe
     customize.hostname(tree, recipe.hostname)
-    customize.apt_sources(tree, recipe, rootfs.COMPONENTS[recipe.target], ctx.mirrors)
+    customize.apt_sources(tree, recipe, recipe.platform.components, ctx.mirrors)
     customize.networking(tree)
     customize.device_tool(tree)
     customize.compile_device_tool(tree)
@@ -218,11 +217,11 @@ def step_kernel_slot(ctx: Context) -> None:
 
 def step_boot_partition(ctx: Context) -> None:
     staging = ctx.workdir / "boot"
-    target = ctx.recipe.target
+    target = ctx.recipe.platform
     board_dtbs: tuple[tuple[str, str], ...] = ()
-    if target == "pc":
+    if target.bios:
         ctx.core_img = grub.make_bios(ctx.workdir, ctx.image_id)
-    else:
+    if target.pi_firmware:
         grub.make_arm64(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR, rpi.grub_modules(ctx.assets))
         rpi.populate(staging, ctx.assets, layout.kernel_dtbs(ctx.tree, ctx.kernel_version))
         board_dtbs = tuple((pattern, f"{layout.DTB_DIR}/{dtb}") for pattern, dtb in rpi.BOARD_DTBS)
@@ -232,9 +231,9 @@ def step_boot_partition(ctx: Context) -> None:
     cmdline = bootargs.kernel_cmdline(ctx.image_id, (*extra, *ctx.recipe.cmdline))
     ram = ctx.recipe.ram
     modes = {m: bootargs.mode_args(ctx.image_id, m, ram.delta_cap, ram.persistent_paths) for m in layout.MODES}
-    menu = grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, CONSOLE[target], board_dtbs, ram.mode, modes)
+    menu = grub.grub_cfg(ctx.image_id, cmdline, ctx.recipe.grub_timeout, target.console, board_dtbs, ram.mode, modes)
     cfg.write_text(menu)
-    if target == "pc":
+    if target.signed_uefi:
         signed.populate(staging, ctx.assets, ctx.image_id, menu)
     primary, backup = grubenv.copies(layout.fresh_env(layout.INITIAL_ORDER, ram.mode))
     (staging / layout.GRUBENV_PATH).write_bytes(primary)
@@ -310,8 +309,8 @@ def build(recipe: Recipe, output: Path, cache_dir: Path | None = None, refresh: 
         raise UsageError(f"{output.parent} does not exist: create it or choose another -o")
     if rootfs_tarball is not None and not rootfs_tarball.is_file():
         raise UsageError(f"{rootfs_tarball}: no such rootfs tarball")
-    preflight.check_build(recipe.target, output.parent, need_mmdebstrap=rootfs_tarball is None,
-                          arch=recipe.arch, host_arch=rootfs.host_arch(), encrypted=recipe.persistence.encrypted)
+    preflight.check_build(recipe.platform, output.parent, need_mmdebstrap=rootfs_tarball is None,
+                          host_arch=rootfs.host_arch(), encrypted=recipe.persistence.encrypted)
     mirrors = resolve_mirrors(recipe.mirror, recipe.security_mirror)
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix=".liveng-build-", dir=output.parent))

@@ -12,6 +12,7 @@ from pathlib import Path
 from liveng import __version__, layout
 from liveng.host import recipe as recipes
 from liveng.host.errors import LivengError
+from liveng.host.targets import TARGETS
 
 log = logging.getLogger("liveng")
 
@@ -174,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build an image from a TOML recipe (the embedded default without one)")
     p.add_argument("recipe", nargs="?", type=Path, help="recipe file (default: the embedded default recipe)")
-    p.add_argument("--target", choices=sorted(recipes.TARGETS), help="override the recipe's target")
+    p.add_argument("--target", choices=sorted(TARGETS), help="override the recipe's target")
     p.add_argument("--autologin", action="store_true",
                    help="root autologin on the serial console (development images only)")
     p.add_argument("-o", "--output", type=Path, help="image file to write (default: liveng-TARGET-SUITE.img)")

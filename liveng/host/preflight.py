@@ -8,6 +8,7 @@ from pathlib import Path
 
 from liveng.host.bootloader import grub
 from liveng.host.errors import PreflightError
+from liveng.host.targets import Target
 
 # tool -> Debian package that provides it
 BUILD_TOOLS = {
@@ -76,9 +77,10 @@ def binfmt_problems(arch: str, host_arch: str) -> list[str]:
     return problems
 
 
-def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True,
-                arch: str = "amd64", host_arch: str = "amd64", encrypted: bool = False) -> None:
+def check_build(target: Target, workdir_parent: Path, need_mmdebstrap: bool = True,
+                host_arch: str = "amd64", encrypted: bool = False) -> None:
     problems = []
+    arch = target.arch
     if os.geteuid() != 0:
         problems.append("liveng build must run as root: the image tree holds files of other owners and "
                         "device nodes (run it with sudo)")
@@ -91,7 +93,7 @@ def check_build(target: str, workdir_parent: Path, need_mmdebstrap: bool = True,
         tools.update(FOREIGN_TOOLS)
         problems += binfmt_problems(arch, host_arch)
     problems += missing_tools(tools)
-    if target == "pc":
+    if target.bios:
         problems += grub.check_host()
     try:
         free = shutil.disk_usage(workdir_parent).free

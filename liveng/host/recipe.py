@@ -16,13 +16,13 @@ from liveng import bootargs, boundedread, layout, settings
 from liveng.host import appliance, updaterecipe
 from liveng.host.appliance import Repository, Script
 from liveng.host.errors import RecipeError
+from liveng.host.targets import TARGETS, Target
 from liveng.settings import Checker, Settings, Ssh, User, Wifi
 
 __all__ = ["Recipe", "User", "load", "loads", "parse", "with_overrides"]
 
 DEFAULT_RECIPE_NAME = "<embedded default recipe>"
 
-TARGETS = {"pc": "amd64", "rpi": "arm64"}
 SUITES = ("bookworm", "trixie", "forky", "sid")
 COMPRESSIONS = ("zstd", "xz", "gzip", "lz4", "lzo", "none")
 
@@ -141,8 +141,13 @@ class Recipe:
         return self.boot_settings if self.boot_settings is not None else not self.persistence.encrypted
 
     @property
-    def arch(self) -> str:
+    def platform(self) -> Target:
+        """The target's table: what its images have that the other target's do not."""
         return TARGETS[self.target]
+
+    @property
+    def arch(self) -> str:
+        return self.platform.arch
 
     @property
     def settings(self) -> Settings:

@@ -16,8 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from liveng import layout, settings
-from liveng.host import initramfsenv, progress, trim, updaterecipe
-from liveng.host.bootloader import signed
+from liveng.host import initramfsenv, progress, targets, trim, updaterecipe
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
 from liveng.host.recipe import Recipe
@@ -44,33 +43,21 @@ BASE_PACKAGES = (
     # Compressed swap in RAM (zramswap.service, /etc/default/zramswap).
     "zram-tools",
 )
-# Wi-Fi through wpa_supplicant and systemd-networkd; the radio rules for the country (wireless-regdb).
-WIFI_PACKAGES = ("wpasupplicant", "wireless-regdb")
-# Wi-Fi is in every Raspberry Pi image (the Pi 3, 4 and Zero 2 W have it on board: Broadcom's
-# firmware from non-free-firmware). PC images carry it only when the recipe sets [wifi]: a PC's
-# Wi-Fi chip needs firmware of its own (e.g. firmware-iwlwifi), which the recipe's packages can add.
-# PC images carry what `liveng kernel install` checks a kernel's signature with under Secure Boot
-# (sbverify; mokutil to see and enrol Machine Owner Keys).
-TARGET_PACKAGES = {"pc": ("mokutil", "sbsigntool"), "rpi": (*WIFI_PACKAGES, "firmware-brcm80211")}
 ENCRYPTION_PACKAGES = ("cryptsetup", "cryptsetup-initramfs")
-KERNEL_PACKAGES = {"amd64": ("linux-image-amd64",), "arm64": ("linux-image-arm64",)}
-COMPONENTS = {"pc": ("main",), "rpi": ("main", "non-free-firmware")}
-# Packages the boot partition is made from. They are downloaded with the rootfs (same suite, same
-# mirror, same cache) but not installed: raspi-firmware's kernel hooks would fight liveng's slots,
-# and the signed shim and GRUB packages would run grub-install (the PC's UEFI boot: bootloader/signed.py).
-# The tarball carries the .debs in ASSETS_DIR; the build unpacks them on the host and drops the
-# directory from the tree.
-BOOT_ASSETS = {"pc": signed.PACKAGES, "rpi": ("raspi-firmware", "u-boot-rpi", "grub-efi-arm64-bin")}
+# The target's boot assets (targets.py) come with the rootfs (same suite, same mirror, same cache)
+# but are not installed: raspi-firmware's kernel hooks would fight liveng's slots, and the signed shim
+# and GRUB packages would run grub-install (the PC's UEFI boot: bootloader/signed.py). The tarball
+# carries the .debs in ASSETS_DIR; the build unpacks them on the host and drops the directory from the tree.
 ASSETS_DIR = "liveng-boot-assets"
 # qemu-user emulates a Cortex-A53 faster than its default "max" CPU (no pointer authentication).
 QEMU_USER_CPU = "cortex-a53"
 
 
 def packages(recipe: Recipe) -> tuple[str, ...]:
-    wanted = (set(BASE_PACKAGES) | set(KERNEL_PACKAGES[recipe.arch]) | set(TARGET_PACKAGES[recipe.target])
+    wanted = (set(BASE_PACKAGES) | set(recipe.platform.kernel_packages) | set(recipe.platform.packages)
               | set(recipe.packages))
     if recipe.wifi is not None:
-        wanted.update(WIFI_PACKAGES)
+        wanted.update(targets.WIFI_PACKAGES)
     if recipe.locale is not None and recipe.locale not in settings.BUILTIN_LOCALES:
         wanted.add("locales")
     if recipe.keyboard is not None:
@@ -181,8 +168,8 @@ class RootfsSpec:
 
 def spec_for(recipe: Recipe, mirrors: Mirrors) -> RootfsSpec:
     return RootfsSpec(suite=recipe.suite, pockets=pockets(recipe.suite, mirrors), arch=recipe.arch,
-                      components=COMPONENTS[recipe.target], packages=packages(recipe),
-                      overlay=initramfs_overlay(), assets=BOOT_ASSETS[recipe.target],
+                      components=recipe.platform.components, packages=packages(recipe),
+                      overlay=initramfs_overlay(), assets=recipe.platform.boot_assets,
                       sources=tuple((r.file_name, r.deb822()) for r in recipe.repositories), debs=recipe.debs,
                       dpkg_filters=trim.dpkg_filters(recipe))
 

@@ -18,18 +18,6 @@ DOCS = ("path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyrigh
         "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/info/*")
 # gettext's message catalogues; glibc reads locale.alias to resolve locale names.
 TRANSLATIONS = ("path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias")
-# The Pi's: device trees the kernel package carries for every arm64 board (a Pi needs Broadcom's;
-# layout.DTB_GLOBS picks its own from there into the boot and kernel partitions), and the firmware of
-# Broadcom/Cypress Wi-Fi chips on PCIe cards (every Pi's Wi-Fi is on SDIO; USB dongles' stays).
-# Firmware is in /usr/lib/firmware from trixie on, /lib/firmware in bookworm's packages.
-TARGET = {
-    "pc": (),
-    "rpi": ("path-exclude=/usr/lib/linux-image-*/*", "path-include=/usr/lib/linux-image-*/broadcom/*",
-            *(f"path-exclude={root}/firmware/{vendor}/*-pcie.*" for root in ("/usr/lib", "/lib")
-              for vendor in ("brcm", "cypress"))),
-}
-
-
 def language(locale: str | None) -> str | None:
     """The language part of a locale name (de_DE.UTF-8: de), None for C and POSIX."""
     if locale is None:
@@ -60,5 +48,5 @@ def dpkg_filters(recipe: Recipe) -> tuple[str, ...]:
         lang = language(recipe.locale)
         if lang:  # the image's own language keeps its messages
             options += [f"path-include=/usr/share/locale/{lang}/*", f"path-include=/usr/share/locale/{lang}_*/*"]
-    options += TARGET[recipe.target]
+    options += recipe.platform.dpkg_filters
     return tuple(options)

@@ -38,7 +38,7 @@ FILES: dict[str, bytes] = {
 
 
 def boot_assets(where: Path) -> dict[str, Path]:
-    """.debs standing in for the PC's boot packages (rootfs.BOOT_ASSETS): shim and MokManager as bare
+    """.debs standing in for the PC's boot packages (targets.PC.boot_assets): shim and MokManager as bare
     PE headers, the signed GRUB with the module list of Debian's (the build checks the menu against it)."""
     contents = {signed.SHIM: b"MZ shim", signed.MOK_MANAGER: b"MZ mokmanager",
                 signed.GRUB: grub_efi(TRIXIE_SIGNED_MODULES)}

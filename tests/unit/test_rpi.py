@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from liveng import bootargs, layout
-from liveng.host import preflight, qemu, recipe, rootfs
+from liveng.host import preflight, qemu, recipe, rootfs, targets
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import UsageError
 from liveng.host.mirrors import Mirrors
@@ -135,7 +135,7 @@ def test_a_tarball_without_the_boot_packages_is_refused(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / rootfs.ASSETS_DIR).mkdir(parents=True)
     with pytest.raises(BuildError, match="lacks the boot packages raspi-firmware, u-boot-rpi, grub-efi-arm64-bin"):
-        rootfs.take_assets(tree, tmp_path / "assets", rootfs.BOOT_ASSETS["rpi"])
+        rootfs.take_assets(tree, tmp_path / "assets", targets.RPI.boot_assets)
     assert rootfs.take_assets(tree, tmp_path / "assets", ()) == {}
 
 
