@@ -74,8 +74,16 @@ class Disk:
     removable: bool
     readonly: bool
 
+    @property
+    def fixed(self) -> bool:
+        """Built into the machine: not removable, not on USB or an SD/MMC slot, not a loop device."""
+        real = str(self.sysdir.resolve())
+        return not (self.removable or "/usb" in real or self.name.startswith("mmcblk")
+                    or (self.sysdir / "loop").is_dir())
+
     def describe(self) -> str:
-        kind = "removable" if self.removable else "fixed"
+        # The word the --yes question goes by: a card in a built-in reader is removable to the user.
+        kind = "fixed" if self.fixed else "removable"
         return f"{self.model or 'unknown model'}, {human(self.size)}, {kind}"
 
 
@@ -227,15 +235,9 @@ def check_block_target(target: Path, rdev: int, image_size: int, force: bool, ho
     return disk
 
 
-def fixed(disk: Disk) -> bool:
-    """A disk built into the machine (not removable, not on USB or an SD/MMC slot, not a loop device)."""
-    real = str(disk.sysdir.resolve())
-    return not (disk.removable or "/usb" in real or disk.name.startswith("mmcblk") or (disk.sysdir / "loop").is_dir())
-
-
 def confirm_fixed(target: Path, disk: Disk, yes: bool, ask: Callable[[str], str] | None) -> None:
     """A fixed disk is written only when the user says so: --yes, or "yes" typed on a terminal."""
-    if yes or not fixed(disk):
+    if yes or not disk.fixed:
         return
     question = (f"{target} ({disk.describe()}) is a fixed disk, not a card or a USB stick: everything on it "
                 "is erased. Type yes to write it: ")

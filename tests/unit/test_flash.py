@@ -278,3 +278,11 @@ def test_a_fixed_disk_needs_a_yes(kernel: FakeKernel) -> None:
     flash.confirm_fixed(target, disk, yes=False, ask=lambda q: "yes\n")
     flash.confirm_fixed(target, disk, yes=True, ask=None)
     flash.confirm_fixed(Path("/dev/sdb"), check(k, 8, 16), yes=False, ask=None)  # a card: no question
+    # A card in a built-in reader and a loop device: no question, and not called fixed in the messages.
+    for name, minor in (("mmcblk0", 0), ("loop3", 3)):
+        d = k.disk(name, 179 if name.startswith("mmc") else 7, minor, 16_000)
+        if name.startswith("loop"):
+            (d / "loop").mkdir()
+        found = check(k, 179 if name.startswith("mmc") else 7, minor)
+        assert not found.fixed and found.describe().endswith(", removable"), found
+        flash.confirm_fixed(Path(f"/dev/{name}"), found, yes=False, ask=None)
