@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.vm import Vm
 
-from .guest_helper import db_problems
+from .guest_helper import db_problems, garbled_problem
 
 HELPER = "/run/liveng-faults.py"  # in RAM: nothing of the campaign's own lands in the delta
 _SOURCE = Path(__file__).with_name("guest_helper.py")
@@ -72,7 +72,8 @@ def check_all_or_nothing(vm: Vm, directory: str, expected: dict[str, str], what:
             f"{sum(found.get(n) == h for n, h in expected.items())} with their content)"], "mixed"
 
 
-def check_writer(vm: Vm, directory: str, what: str) -> tuple[list[str], dict[str, Any]]:
+def check_writer(vm: Vm, directory: str, what: str, torn: bool) -> tuple[list[str], dict[str, Any]]:
+    """``torn``: the round tore a sector of p7's data (the writer's log may then be garbled in one sector)."""
     report: dict[str, Any] = helper(vm, "check-writer", directory, timeout=600)
     problems = []
     if report["lost"]:
@@ -81,16 +82,16 @@ def check_writer(vm: Vm, directory: str, what: str) -> tuple[list[str], dict[str
     if report["torn"]:
         problems.append(f"{what}: {len(report['torn'])} files torn under their final name "
                         f"({', '.join(report['torn'][:5])})")
-    return problems, report
+    return problems + garbled_problem(report.get("garbled_bytes"), what, torn), report
 
 
 def db_writer_line(directory: str, journal: str, pause: float) -> str:
     return f"python3 {HELPER} db-writer {directory} {journal} {pause}"
 
 
-def check_db(vm: Vm, directory: str, what: str) -> tuple[list[str], dict[str, Any]]:
+def check_db(vm: Vm, directory: str, what: str, torn: bool) -> tuple[list[str], dict[str, Any]]:
     report: dict[str, Any] = helper(vm, "check-db", directory, timeout=600)
-    return db_problems(report, what), report
+    return db_problems(report, what, torn), report
 
 
 P7_MOUNT = ("P7=$(findmnt -n -o TARGET -S /dev/vda7 | head -n 1); U=; "

@@ -98,29 +98,58 @@ def writer(directory: str, pause: float) -> None:
             time.sleep(pause)
 
 
+SECTOR = 512
+HEX = frozenset(b"0123456789abcdef")
+RECORD = len("live-000000 ") + 64 + 1  # a line of the writer's log: the file's name, its SHA-256, a newline
+
+
+def garbled_span(bad: list[int]) -> list[int] | None:
+    """The first and last of the byte offsets ``bad`` (bytes of a log no intact log has there)."""
+    return [min(bad), max(bad)] if bad else None
+
+
+def one_sector(span: list[int] | None) -> bool:
+    """Whether a garbled span lies in one 512-byte sector of the file (a file starts at a block:
+    its sectors are the disk's), what one torn sector leaves."""
+    return span is not None and span[0] // SECTOR == span[1] // SECTOR
+
+
 def check_writer(directory: str) -> None:
+    """The writer's log read as fixed-size records: line k names live-k (a torn sector of the log's
+    last block, rewritten by each append, can garble lines written before: their files must still be
+    there and whole; an intact line's file must have the content it names)."""
     lost: list[str] = []
     torn: list[str] = []
-    logged = whole_files = 0
+    garbled: list[str] = []
+    bad: list[int] = []
+    whole_files = 0
     if not os.path.isdir(directory):
-        print(json.dumps({"logged": 0, "lost": [], "torn": [], "whole": 0, "partial_log": False, "absent": True}))
+        print(json.dumps({"logged": 0, "lost": [], "torn": [], "whole": 0, "partial_log": False, "absent": True,
+                          "garbled": [], "garbled_bytes": None}))
         return
     try:
         with open(os.path.join(directory, "log"), "rb") as f:
             text = f.read()
     except FileNotFoundError:
         text = b""
-    lines = text.split(b"\n")
-    partial = lines[-1] != b""  # an append cut short: the file it names was not logged yet
-    for line in lines[:-1]:
-        name, _, digest = line.decode(errors="replace").partition(" ")
-        logged += 1
+    logged = len(text) // RECORD
+    for k in range(logged):
+        rec = text[k * RECORD:(k + 1) * RECORD]
+        name = f"live-{k:06d}"
+        prefix = f"{name} ".encode()
+        wrong = [i for i, b in enumerate(rec[:len(prefix)]) if b != prefix[i]]
+        wrong += [i for i in range(len(prefix), RECORD - 1) if rec[i] not in HEX]
+        wrong += [RECORD - 1] if rec[-1:] != b"\n" else []
+        if wrong:
+            garbled.append(name)
+            bad += [k * RECORD + i for i in wrong]
         try:
             with open(os.path.join(directory, name), "rb") as f:
-                ok = sha(f.read()) == digest
+                data = f.read()
         except FileNotFoundError:
-            ok = False
-        if not ok:
+            lost.append(name)
+            continue
+        if not whole(data) or (not wrong and sha(data) != rec[len(prefix):-1].decode()):
             lost.append(name)
     for name in sorted(os.listdir(directory)):
         if name.startswith("live-"):
@@ -129,7 +158,9 @@ def check_writer(directory: str) -> None:
                     whole_files += 1
                 else:
                     torn.append(name)
-    print(json.dumps({"logged": logged, "lost": lost, "torn": torn, "whole": whole_files, "partial_log": partial}))
+    print(json.dumps({"logged": logged, "lost": lost, "torn": torn, "whole": whole_files,
+                      "partial_log": len(text) % RECORD != 0, "garbled": garbled[:20],
+                      "garbled_bytes": garbled_span(bad)}))
 
 
 def fill_blocks(directory: str) -> None:
@@ -177,17 +208,24 @@ SCHEMA = ("CREATE TABLE IF NOT EXISTS txs (tx INTEGER PRIMARY KEY, nrows INTEGER
           "sha TEXT NOT NULL, PRIMARY KEY (tx, n))")
 
 
-def read_log(directory: str) -> tuple[list[int], bytes, list[str]]:
-    """The transaction ids in the log, its last line if cut short (not logged yet), and the lines that
-    are no id at all (a line ends in a newline only once written whole: none should be garbled)."""
+def read_log(directory: str) -> tuple[list[int], bytes, list[int] | None]:
+    """The transaction ids in the log, its last line if cut short (not logged yet), and where the
+    log is garbled. The log holds the lines 1, 2, ... N and then at most the start of line N + 1, so
+    its length alone says N (a torn sector may garble lines, never the file's size)."""
     try:
         with open(os.path.join(directory, "log"), "rb") as f:
-            lines = f.read().split(b"\n")
+            text = f.read()
     except FileNotFoundError:
-        return [], b"", []
-    ids = [int(x) for x in lines[:-1] if x.isdigit()]
-    garbled = [x.decode(errors="replace")[:40] for x in lines[:-1] if not x.isdigit()]
-    return ids, lines[-1], garbled
+        return [], b"", None
+    n = size = 0
+    while size + len(b"%d\n" % (n + 1)) <= len(text):
+        n += 1
+        size += len(b"%d\n" % n)
+    expected = b"".join(b"%d\n" % i for i in range(1, n + 1))
+    tail = text[size:]
+    bad = [i for i, (a, b) in enumerate(zip(text[:size], expected, strict=True)) if a != b]
+    bad += [size + i for i, (a, b) in enumerate(zip(tail, b"%d\n" % (n + 1), strict=False)) if a != b]
+    return list(range(1, n + 1)), tail, garbled_span(bad)
 
 
 def db_writer(directory: str, journal: str, pause: float) -> None:
@@ -276,17 +314,25 @@ def check_db(directory: str) -> dict[str, object]:
     return report
 
 
-def db_problems(report: dict[str, Any], what: str) -> list[str]:
+def garbled_problem(span: list[int] | None, what: str, torn: bool) -> list[str]:
+    """A garbled log is the fault's doing only when the round tore a sector of p7's data and the
+    garbled bytes lie in one sector of the log (its last block is rewritten by every append)."""
+    if span is None or (torn and one_sector(span)):
+        return []
+    return [f"{what}: log garbled at bytes {span[0]}-{span[1]}"
+            + (" (more than one sector)" if torn else " (no sector of p7 was torn)")]
+
+
+def db_problems(report: dict[str, Any], what: str, torn: bool = False) -> list[str]:
     problems = []
     if report.get("integrity") not in (None, "ok"):
         problems.append(f"{what}: integrity_check says {report['integrity']}")
     for key, text in (("lost", "logged (committed) transactions missing"),
                       ("partial", "transactions partly present"),
-                      ("beyond", "transactions beyond the last logged one (and not the one in flight)"),
-                      ("garbled", "log lines garbled")):
+                      ("beyond", "transactions beyond the last logged one (and not the one in flight)")):
         if report.get(key):
             problems.append(f"{what}: {text}: {', '.join(str(x) for x in report[key][:5])}")
-    return problems
+    return problems + garbled_problem(report.get("garbled"), what, torn)
 
 
 def main(argv: list[str]) -> None:

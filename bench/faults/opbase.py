@@ -29,6 +29,7 @@ class Ctx:
     kind: str
     disk_full: bool = False  # p7 filled before the operation: it may fail (cleanly); what it must keep, it keeps
     notes: dict[str, Any] = field(default_factory=dict)  # recorded with the round
+    torn_data: bool = False  # the last write the guest gave was torn (a log appended in place: garbled there)
     sets: dict[str, dict[str, str]] = field(default_factory=dict)  # directory: {name: sha256}
 
     def write_set(self, directory: str) -> None:

@@ -208,8 +208,8 @@ class UserWrites(Op):
         return f"python3 {guest.HELPER} writer {self.DIR} 0"
 
     def check(self, ctx: Ctx, vm: Vm) -> list[str]:
-        problems, report = guest.check_writer(vm, self.DIR, "heavy writer")
-        ctx.notes["heavy"] = {k: report[k] for k in ("logged", "whole", "partial_log")}
+        problems, report = guest.check_writer(vm, self.DIR, "heavy writer", ctx.torn_data)
+        ctx.notes["heavy"] = {k: report[k] for k in ("logged", "whole", "partial_log", "garbled_bytes")}
         return problems
 
 
@@ -230,8 +230,9 @@ class DbWrites(Op):
         return guest.db_writer_line(self.DIR, ctx.notes["journal"], 0)
 
     def check(self, ctx: Ctx, vm: Vm) -> list[str]:
-        problems, report = guest.check_db(vm, self.DIR, "database")
-        ctx.notes["db"] = {k: report.get(k) for k in ("journal", "integrity", "logged", "in_db", "in_flight")}
+        problems, report = guest.check_db(vm, self.DIR, "database", ctx.torn_data)
+        ctx.notes["db"] = {k: report.get(k) for k in ("journal", "integrity", "logged", "in_db", "in_flight",
+                                                      "garbled")}
         if report.get("journal") not in (None, ctx.notes["journal"]):
             problems.append(f"database: journal_mode {report['journal']}, written in {ctx.notes['journal']}")
         return problems

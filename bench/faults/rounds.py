@@ -81,9 +81,9 @@ def _check_common(ctx: Ctx, vm: Vm, op: Op, ops: list[Op]) -> list[str]:
         problems += guest.check_set(vm, K_DIR, ctx.sets[K_DIR], "set K (persistent path)")
     wdir = WRITER_DIR.get(ctx.kind)
     if wdir and all(o.writer for o in ops):
-        found, report = guest.check_writer(vm, wdir, "background writer")
+        found, report = guest.check_writer(vm, wdir, "background writer", ctx.torn_data)
         problems += found
-        ctx.notes["writer"] = {k: report.get(k) for k in ("logged", "whole", "absent")}
+        ctx.notes["writer"] = {k: report.get(k) for k in ("logged", "whole", "absent", "garbled_bytes")}
     return problems
 
 
@@ -156,6 +156,7 @@ def run(world: World, spec: Spec, durations: dict[str, float], workdir: Path, lo
         regions = tuple(sorted({r for o in ops for r in o.regions}))
         try:
             record["torn"] = inject.tear(disk, g.disk, rng, regions, trace)
+            ctx.torn_data = record["torn"].get("region") == "last" and bool(record["torn"].get("changed"))
         except Exception as exc:
             record.update(outcome="error", problems=[f"tearing a sector: {exc!r}"[:600]],
                           trace=traceback.format_exc()[-1500:], seconds=round(time.monotonic() - start))

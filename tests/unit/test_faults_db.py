@@ -77,6 +77,26 @@ def damage(directory: Path, sql: str, *args: object) -> dict[str, Any]:
     return check(directory)
 
 
+def test_a_log_garbled_in_one_sector_counts_its_lines_by_length(tmp_path: Path) -> None:
+    """The log's last block is rewritten by every append: a torn sector there garbles lines written
+    before, newlines included. Its length still says how many were logged, and each of those must be
+    in the database."""
+    directory = writer_stopped(tmp_path)
+    log = directory / "log"
+    intact = log.read_bytes()
+    n = intact.count(b"\n")
+    log.write_bytes(intact[:2] + b"\xff" * (len(intact) - 4) + intact[-2:])
+    report = check(directory)
+    assert report["logged"] == n and report["lost"] == [] and report["garbled"] == [2, len(intact) - 3]
+    assert guest_helper.db_problems(report, "db", torn=True) == []
+    assert guest_helper.db_problems(report, "db") == [f"db: log garbled at bytes 2-{len(intact) - 3} (no sector "
+                                                      "of p7 was torn)"]
+    # A logged line too many (the log longer than the database's transactions): that one is lost.
+    log.write_bytes(intact + b"%d\n" % (n + 1) + b"%d\n" % (n + 2))
+    report = check(directory)
+    assert report["lost"] and report["garbled"] is None
+
+
 def test_check_finds_a_deleted_row_of_a_logged_transaction(tmp_path: Path) -> None:
     directory = writer_stopped(tmp_path)
     report = damage(directory, "DELETE FROM items WHERE tx = 2 AND n = 1")

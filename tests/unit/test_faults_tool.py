@@ -53,6 +53,41 @@ def test_writer_check_finds_lost_and_torn_files(tmp_path: Path) -> None:
     assert helper("check-writer", str(tmp_path / "none"))["absent"] is True
 
 
+def test_a_torn_sector_of_the_writers_log_garbles_lines_not_files(tmp_path: Path) -> None:
+    """Seed 3106361623: the torn last write was the log's third block, rewritten by an append; its
+    sector 2 kept 314 bytes and the rest went random, taking lines 123-126 written (and fsynced)
+    before. The files stay whole; only their lines are unreadable, and only in one sector."""
+    from bench.faults import guest_helper
+
+    wdir = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, str(HELPER), "writer", str(wdir), "0"])
+    deadline = time.monotonic() + 60
+    while not (wdir / "log").exists() or (wdir / "log").stat().st_size < 3 * 4096:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    intact = (wdir / "log").read_bytes()
+    start = 2 * 4096 + 2 * 512 + 314
+    torn = intact[:start] + os.urandom(2 * 4096 + 3 * 512 - start) + intact[2 * 4096 + 3 * 512:]
+    (wdir / "log").write_bytes(torn)
+    report = helper("check-writer", str(wdir))
+    assert report["logged"] == len(intact) // guest_helper.RECORD and report["lost"] == []
+    assert "live-000123" in report["garbled"] and "live-000127" not in report["garbled"]
+    assert guest_helper.one_sector(report["garbled_bytes"])
+    assert guest_helper.garbled_problem(report["garbled_bytes"], "w", torn=True) == []
+    first, last = report["garbled_bytes"]
+    assert guest_helper.garbled_problem([first, last], "w", torn=False) == \
+        [f"w: log garbled at bytes {first}-{last} (no sector of p7 was torn)"]
+    # A file whose line is garbled must still be there and whole.
+    (wdir / "live-000124").unlink()
+    assert helper("check-writer", str(wdir))["lost"] == ["live-000124"]
+    # Garbled in two sectors: no single torn sector does that.
+    (wdir / "log").write_bytes(torn[:100] + b"x" + torn[101:])
+    span = helper("check-writer", str(wdir))["garbled_bytes"]
+    assert not guest_helper.one_sector(span) and guest_helper.garbled_problem(span, "w", torn=True)
+
+
 def test_results_section_is_rewritten_in_place(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Before\ntext\n")
@@ -313,8 +348,8 @@ def test_db_check_names_a_journal_mode_other_than_written(monkeypatch: pytest.Mo
     from bench.faults import guest, ops
 
     report = {"journal": "delete", "integrity": "ok", "logged": 3, "in_db": 3, "in_flight": None}
-    monkeypatch.setattr(guest, "check_db", lambda vm, directory, what: ([], report))
-    ctx: Any = SimpleNamespace(notes={"journal": "wal"})
+    monkeypatch.setattr(guest, "check_db", lambda vm, directory, what, torn: ([], report))
+    ctx: Any = SimpleNamespace(notes={"journal": "wal"}, torn_data=False)
     assert ops.OPS["db-writes"].check(ctx, None) == ["database: journal_mode delete, written in wal"]  # type: ignore[arg-type]
     ctx.notes["journal"] = "delete"
     assert ops.OPS["db-writes"].check(ctx, None) == []  # type: ignore[arg-type]
