@@ -232,10 +232,14 @@ def db_writer(directory: str, journal: str, pause: float) -> None:
     """An application's database, written the careful way: each transaction (several rows and, in the
     same transaction, its row count) committed with synchronous=FULL; once COMMIT has returned, its
     id is appended to the log and the log fsynced. So every logged transaction was durable before its
-    line was; a transaction committed but not yet logged (the one in flight) may be there or not."""
+    line was; a transaction committed but not yet logged (the one in flight) may be there or not.
+    psow=0 (SQLite's URI parameter): a card that tears a sector also garbles the bytes of it that were
+    not being written, so SQLite must not assume "powersafe overwrite"; it then pads each commit in
+    the WAL to the end of its sector, and the next commit never rewrites a committed one's sector."""
     os.makedirs(directory, exist_ok=True)
     fsync_dir(os.path.dirname(directory.rstrip("/")) or "/")
-    db = sqlite3.connect(os.path.join(directory, DB), isolation_level=None)  # BEGIN/COMMIT by hand
+    uri = f"file:{os.path.join(directory, DB)}?psow=0"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)  # BEGIN/COMMIT by hand
     mode = db.execute(f"PRAGMA journal_mode={journal}").fetchone()[0]
     if mode.lower() != journal.lower():
         raise SystemExit(f"journal_mode {journal} refused: sqlite chose {mode}")
