@@ -99,8 +99,8 @@ def _remove(path: Path, root: Path, report: Report) -> None:
 
 
 def _stale_lists(lists: Path) -> Iterator[Path]:
-    """Each list an InRelease (or a Release with its Release.gpg, for a source that has no
-    InRelease) names whose size or SHA256 differs, with that release file; a release file that is
+    """Each list an InRelease (or a Release, with its Release.gpg if signed, for a source that has
+    no InRelease) names whose size or SHA256 differs, with that release file; a release file that is
     itself torn (NUL bytes, no whole signature) with every list of its source."""
     try:
         names = sorted(p.name for p in lists.iterdir() if p.is_file() and not p.is_symlink())
@@ -115,7 +115,8 @@ def _stale_lists(lists: Path) -> Iterator[Path]:
             prefix = release[: -len("Release")]
             signature = lists / f"{release}.gpg"
             entries = _release_hashes((lists / release).read_bytes(), signed=False)
-            if not signature.is_file() or not _whole_signature(signature.read_bytes()):
+            # No Release.gpg at all: an unsigned source (`[trusted=yes]`), its Release the authority.
+            if signature.is_file() and not _whole_signature(signature.read_bytes()):
                 entries = None
             own = [release, signature.name]
         else:

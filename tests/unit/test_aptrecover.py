@@ -122,6 +122,19 @@ def test_a_source_without_inrelease(root: Path) -> None:
         (lists / f"{REPO}{name}").write_bytes(torn((lists / f"{REPO}{name}").read_bytes(), keep))
         aptrecover.recover(root)
         assert not list(lists.glob(f"{REPO}*")), name
+    # An unsigned source ([trusted=yes]: no Release.gpg): its Release still says which lists are whole
+    # (seed 4051132021: a whole source's lists were removed for want of a signature).
+    _release_source(lists)
+    (lists / f"{REPO}Release.gpg").unlink()
+    assert aptrecover.recover(root).removed == [] and len(list(lists.glob(f"{REPO}*"))) == 2
+    (lists / f"{REPO}main_binary-amd64_Packages").write_bytes(torn(PACKAGES, 30))
+    aptrecover.recover(root)
+    assert not list(lists.glob(f"{REPO}*"))
+    _release_source(lists)
+    (lists / f"{REPO}Release.gpg").unlink()
+    (lists / f"{REPO}Release").write_bytes(torn((lists / f"{REPO}Release").read_bytes(), 40))
+    aptrecover.recover(root)
+    assert not list(lists.glob(f"{REPO}*"))
 
 
 def test_links_are_removed_not_followed(root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
