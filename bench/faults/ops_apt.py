@@ -26,13 +26,35 @@ def apt_source(version: str, world: World, name: str = "faults") -> str:
 REINST_REQUIRED = "dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' | awk 'substr($1, 3, 1) == \"R\" {print $2}'"
 
 
+# `apt-get update` of the campaign's own lists (apt_source's), one at a time as apt_source does.
+UPDATE_OWN_LISTS = ("for list in /etc/apt/sources.list.d/faults*.list; do apt-get -q update "
+                    "-o Dir::Etc::sourcelist=\"sources.list.d/${list##*/}\" -o Dir::Etc::sourceparts=- "
+                    "-o APT::Get::List-Cleanup=0 || exit 1; done")
+# What apt prints when the package lists it needs are not there (liveng-apt-recover removes a
+# source's lists when the cut tore them).
+NO_LISTS = ("has no installation candidate", "is not available", "Unable to locate package",
+            "was not found", "Unable to fetch some archives")
+
+
+def apt_retrying(vm: Vm, args: str, steps: list[str]) -> str:
+    """``{APT} args``; when apt says its lists lack the package, what an owner does: `apt-get
+    update`, then once more. Returns the output, ending "rc=N"."""
+    out = vm.sh(f"{APT} {args}; echo rc=$?", timeout=1800)
+    if not out.endswith("rc=0") and any(s in out for s in NO_LISTS):
+        steps.append("apt-get update")
+        vm.sh(UPDATE_OWN_LISTS, timeout=600, check=False)
+        out = vm.sh(f"{APT} {args}; echo rc=$?", timeout=1800)
+    return out
+
+
 def dpkg_recover(vm: Vm, package: str) -> tuple[list[str], dict[str, object]]:
     """dpkg's own recovery after a cut, what an owner does when dpkg and apt say so: `dpkg
     --configure -a`; the packages dpkg marks "reinstallation required" (cut while unpacking: "in a
     very bad inconsistent state; you should reinstall it", which `apt-get -f install` refuses)
-    reinstalled; then, if something is still broken (one that depends on it unconfigured),
-    `apt-get -f install`; a reinstall of ``package`` if it is still not installed. Returns
-    (problems, the steps taken and the package's status)."""
+    reinstalled; then, if something is still broken (one that depends on it unconfigured), `apt-get
+    -f install`; a reinstall of ``package`` if it is still not installed. Each apt step runs once
+    more after `apt-get update` if apt says its lists lack the package. Returns (problems, the
+    steps taken and the package's status)."""
     steps: list[str] = []
     notes: dict[str, object] = {"recovery": steps}
     if vm.sh("dpkg --audit", check=False):
@@ -43,19 +65,19 @@ def dpkg_recover(vm: Vm, package: str) -> tuple[list[str], dict[str, object]]:
     reinstall = vm.sh(REINST_REQUIRED, check=False).split()
     if reinstall:
         steps.append(f"apt-get install --reinstall {' '.join(reinstall)}")
-        out = vm.sh(f"{APT} install --reinstall {' '.join(reinstall)}; echo rc=$?", timeout=1800)
+        out = apt_retrying(vm, f"install --reinstall {' '.join(reinstall)}", steps)
         if not out.endswith("rc=0"):
             return [f"apt-get install --reinstall {' '.join(reinstall)} failed: {out[-300:]}"], notes
     query = f"dpkg-query -W -f '${{Status}} ${{Version}}' {package}"
     if vm.sh("dpkg --audit", check=False):
         steps.append("apt-get -f install")
-        out = vm.sh(f"{APT} -f install; echo rc=$?", timeout=1800)
+        out = apt_retrying(vm, "-f install", steps)
         if not out.endswith("rc=0"):
             return [f"apt-get -f install failed: {out[-300:]}"], notes
     status = vm.sh(query, check=False)
     if not status.startswith("install ok installed"):
         steps.append("apt-get install --reinstall")
-        out = vm.sh(f"{APT} install --reinstall {package}; echo rc=$?", timeout=1800)
+        out = apt_retrying(vm, f"install --reinstall {package}", steps)
         if not out.endswith("rc=0"):
             return [f"{package} ({status}) could not be reinstalled: {out[-300:]}"], notes
         status = vm.sh(query)

@@ -15,7 +15,7 @@ import pytest
 from bench.faults import record, rounds
 from bench.faults.__main__ import main, next_pair, pairs_for, round_seed, worker_of
 from bench.faults.ops import OPS
-from bench.faults.ops_apt import REINST_REQUIRED, not_filtered
+from bench.faults.ops_apt import REINST_REQUIRED, apt_retrying, not_filtered
 
 HELPER = Path(rounds.__file__).with_name("guest_helper.py")
 
@@ -353,3 +353,32 @@ def test_db_check_names_a_journal_mode_other_than_written(monkeypatch: pytest.Mo
     assert ops.OPS["db-writes"].check(ctx, None) == ["database: journal_mode delete, written in wal"]  # type: ignore[arg-type]
     ctx.notes["journal"] = "delete"
     assert ops.OPS["db-writes"].check(ctx, None) == []  # type: ignore[arg-type]
+
+
+class _AptVm:
+    """A guest whose apt lacks the package until its lists are fetched again."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.updated = False
+
+    def sh(self, command: str, timeout: float = 300, check: bool = True) -> str:
+        self.commands.append(command)
+        if "apt-get -q update" in command:
+            self.updated = True
+            return ""
+        if self.updated:
+            return "Setting up faults-demo (2) ...\nrc=0"
+        return "E: Package 'faults-demo' has no installation candidate\nrc=100"
+
+
+def test_apt_lists_fetched_again_when_apt_says_they_lack_the_package() -> None:
+    vm = _AptVm()
+    steps: list[str] = []
+    out = apt_retrying(vm, "install --reinstall faults-demo", steps)  # type: ignore[arg-type]
+    assert out.endswith("rc=0") and steps == ["apt-get update"]
+    assert len(vm.commands) == 3 and "sources.list.d/faults*.list" in vm.commands[1]
+    other = _AptVm()
+    other.updated = True
+    steps = []
+    assert apt_retrying(other, "-f install", steps).endswith("rc=0") and steps == []  # type: ignore[arg-type]
