@@ -96,8 +96,12 @@ def p1_text(vm: Vm, part: str, name: str) -> str:
 def ssh_settled(vm: Vm) -> None:
     """Wait for the SSH server the apply restarted: `liveng settings apply` queues the restart
     (--no-block) and returns; a login in between meets the server going down."""
-    vm.sh("while systemctl list-jobs --no-legend | grep -q ssh.service; do sleep 1; done; "
-          "systemctl is-active ssh.service", timeout=300)
+    state = vm.sh("while systemctl list-jobs --no-legend | grep -q ssh.service; do sleep 1; done; "
+                  "systemctl is-active ssh.service", timeout=300, check=False)
+    if state != "active":  # what ssh.service and sshd said, for the report
+        journal = vm.sh("systemctl status --no-pager -l ssh.service; journalctl -b --no-pager -o short-monotonic "
+                        "-u ssh.service -u ssh.socket -u liveng-ssh-keygen.service | tail -60", check=False)
+        raise AssertionError(f"ssh.service is {state!r} after the apply:\n{journal}")
 
 
 def wifi_conf(vm: Vm) -> str:
