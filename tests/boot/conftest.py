@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -66,6 +67,10 @@ MINUTES = {
     "test_a_torn_p7_ebr_is_rewritten_and_the_delta_comes_back": 0.1,  # LIVENG_LONG_TESTS: 2 boots, 2.8 min
 }
 
+
+# A whole run's peak, warm rootfs caches: 9.3 GB (2026-12-07, bench/RESULTS.md), with each passed
+# test's directory removed as it ends (pyproject.toml); cold caches add their tarballs elsewhere.
+FREE_NEEDED = 12 << 30
 
 _config: list[pytest.Config] = []
 
@@ -145,7 +150,14 @@ def boot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
         pytest.skip("boot tests build images, which needs root")
     shared = golden.shared_dir(tmp_path_factory) / "boot"
-    shared.mkdir(exist_ok=True)
+    with golden.locked(shared):
+        if not shared.exists():
+            free = shutil.disk_usage(shared.parent).free
+            if free < FREE_NEEDED:
+                pytest.fail(f"the boot tests need about {FREE_NEEDED >> 30} GiB free for their images in "
+                            f"{shared.parent}, which has {free / 2**30:.1f} GiB: free space there (old pytest-of-* "
+                            "directories, images), or point --basetemp at a bigger file system")
+            shared.mkdir()
     return shared
 
 
