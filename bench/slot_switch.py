@@ -72,7 +72,7 @@ def factory_kernel(image: Path, dest: Path) -> dict[str, Path]:
 
 
 def native(image: Path, runs: int) -> None:
-    from liveng import grubenv, layout
+    from liveng import grubenv, layout, manifest
     from liveng.device import bootstate, slots
 
     totals: list[float] = []
@@ -91,7 +91,7 @@ def native(image: Path, runs: int) -> None:
                 subprocess.run(["sync"], check=True)
                 Path("/proc/sys/vm/drop_caches").write_text("3\n")  # the kernel files come from the disk
                 start = time.monotonic()
-                hashes = {rel: layout.sha256_file(src) for rel, src in files.items()}
+                hashes = {rel: manifest.sha256_file(src) for rel, src in files.items()}
                 t1 = time.monotonic()
                 with tempfile.TemporaryDirectory(prefix="liveng-slot-", dir="/dev/shm") as shm:
                     iso = slots.build_iso("b", "factory", files, hashes, Path(shm))

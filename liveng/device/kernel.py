@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout
+from liveng import layout, manifest
 from liveng.device import bootenv, bootstate, runner, secureboot, slots, system, verify
 from liveng.device.bootstate import BootState, DeviceError, mounted
 
@@ -101,8 +101,8 @@ def _install(kernel: str, initrd: Path | None, force: bool) -> InstallResult:
                               "initramfs made (update-initramfs -c -k VERSION)?")
     state = bootstate.read_state()
     booted = booted_entry()
-    files = {layout.KERNEL_PATH: vmlinuz, layout.INITRD_PATH: initrd, **layout.kernel_dtbs(Path("/"), kernel)}
-    wanted = {rel: layout.sha256_file(src) for rel, src in files.items()}
+    files = {layout.KERNEL_PATH: vmlinuz, layout.INITRD_PATH: initrd, **manifest.kernel_dtbs(Path("/"), kernel)}
+    wanted = {rel: manifest.sha256_file(src) for rel, src in files.items()}
     preferred = slot_of(state.preferred)
     if preferred is not None and not force:
         current = slots.read_slot(preferred)

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout
+from liveng import layout, manifest
 from liveng.device.bootstate import DeviceError, device_path, mounted
 from liveng.device.runner import run
 
@@ -70,12 +70,12 @@ def build_iso(name: str, kernel: str, files: dict[str, Path], hashes: dict[str, 
     """
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = workdir / "slot.json"
-    info.write_text(layout.slot_info(name, kernel, now, hashes))
+    info.write_text(manifest.slot_info(name, kernel, now, hashes))
     bound = workdir / "system"
     bound.write_text(system + "\n")
     sums = workdir / "SHA256SUMS"
-    sums.write_text(layout.manifest_text({**hashes, layout.SLOT_INFO_PATH: layout.sha256_file(info),
-                                          layout.SLOT_SYSTEM_PATH: layout.sha256_file(bound)}))
+    sums.write_text(manifest.manifest_text({**hashes, layout.SLOT_INFO_PATH: manifest.sha256_file(info),
+                                          layout.SLOT_SYSTEM_PATH: manifest.sha256_file(bound)}))
     iso = workdir / "slot.iso"
     grafts = [f"{rel}={src}" for rel, src in files.items()]
     grafts += [f"{layout.SLOT_INFO_PATH}={info}", f"{layout.SLOT_SYSTEM_PATH}={bound}",

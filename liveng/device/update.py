@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from liveng import bundle, layout
+from liveng import bundle, layout, manifest
 from liveng.device import bootenv, bootstate, delta, fetch, kernel, progress, slots, snapshot, system
 from liveng.device.bootstate import DeviceError
 from liveng.device.runner import returncode, run
@@ -299,7 +299,7 @@ def _kernel_files(iso: Path, meta: bundle.Metadata, workdir: Path) -> dict[str, 
             dest = workdir / "kernel" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(mnt / rel, dest)
-            if layout.sha256_file(dest) != meta.files[rel]:
+            if manifest.sha256_file(dest) != meta.files[rel]:
                 raise DeviceError(f"{rel} in the new system does not match its signed hash: nothing was switched")
             files[rel] = dest
         return files

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liveng import bundle, layout
+from liveng import bundle, layout, manifest
 from liveng.device import bootstate, delta, slots, system
 from liveng.device.runner import DeviceError
 
@@ -23,9 +23,8 @@ class Report:
 
 def verify_tree(root: Path, label: str, report: Report) -> None:
     """Check every file the manifest under ``root`` names, and that no file is missing from it."""
-    manifest = root / layout.MANIFEST_PATH
     try:
-        lines = manifest.read_text().splitlines()
+        lines = (root / layout.MANIFEST_PATH).read_text().splitlines()
     except OSError as exc:
         report.problems.append(f"{label}: cannot read {layout.MANIFEST_PATH}: {exc}")
         return
@@ -38,7 +37,7 @@ def verify_tree(root: Path, label: str, report: Report) -> None:
         listed.add(name)
         path = root / name
         try:
-            actual = layout.sha256_file(path)
+            actual = manifest.sha256_file(path)
         except OSError as exc:
             report.problems.append(f"{label}: {name}: cannot read ({exc.strerror})")
             continue
@@ -107,7 +106,7 @@ def _updated_systems(p7: Path, report: Report) -> None:
             if keyring.is_file():
                 fetch.verify_signature(raw, (d / layout.SYSTEM_SIG_NAME).read_bytes(), keyring)
             meta = bundle.parse_metadata(raw)
-            actual = layout.sha256_file(d / layout.SYSTEM_ISO_NAME)
+            actual = manifest.sha256_file(d / layout.SYSTEM_ISO_NAME)
         except (OSError, DeviceError, bundle.BundleError) as exc:
             report.problems.append(f"system {name}: {exc}")
             continue

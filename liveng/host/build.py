@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from liveng import __version__, bootargs, grubenv, layout
+from liveng import __version__, bootargs, grubenv, layout, manifest
 from liveng.host import (
     buildscripts,
     customize,
@@ -165,7 +165,7 @@ def _kernel_files(ctx: Context, dest: Path) -> dict[str, Path]:
     boot = ctx.tree / "boot"
     files = {layout.KERNEL_PATH: boot / f"vmlinuz-{ctx.kernel_version}",
              layout.INITRD_PATH: boot / f"initrd.img-{ctx.kernel_version}",
-             **layout.kernel_dtbs(ctx.tree, ctx.kernel_version)}
+             **manifest.kernel_dtbs(ctx.tree, ctx.kernel_version)}
     for rel, src in files.items():
         if not src.exists():
             raise BuildError(f"/{src.relative_to(ctx.tree)} is missing from the rootfs")
@@ -176,7 +176,7 @@ def _kernel_files(ctx: Context, dest: Path) -> dict[str, Path]:
 
 def _manifest(root: Path) -> str:
     files = (p for p in root.rglob("*") if p.is_file())
-    return layout.manifest_text({rel: layout.sha256_file(p) for p in files
+    return manifest.manifest_text({rel: manifest.sha256_file(p) for p in files
                                  if (rel := p.relative_to(root).as_posix()) != layout.MANIFEST_PATH})
 
 
@@ -203,11 +203,11 @@ def step_kernel_slot(ctx: Context) -> None:
     files = _kernel_files(ctx, staging)
     info = staging / layout.SLOT_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
-    hashes = {rel: layout.sha256_file(path) for rel, path in files.items()}
-    info.write_text(layout.slot_info("a", ctx.kernel_version, ctx.built, hashes))
+    hashes = {rel: manifest.sha256_file(path) for rel, path in files.items()}
+    info.write_text(manifest.slot_info("a", ctx.kernel_version, ctx.built, hashes))
     # The same manifest the device writes for a slot, without hashing the kernel files twice.
-    manifest = {**hashes, layout.SLOT_INFO_PATH: layout.sha256_file(info)}
-    (staging / layout.MANIFEST_PATH).write_text(layout.manifest_text(manifest))
+    listed = {**hashes, layout.SLOT_INFO_PATH: manifest.sha256_file(info)}
+    (staging / layout.MANIFEST_PATH).write_text(manifest.manifest_text(listed))
     filesystems.iso9660(staging, ctx.part("slot-a"), layout.SLOT_VOLID["a"])
     need = ctx.part("slot-a").stat().st_size
     if need > ctx.recipe.sizes.slot * layout.MiB:
@@ -223,7 +223,7 @@ def step_boot_partition(ctx: Context) -> None:
         ctx.core_img = grub.make_bios(ctx.workdir, ctx.image_id)
     if target.pi_firmware:
         grub.make_arm64(ctx.workdir, ctx.image_id, staging / layout.EFI_BOOT_DIR, rpi.grub_modules(ctx.assets))
-        rpi.populate(staging, ctx.assets, layout.kernel_dtbs(ctx.tree, ctx.kernel_version))
+        rpi.populate(staging, ctx.assets, manifest.kernel_dtbs(ctx.tree, ctx.kernel_version))
         board_dtbs = tuple((pattern, f"{layout.DTB_DIR}/{dtb}") for pattern, dtb in rpi.BOARD_DTBS)
     cfg = staging / layout.GRUB_CFG_PATH
     cfg.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ UNIT_DIR = "usr/lib/systemd/system"
 SSH_GENERATOR = "usr/lib/systemd/system-generators/systemd-ssh-generator"
 # What the device side shares with the host: the layout contract, the boot-state format, the settings schema.
 SHARED_MODULES = ("__init__.py", "layout.py", "bootargs.py", "grubenv.py", "settings.py", "configfiles.py",
-                  "requests.py", "boundedread.py", "durable.py", "bundle.py", "sfdisk.py")
+                  "requests.py", "boundedread.py", "durable.py", "bundle.py", "sfdisk.py", "manifest.py")
 # Shared packages: Raspberry Pi Imager's and cloud-init's set-up files in liveng's terms (the settings service).
 SHARED_PACKAGES = ("seeds",)
 

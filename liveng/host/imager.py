@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from liveng import __version__, layout
+from liveng import __version__, manifest
 from liveng.durable import fsync_dir
 from liveng.host.errors import UsageError
 
@@ -56,7 +56,7 @@ def entry(image: Path, packed: Path | None, info: dict[str, Any]) -> dict[str, A
         "icon": "",
         "url": source.absolute().as_uri(),
         "extract_size": image.stat().st_size,
-        "extract_sha256": layout.sha256_file(image),
+        "extract_sha256": manifest.sha256_file(image),
         "image_download_size": source.stat().st_size,
         "release_date": str(info["built"])[:10],
         "init_format": INIT_FORMAT,
@@ -65,7 +65,7 @@ def entry(image: Path, packed: Path | None, info: dict[str, Any]) -> dict[str, A
         "capabilities": ["passwordless_sudo"],
     }
     if packed is not None:
-        item["image_download_sha256"] = layout.sha256_file(packed)
+        item["image_download_sha256"] = manifest.sha256_file(packed)
     if info["arch"] in ARCHITECTURE:
         item["architecture"] = ARCHITECTURE[info["arch"]]
     bmap = image.with_name(image.name + ".bmap")

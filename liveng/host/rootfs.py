@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from liveng import layout, settings
+from liveng import manifest, settings
 from liveng.host import initramfsenv, progress, targets, trim, updaterecipe
 from liveng.host.errors import BuildError
 from liveng.host.mirrors import Mirrors
@@ -162,7 +162,7 @@ class RootfsSpec:
         if self.dpkg_filters:
             doc["dpkg_filters"] = list(self.dpkg_filters)
         if self.debs:
-            doc["debs"] = [[p.name, layout.sha256_file(p)] for p in self.debs]
+            doc["debs"] = [[p.name, manifest.sha256_file(p)] for p in self.debs]
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 

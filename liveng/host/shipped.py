@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from liveng import layout
+from liveng import layout, manifest
 from liveng.durable import fsync_dir
 from liveng.host import disk, flash, preflight
 from liveng.host.errors import LivengError
@@ -101,7 +101,7 @@ def package(image: Path, compression: str) -> list[Path]:
         run(["bmaptool", "-q", "create", "-o", temps[0], image])
         with open(temps[1], "wb") as out:
             run([*compress, image], stdout=out)
-        temps[2].write_text("".join(f"{layout.sha256_file(t)}  {p.name}\n" for t, p in ((temps[1], packed),
+        temps[2].write_text("".join(f"{manifest.sha256_file(t)}  {p.name}\n" for t, p in ((temps[1], packed),
                                                                                    (temps[0], bmap))))
         for tmp, final in zip(temps, (bmap, packed, sums), strict=True):
             os.replace(tmp, final)

@@ -130,7 +130,7 @@ def shipped_dtbs(vm: Vm, kernel: str) -> set[str]:
     """The device trees for liveng's boards that the installed kernel package ships, as slot paths."""
     return set(json.loads(vm.sh(
         "python3 -c 'import json, sys; from pathlib import Path; from liveng import layout; "
-        "print(json.dumps(sorted(layout.kernel_dtbs(Path(\"/\"), sys.argv[1]))))' " + kernel)))
+        "print(json.dumps(sorted(manifest.kernel_dtbs(Path(\"/\"), sys.argv[1]))))' " + kernel)))
 
 
 def test_virt_uefi_kernel_update_system_update_and_fallback(rpi_image: Path, rpi_v2_channel: Path,

@@ -74,7 +74,7 @@ def test_secure_boot_signed_kernel_update_refused_and_counting(trixie_image: Pat
         vm.sh("python3 -c 'from pathlib import Path; from liveng import layout; from liveng.device import slots; "
               f'f = {{layout.KERNEL_PATH: Path("{unsigned}"), '
               f'layout.INITRD_PATH: Path("/boot/initrd.img-{factory}")}}; '
-              f'slots.write_slot("a", "{factory}-unsigned", f, {{r: layout.sha256_file(p) for r, p in f.items()}})'
+              f'slots.write_slot("a", "{factory}-unsigned", f, {{r: manifest.sha256_file(p) for r, p in f.items()}})'
               "'", timeout=600)
         # Only the signature is wrong: the slot matches its manifest.
         assert vm.sh(f"rm {unsigned}; python3 -c 'from liveng.device import verify; print(verify.intact(\"a\"))'") \

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from liveng import bundle, layout
+from liveng import bundle, layout, manifest
 from liveng.host import bundler, cli, disk, openpgp
 from liveng.host.cli import main
 from liveng.host.errors import ImageError, UpdateBundleError
@@ -53,7 +53,7 @@ def system_iso(work: Path, info: dict[str, Any], leave_out: str = "") -> Path:
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_bytes(data)
     hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items() if rel != leave_out}
-    (tree / layout.MANIFEST_PATH).write_text(layout.manifest_text(hashes))
+    (tree / layout.MANIFEST_PATH).write_text(manifest.manifest_text(hashes))
     iso = work / "system.iso"
     subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-iso-level", "3", "-R", "-V", layout.SYSTEM_VOLID,
                     "-o", str(iso), str(tree)], check=True, capture_output=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from liveng import bootargs, layout
+from liveng import bootargs, layout, manifest
 from liveng.host import preflight, qemu, recipe, rootfs, targets
 from liveng.host.bootloader import grub, rpi
 from liveng.host.errors import UsageError
@@ -58,9 +58,9 @@ def test_kernel_dtbs_are_the_raspberry_pi_ones(tmp_path: Path) -> None:
     base.mkdir(parents=True)
     for name in ("bcm2837-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb", "bcm4908-asus-gt-ac5300.dtb", "bcm2711-rpi-4-b.txt"):
         (base / name).write_bytes(b"x")
-    found = layout.kernel_dtbs(tmp_path, "6.12.1-arm64")
+    found = manifest.kernel_dtbs(tmp_path, "6.12.1-arm64")
     assert list(found) == ["dtbs/broadcom/bcm2711-rpi-4-b.dtb", "dtbs/broadcom/bcm2837-rpi-3-b.dtb"]
-    assert layout.kernel_dtbs(tmp_path, "6.99-amd64") == {}
+    assert manifest.kernel_dtbs(tmp_path, "6.99-amd64") == {}
 
 
 def test_machines_follow_the_architecture() -> None:
