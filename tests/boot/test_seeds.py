@@ -100,7 +100,8 @@ def ssh_settled(vm: Vm) -> None:
                   "systemctl is-active ssh.service", timeout=300, check=False)
     if state != "active":  # what ssh.service and sshd said, for the report
         journal = vm.sh("systemctl status --no-pager -l ssh.service; journalctl -b --no-pager -o short-monotonic "
-                        "-u ssh.service -u ssh.socket -u liveng-ssh-keygen.service | tail -60", check=False)
+                        "-u ssh.service -u ssh.socket -u liveng-ssh-keygen.service | tail -60; free -m; "
+                        "dmesg | grep -i -E 'out of memory|killed process|segfault' | tail", check=False)
         raise AssertionError(f"ssh.service is {state!r} after the apply:\n{journal}")
 
 
