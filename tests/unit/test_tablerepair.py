@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,21 @@ def test_p7_smaller_than_its_filesystem_is_put_right(tmp_path: Path) -> None:
     assert entries(path)[7].size == MIB // S
     assert tablerepair.repair(path) is not None
     assert entries(path) == good
+
+
+@pytest.mark.parametrize("options", [["-b", "4096"], ["-b", "1024", "-O", "^64bit"], ["-b", "4096", "-O", "64bit"]])
+def test_ext4_size_read_from_the_superblock_agrees_with_dumpe2fs(tmp_path: Path, options: list[str]) -> None:
+    # On a file of its own, so dumpe2fs needs no FILE?offset=N (which trixie's no longer opens).
+    fs = tmp_path / "fs.img"
+    with open(fs, "wb") as f:
+        f.truncate(24 * MIB)
+    run(["mkfs.ext4", "-q", "-F", *options, str(fs), "20M"])
+    out = subprocess.run(["dumpe2fs", "-h", str(fs)], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    expected = int(fields["Block count"]) * int(fields["Block size"]) // S
+    assert expected == 20 * MIB // S
+    placed = tmp_path / "disk.img"  # the same filesystem 3 MiB into a disk, as p7 sits
+    with open(placed, "wb") as f:
+        f.write(b"\0" * 3 * MIB + fs.read_bytes())
+    assert tablerepair.ext4_sectors(placed, 3 * MIB // S) == expected
+    assert tablerepair.ext4_sectors(placed, 0) is None  # no superblock there (an encrypted p7 reads so)
