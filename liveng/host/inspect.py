@@ -1,7 +1,7 @@
 """The device status of an image or a card, read from the host without mounting anything.
 
 p1 with mtools, the ISO9660 kernel slots with xorriso (at the partition's offset), p7 with
-debugfs/dumpe2fs (e2fsprogs open a file at an offset with ``FILE?offset=N``).
+debugfs (which opens a file at an offset as ``FILE?offset=N``).
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def delta_bytes(image: Path, offset: int) -> int:
 
 def persistence_status(image: Path, offset: int) -> dict[str, Any]:
     fields = {}
-    for line in output(["dumpe2fs", "-h", _e2(image, offset)]).splitlines():
+    # debugfs, not dumpe2fs: trixie's dumpe2fs (1.47.2) no longer opens FILE?offset=N.
+    for line in _debugfs(image, offset, ["stats -h"]).splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields[key.strip()] = value.strip()
