@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from liveng import layout
 from liveng.device import tablerepair
 from liveng.device.runner import DeviceError
 from liveng.host import disk
-from liveng.host.runner import run
+from liveng.host.runner import output, run
 
 MIB = layout.MiB
 S = layout.SECTOR
@@ -147,8 +146,7 @@ def test_ext4_size_read_from_the_superblock_agrees_with_dumpe2fs(tmp_path: Path,
     with open(fs, "wb") as f:
         f.truncate(24 * MIB)
     run(["mkfs.ext4", "-q", "-F", *options, str(fs), "20M"])
-    out = subprocess.run(["dumpe2fs", "-h", str(fs)], capture_output=True, text=True, check=True).stdout
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    fields = dict(line.split(":", 1) for line in output(["dumpe2fs", "-h", fs]).splitlines() if ":" in line)
     expected = int(fields["Block count"]) * int(fields["Block size"]) // S
     assert expected == 20 * MIB // S
     placed = tmp_path / "disk.img"  # the same filesystem 3 MiB into a disk, as p7 sits
