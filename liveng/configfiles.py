@@ -33,6 +33,8 @@ SSHD_DROPIN_PATH = "etc/ssh/sshd_config.d/liveng.conf"
 REGDOM_PATH = "etc/modprobe.d/liveng-wifi-country.conf"
 SUDOERS_DIR = "etc/sudoers.d"
 SSH_UNIT = "ssh.service"
+# What `systemctl enable ssh.service` links: the unit into multi-user.target and its alias sshd.service.
+SSH_ENABLED_LINKS = ("etc/systemd/system/multi-user.target.wants/ssh.service", "etc/systemd/system/sshd.service")
 
 
 def hosts_text(old: str | None, name: str) -> str:

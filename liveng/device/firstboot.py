@@ -156,7 +156,14 @@ def _ssh(s: Settings, system: System) -> None:
         changed = _write(system, configfiles.SSHD_DROPIN_PATH, configfiles.sshd_text(s.ssh.password_authentication))
     wanted = settings.ssh_wanted(s)
     if wanted is True:
-        system.run(["systemctl", "enable", "--no-reload", configfiles.SSH_UNIT], None)
+        if not all(system.path(link).is_symlink() for link in configfiles.SSH_ENABLED_LINKS):
+            # Until systemd reloads, it keeps the alias sshd.service (which Debian's sshd-keygen.service
+            # names) as a unit of its own, not found. A reload after ssh.service has started folds that
+            # unit's dead state into ssh.service, and its server is left running outside systemd's view,
+            # holding port 22 (trixie, systemd 257; the next apt install reloads). Reloading now, before
+            # the start, merges two stopped units.
+            system.run(["systemctl", "enable", *([] if system.live else ["--no-reload"]), configfiles.SSH_UNIT],
+                       None)
         if system.live:
             # Queued behind this service (ssh.service is ordered after it); no wait here.
             system.run(["systemctl", "start", "--no-block", configfiles.SSH_UNIT], None)

@@ -129,7 +129,7 @@ def slot_files(vm: Vm, image_id: str, slot: str) -> set[str]:
 def shipped_dtbs(vm: Vm, kernel: str) -> set[str]:
     """The device trees for liveng's boards that the installed kernel package ships, as slot paths."""
     return set(json.loads(vm.sh(
-        "python3 -c 'import json, sys; from pathlib import Path; from liveng import layout; "
+        "python3 -c 'import json, sys; from pathlib import Path; from liveng import manifest; "
         "print(json.dumps(sorted(manifest.kernel_dtbs(Path(\"/\"), sys.argv[1]))))' " + kernel)))
 
 

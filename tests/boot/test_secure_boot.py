@@ -71,7 +71,8 @@ def test_secure_boot_signed_kernel_update_refused_and_counting(trixie_image: Pat
         cloud = slot_kernel(st, "b")
         assert isinstance(cloud, str) and cloud != factory and st["order"] == ["slot-b", "slot-a", "factory"]
         # By hand, with its manifest: the unsigned kernel into slot A, after B in the boot order.
-        vm.sh("python3 -c 'from pathlib import Path; from liveng import layout; from liveng.device import slots; "
+        vm.sh("python3 -c 'from pathlib import Path; from liveng import layout, manifest; "
+              "from liveng.device import slots; "
               f'f = {{layout.KERNEL_PATH: Path("{unsigned}"), '
               f'layout.INITRD_PATH: Path("/boot/initrd.img-{factory}")}}; '
               f'slots.write_slot("a", "{factory}-unsigned", f, {{r: manifest.sha256_file(p) for r, p in f.items()}})'

@@ -151,6 +151,12 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         assert vm.sh("getent shadow pi | cut -d: -f2") == pi_hash
         result = ssh_key(port, tmp_path / "key", "vmuser", "id -un")  # from the seed disk
         assert result.returncode == 0 and result.stdout.strip() == "vmuser", result.stderr
+        # The next apt install reloads systemd: the server it started stays its main process (the image
+        # had SSH off, so the apply enabled it during this boot).
+        listener = vm.sh("pgrep -f '^sshd: /usr/sbin/sshd'")
+        assert vm.sh("systemctl show -P MainPID ssh.service") == listener
+        vm.sh("systemctl daemon-reload", timeout=120)
+        assert vm.sh("systemctl show -P ActiveState,MainPID ssh.service").split() == ["active", listener]
         user_data, network_config = p1_text(vm, part, "user-data"), p1_text(vm, part, "network-config")
         assert "$y$" not in user_data and pi_hash not in user_data and PSK not in network_config
         assert "removed by liveng" in user_data and "hostname: liveng-pi" in user_data

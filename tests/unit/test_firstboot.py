@@ -325,3 +325,25 @@ def test_a_country_alone_keeps_the_network(tmp_path: Path) -> None:
     assert (root / configfiles.REGDOM_PATH).read_text().endswith("ieee80211_regdom=AT\n")
     with pytest.raises(SettingsError, match=r"wifi\.ssid: is missing: passphrase is for a network"):
         settings.loads('[wifi]\ncountry = "AT"\npassphrase = "12345678"', "f")
+
+
+def test_ssh_enabled_live_reloads_systemd_before_the_start(tmp_path: Path) -> None:
+    """Turning SSH on in a running system: systemd reloads (plain `systemctl enable`) before ssh.service
+    starts; once both links are there, nothing is enabled (or reloaded) again."""
+    root = make_root(tmp_path)
+    rec = Recorder(root)
+    live = firstboot.System(root=root, run=rec, live=True)
+    s = settings.loads("[ssh]\nenabled = true", "f")
+    firstboot._ssh(s, live)
+    assert rec.commands() == ["systemctl enable ssh.service", "systemctl start --no-block ssh.service"]
+    for link in configfiles.SSH_ENABLED_LINKS:
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to("/usr/lib/systemd/system/ssh.service")
+    rec.calls.clear()
+    firstboot._ssh(s, live)
+    assert rec.commands() == ["systemctl start --no-block ssh.service"]
+    # Only the target's link (an alias removed by hand): enabled again, with the reload.
+    (root / configfiles.SSH_ENABLED_LINKS[1]).unlink()
+    rec.calls.clear()
+    firstboot._ssh(s, live)
+    assert rec.commands()[0] == "systemctl enable ssh.service"
