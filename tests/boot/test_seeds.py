@@ -156,7 +156,8 @@ def test_imager_files_preseed_and_a_cloud_localds_seed(pc_golden: golden.Golden,
         listener = vm.sh("pgrep -f '^sshd: /usr/sbin/sshd'")
         assert vm.sh("systemctl show -P MainPID ssh.service") == listener
         vm.sh("systemctl daemon-reload", timeout=120)
-        assert vm.sh("systemctl show -P ActiveState,MainPID ssh.service").split() == ["active", listener]
+        assert vm.sh("systemctl is-active ssh.service; systemctl show -P MainPID ssh.service").split() == [
+            "active", listener]
         user_data, network_config = p1_text(vm, part, "user-data"), p1_text(vm, part, "network-config")
         assert "$y$" not in user_data and pi_hash not in user_data and PSK not in network_config
         assert "removed by liveng" in user_data and "hostname: liveng-pi" in user_data
