@@ -20,8 +20,9 @@ _END = re.compile(r"@@END(\d+)@@")
 _KMSG = re.compile(r"^\[\s*\d+\.\d+\] ")
 # A boot that printed one of these will not reach a shell: stop waiting at once instead of at the
 # timeout (a hung boot used to hold a CI worker for 25 minutes).
+# GRUB's prompts: it found no menu (or no normal mode) and waits for someone at the keyboard.
 FATAL = re.compile(r"Kernel panic - not syncing[^\r\n]*|Internal error: Oops[^\r\n]*"
-                   r"|Freezing execution[^\r\n]*")
+                   r"|Freezing execution[^\r\n]*|(?<![\w-])grub(?: rescue)?> ")
 # QEMU's raspi3b SD host controller (bcm2835 sdhost) under heavy TCG load: the kernel's 10 s
 # request timer runs out before the emulated DMA completes, and the driver's error path then
 # oopses. An emulator timing fault, not the image's: test_rpi_boot boots once more when it sees it.
