@@ -160,8 +160,10 @@ def _ssh(s: Settings, system: System) -> None:
             # Until systemd reloads, it keeps the alias sshd.service (which Debian's sshd-keygen.service
             # names) as a unit of its own, not found. A reload after ssh.service has started folds that
             # unit's dead state into ssh.service, and its server is left running outside systemd's view,
-            # holding port 22 (trixie, systemd 257; the next apt install reloads). Reloading now, before
-            # the start, merges two stopped units.
+            # holding port 22 (trixie, systemd 257). Reloads come from any apt install, and from
+            # `systemctl enable` itself: ssh has an init script, and update-rc.d reloads before the links
+            # exist. So: enable only when a link is missing, with systemctl's own reload after the links,
+            # before the start, which merges two stopped units.
             system.run(["systemctl", "enable", *([] if system.live else ["--no-reload"]), configfiles.SSH_UNIT],
                        None)
         if system.live:
