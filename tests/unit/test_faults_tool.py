@@ -15,7 +15,7 @@ import pytest
 from bench.faults import record, rounds
 from bench.faults.__main__ import main, next_pair, pairs_for, round_seed, worker_of
 from bench.faults.ops import OPS
-from bench.faults.ops_apt import REINST_REQUIRED, apt_retrying, not_filtered
+from bench.faults.ops_apt import REINST_REQUIRED, apt_retrying, not_filtered, upgraded
 
 HELPER = Path(rounds.__file__).with_name("guest_helper.py")
 
@@ -382,3 +382,13 @@ def test_apt_lists_fetched_again_when_apt_says_they_lack_the_package() -> None:
     other.updated = True
     steps = []
     assert apt_retrying(other, "-f install", steps).endswith("rc=0") and steps == []  # type: ignore[arg-type]
+
+
+def test_the_packages_apt_upgrades_are_read_from_its_list() -> None:
+    """apt-kernel checks that its kernel is among them: with apt-upgrade as its partner, apt upgrades
+    the demo package too (3 packages, where the count alone expected 2)."""
+    out = ("Reading package lists...\nCalculating upgrade...\nThe following packages will be upgraded:\n"
+           "  linux-image-6.12.118+deb13-amd64 linux-image-amd64 liveng-faults-demo\n"
+           "3 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\nNeed to get 120 MB of archives.\n")
+    assert upgraded(out) == {"linux-image-6.12.118+deb13-amd64", "linux-image-amd64", "liveng-faults-demo"}
+    assert upgraded("Calculating upgrade...\n0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n") == set()
