@@ -1,4 +1,4 @@
-"""GRUB environment blocks (boot/grub/grubenv on p1): the boot state shared by GRUB, the device
+"""GRUB environment blocks (layout.GRUBENV_PATH on p1): the boot state shared by GRUB, the device
 tool and the host builder. Standard library only.
 
 The format is GRUB's: exactly 1024 bytes, a header line, ``name=value`` lines, '#' padding. GRUB's

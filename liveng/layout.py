@@ -125,16 +125,24 @@ IMAGE_INFO_PATH = "liveng/image.json"  # on p1 and p2
 SLOT_INFO_PATH = "liveng/slot.json"
 GRUB_DIR = "boot/grub"
 GRUB_CFG_PATH = "boot/grub/grub.cfg"
-GRUBENV_PATH = "boot/grub/grubenv"
+# The boot state, in a directory of its own at p1's root: nothing it rewrites shares a FAT or
+# directory sector with what GRUB and the firmware read (liveng/host/fatlayout.py).
+BOOT_STATE_DIR = "liveng-state"
+GRUBENV_PATH = "liveng-state/grubenv"
 # The boot state's second copy (same 1024-byte format). Every writer, GRUB and the device alike,
 # writes GRUBENV_PATH first and this second, so a torn write damages at most one of them; readers
 # take the primary when it is valid, else this one (liveng/grubenv.py choose()).
-GRUBENV_BACKUP_PATH = "boot/grub/grubenv.bak"
+GRUBENV_BACKUP_PATH = "liveng-state/grubenv.bak"
+# Where images built before 2026-12-07 keep them (beside grub.cfg), and their menus read them: the
+# device keeps using these on such a card (device/bootenv.py paths()).
+LEGACY_GRUBENV_PATHS = ("boot/grub/grubenv", "boot/grub/grubenv.bak")
 EFI_BOOT_DIR = "EFI/BOOT"
 # Settings the owner edits on p1 after flashing (liveng/settings.py), applied at boot by
 # liveng-settings.service; a file that cannot be applied gets the reason written beside it.
 SETTINGS_PATH = "liveng-settings.toml"
 SETTINGS_ERROR_PATH = "liveng-settings-error.txt"
+# The entries of p1's root the device rewrites; the build keeps them apart from the rest.
+P1_RUNTIME = (BOOT_STATE_DIR, SETTINGS_PATH)
 # On p7 in DELTA_STATE_DIR (outside the delta, which a reset discards): what applying the file again
 # after a reset needs and p1 no longer holds (the Wi-Fi key derived from the removed passphrase).
 SETTINGS_KEPT_NAME = "settings-kept.json"

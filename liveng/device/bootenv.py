@@ -1,5 +1,8 @@
 """The one owner of p1's boot state files (layout.GRUBENV_PATH and its backup) on the device.
 
+Cards built before the boot state had a directory of its own keep it beside grub.cfg, where their
+menu reads it (layout.LEGACY_GRUBENV_PATHS): ``paths`` asks the card's menu.
+
 Every change goes through ``update`` under ``locked()``: the lock serialises the device's writers
 (liveng-boot-ok, kernel install from an apt hook, mode set, ...), and ``write`` puts the primary
 first, then the backup, each whole (temporary file, fsync, rename). GRUB writes in the same order
@@ -96,11 +99,22 @@ def _load(path: Path) -> bytes | str | None:
         return f"unreadable: {exc.strerror}"
 
 
+def paths(boot: Path) -> tuple[str, str]:
+    """p1's (primary, backup) boot state files: where this card's menu reads them."""
+    try:
+        menu = (boot / layout.GRUB_CFG_PATH).read_bytes()
+    except OSError:
+        menu = b""  # unreadable: GRUB has no menu either; the current layout
+    legacy = f"/{layout.LEGACY_GRUBENV_PATHS[0]}".encode() in menu
+    return layout.LEGACY_GRUBENV_PATHS if legacy else (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH)
+
+
 def read(boot: Path) -> grubenv.Choice:
     """The boot state on the mounted p1 ``boot``: never raises for a bad env, warns instead."""
-    choice = grubenv.choose(_load(boot / layout.GRUBENV_PATH), _load(boot / layout.GRUBENV_BACKUP_PATH))
+    primary, backup = paths(boot)
+    choice = grubenv.choose(_load(boot / primary), _load(boot / backup))
     for copy, why in choice.damaged.items():
-        name = layout.GRUBENV_PATH if copy == "primary" else layout.GRUBENV_BACKUP_PATH
+        name = primary if copy == "primary" else backup
         print(f"liveng: warning: {name} on the boot partition is damaged ({why}); using the "
               f"{'built-in defaults' if choice.source == 'defaults' else choice.source}; it is repaired "
               "at the next change of the boot state", file=sys.stderr)
@@ -109,11 +123,12 @@ def read(boot: Path) -> grubenv.Choice:
 
 def write(boot: Path, env: dict[str, str]) -> None:
     """Replace both copies: the primary first, then the backup (the order GRUB writes them in)."""
-    primary, backup = grubenv.copies(env)
-    (boot / layout.GRUBENV_PATH).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(boot / layout.GRUBENV_PATH, primary)
+    primary, backup = paths(boot)
+    data = grubenv.copies(env)
+    (boot / primary).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(boot / primary, data[0])
     os.sync()
-    write_atomic(boot / layout.GRUBENV_BACKUP_PATH, backup)
+    write_atomic(boot / backup, data[1])
     os.sync()
 
 

@@ -69,7 +69,8 @@ def mounted(role: layout.Role, fstype: str, writable: bool = False, dev: Path | 
         raise DeviceError(f"{dev} ({role.value} partition) is missing")
     Path("/run/liveng").mkdir(parents=True, exist_ok=True)
     where = Path(tempfile.mkdtemp(prefix=f"{role.value}.", dir="/run/liveng"))
-    opts = "rw,flush" if writable and fstype == "vfat" else ("rw" if writable else "ro")
+    # noatime: reading a file would otherwise rewrite its directory entry, beside unchanging ones.
+    opts = "rw,flush,noatime" if writable and fstype == "vfat" else ("rw" if writable else "ro")
     try:
         run(["mount", "-t", fstype, "-o", opts, str(dev), str(where)])
         try:

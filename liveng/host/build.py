@@ -235,16 +235,20 @@ def step_boot_partition(ctx: Context) -> None:
     cfg.write_text(menu)
     if target.signed_uefi:
         signed.populate(staging, ctx.assets, ctx.image_id, menu)
-    primary, backup = grubenv.copies(layout.fresh_env(layout.INITIAL_ORDER, ram.mode))
-    (staging / layout.GRUBENV_PATH).write_bytes(primary)
-    (staging / layout.GRUBENV_BACKUP_PATH).write_bytes(backup)
     info = staging / layout.IMAGE_INFO_PATH
     info.parent.mkdir(parents=True, exist_ok=True)
     info.write_text(json.dumps(ctx.image_info(), indent=1) + "\n")
+    # What the device rewrites, staged apart: p1 gets it after the rest, in sectors of its own.
+    runtime = ctx.workdir / "boot-runtime"
+    (runtime / layout.BOOT_STATE_DIR).mkdir(parents=True, exist_ok=True)
+    primary, backup = grubenv.copies(layout.fresh_env(layout.INITIAL_ORDER, ram.mode))
+    (runtime / layout.GRUBENV_PATH).write_bytes(primary)
+    (runtime / layout.GRUBENV_BACKUP_PATH).write_bytes(backup)
     # The owner's settings, every line commented out: edit it on any computer after flashing.
-    (staging / layout.SETTINGS_PATH).write_bytes(
+    (runtime / layout.SETTINGS_PATH).write_bytes(
         resources.files("liveng.host").joinpath("data/liveng-settings.toml").read_bytes())
-    filesystems.fat32(staging, ctx.part("boot"), ctx.recipe.sizes.boot, layout.BOOT_LABEL, ctx.image_id)
+    assert sorted(p.name for p in runtime.iterdir()) == sorted(layout.P1_RUNTIME)
+    filesystems.fat32(staging, runtime, ctx.part("boot"), ctx.recipe.sizes.boot, layout.BOOT_LABEL, ctx.image_id)
 
 
 def step_persistence(ctx: Context) -> None:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from liveng import durable
+from liveng.host import fatlayout
 from liveng.host.runner import run
 
 _SQUASHFS_COMP = {
@@ -41,14 +42,13 @@ def iso9660(tree: Path, out: Path, volid: str) -> None:
     run(["xorriso", "-as", "mkisofs", "-quiet", "-iso-level", "3", "-R", "-V", volid, "-o", out, tree])
 
 
-def fat32(tree: Path, out: Path, size_mib: int, label: str, serial: str) -> None:
-    """A FAT32 image holding ``tree``; ``serial`` is 8 hex digits."""
+def fat32(static: Path, runtime: Path, out: Path, size_mib: int, label: str, serial: str) -> fatlayout.Fence:
+    """A FAT32 image holding the trees ``static`` and ``runtime`` (the root entries the device rewrites),
+    kept apart (fatlayout); ``serial`` is 8 hex digits."""
     out.unlink(missing_ok=True)
     run(["mkfs.fat", "-F", "32", "-n", label, "-i", serial, "-C", out, str(size_mib * 1024)])
-    entries = sorted(tree.iterdir())
-    if entries:
-        # mcopy -s copies directories recursively; -Q stops at the first error instead of asking.
-        run(["mcopy", "-Q", "-s", "-i", out, *entries, "::/"], env={"MTOOLS_SKIP_CHECK": "1"})
+    fatlayout.populate(out, static, runtime)
+    return fatlayout.check(out, tuple(p.name for p in runtime.iterdir()))
 
 
 def persistence_ext4(tree: Path, out: Path, size_mib: int, label: str) -> None:

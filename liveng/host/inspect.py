@@ -185,16 +185,25 @@ def _factory_version(image: ImageFile) -> str:
     return str(info.get("version") or "0") if isinstance(info, dict) else "unknown (p2's image.json unreadable)"
 
 
+def boot_state_copies(image: Path, p1: int, paths: tuple[str, str]) -> list[bytes | None]:
+    """The two copies at ``paths`` (None: missing or unreadable, which grubenv.choose reports)."""
+    copies: list[bytes | None] = []
+    for path in paths:
+        try:
+            copies.append(fat_file(image, p1, path))
+        except ImageError:
+            copies.append(None)
+    return copies
+
+
 def status(image: ImageFile) -> dict[str, Any]:
     table = image.table
     report: dict[str, Any] = {"image_id": table.image_id, "errors": []}
     boot = table.entry(layout.partition(layout.Role.BOOT).number)
-    copies: list[bytes | None] = []
-    for path in (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH):
-        try:
-            copies.append(fat_file(image.path, boot.start, path))
-        except ImageError:
-            copies.append(None)  # missing (or unreadable): grubenv.choose says so
+    copies = boot_state_copies(image.path, boot.start, (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH))
+    if copies == [None, None]:  # a card built before the boot state had its own directory?
+        legacy = boot_state_copies(image.path, boot.start, layout.LEGACY_GRUBENV_PATHS)
+        copies = legacy if legacy != [None, None] else copies
     choice = grubenv.choose(*copies)
     env = choice.env
     report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),

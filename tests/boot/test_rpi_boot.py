@@ -70,7 +70,7 @@ def test_boot_partition_holds_the_pi_boot_chain(rpi_image: Path) -> None:
                              text=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
     names = {line.strip().lstrip(":/").lower() for line in listing.splitlines()}
     for wanted in ("bootcode.bin", "start.elf", "start4.elf", "fixup.dat", "fixup4.dat", "config.txt",
-                   "u-boot.bin", "efi/boot/bootaa64.efi", "boot/grub/grub.cfg", "boot/grub/grubenv",
+                   "u-boot.bin", "efi/boot/bootaa64.efi", "boot/grub/grub.cfg", layout.GRUBENV_PATH,
                    "bcm2837-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb", "liveng/image.json"):
         assert wanted in names, f"{wanted} missing from p1: {sorted(names)}"
     config = p1_read(rpi_image, "config.txt").decode()

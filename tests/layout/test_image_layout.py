@@ -191,7 +191,7 @@ def test_boot_partition(built: Built) -> None:
     efi = subprocess.run(["mtype", "-i", spec, "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True, check=True,
                          env=env).stdout
     assert efi[:2] == b"MZ"
-    env_block = subprocess.run(["mtype", "-i", spec, "::/boot/grub/grubenv"], capture_output=True, check=True,
+    env_block = subprocess.run(["mtype", "-i", spec, f"::/{layout.GRUBENV_PATH}"], capture_output=True, check=True,
                                env=env).stdout
     assert grubenv.parse(env_block) == {"liveng_order": "0 2", "liveng_tries": "3", "liveng_mode": "persistent"}
     backup = subprocess.run(["mtype", "-i", spec, f"::/{layout.GRUBENV_BACKUP_PATH}"], capture_output=True,

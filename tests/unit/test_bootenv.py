@@ -61,7 +61,8 @@ def test_two_writers_and_a_reader_never_see_a_bad_env(boot: Path) -> None:
     assert found == [] and [p.exitcode for p in procs] == [0, 0, 0, 0]
     final = grubenv.choose((boot / layout.GRUBENV_PATH).read_bytes(), (boot / layout.GRUBENV_BACKUP_PATH).read_bytes())
     assert final.source == "primary" and final.env[layout.ENV_ORDER] == "0 2" and {"w1", "w2"} <= set(final.env)
-    assert sorted(p.name for p in boot.rglob("*")) == ["boot", "grub", "grubenv", "grubenv.bak"]  # no temporaries left
+    # No temporaries left.
+    assert sorted(p.name for p in boot.rglob("*")) == ["grubenv", "grubenv.bak", layout.BOOT_STATE_DIR]
 
 
 def test_lock_is_held_and_reentrant(boot: Path) -> None:
@@ -88,7 +89,7 @@ def test_damaged_primary_uses_backup_warns_and_is_repaired(boot: Path, damage: s
                              "latin1": b"# GRUB Environment Block\nx=\xe9\n" + b"#" * 994}[damage])
     choice = bootenv.read(boot)
     assert (choice.source, choice.env[layout.ENV_ORDER], list(choice.damaged)) == ("backup", "0 2", ["primary"])
-    assert "warning: boot/grub/grubenv on the boot partition is damaged" in capsys.readouterr().err
+    assert f"warning: {layout.GRUBENV_PATH} on the boot partition is damaged" in capsys.readouterr().err
     with bootenv.locked():
         env = bootenv.update(boot, {})  # no change asked: the repair alone is written
     assert env == {layout.ENV_ORDER: "0 2", layout.ENV_TRIES: "3"}
@@ -128,3 +129,26 @@ def test_write_atomic_never_follows_a_symlink(tmp_path: Path) -> None:
     (tmp_path / ".env.tmp").symlink_to(victim)
     bootenv.write_atomic(tmp_path / "env", b"new")
     assert (tmp_path / "env").read_bytes() == b"new" and victim.read_text() == "keep"
+
+
+def test_a_card_built_before_keeps_its_boot_state_beside_grub_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Its menu reads layout.LEGACY_GRUBENV_PATHS: the device must write there, even with both copies gone."""
+    monkeypatch.setattr(bootenv, "LOCK_PATH", tmp_path / "run/boot-state.lock")
+    boot = tmp_path / "p1"
+    (boot / layout.GRUB_DIR).mkdir(parents=True)
+    (boot / layout.GRUB_CFG_PATH).write_text(
+        f"set liveng_env=($liveng_disk,msdos1)/{layout.LEGACY_GRUBENV_PATHS[0]}\n"
+        f"set liveng_env_bak=($liveng_disk,msdos1)/{layout.LEGACY_GRUBENV_PATHS[1]}\n")
+    assert bootenv.paths(boot) == layout.LEGACY_GRUBENV_PATHS
+    with bootenv.locked():
+        bootenv.update(boot, {layout.ENV_TRIES: "2"})
+    assert "damaged" in capsys.readouterr().err  # both missing: from the defaults, said so
+    for path in layout.LEGACY_GRUBENV_PATHS:
+        assert grubenv.check((boot / path).read_bytes()) == {layout.ENV_TRIES: "2"}
+    assert not (boot / layout.BOOT_STATE_DIR).exists()
+    assert bootenv.read(boot).env == {layout.ENV_TRIES: "2"}
+
+    # This build's menu: its own directory.
+    (boot / layout.GRUB_CFG_PATH).write_text(f"set liveng_env=($liveng_disk,msdos1)/{layout.GRUBENV_PATH}\n")
+    assert bootenv.paths(boot) == (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH)
