@@ -13,6 +13,7 @@ import pytest
 from liveng import layout
 from liveng.host.disk import read_table
 from tests.boot import golden
+from tests.boot.p1fence import assert_boot_files_untouched
 from tests.boot.test_kernel_slots import LONG, kstatus, settle
 from tests.vm import Vm
 
@@ -97,3 +98,5 @@ def test_damaged_grubenv_boots_is_repaired_and_counting_goes_on(bios_golden: gol
         assert "repairing the boot state's primary copy from the backup" in journal, journal
         assert copies_equal_and_whole(vm, image_id)
         vm.poweroff()
+    # Both copies damaged, repaired, rewritten by GRUB and the device: no sector of a boot file written.
+    assert_boot_files_untouched(bios_golden.disk, disk)

@@ -20,6 +20,7 @@ import pytest
 
 from liveng import layout
 from liveng.host.disk import read_table
+from tests.boot.p1fence import assert_boot_files_untouched
 from tests.vm import Vm
 
 pytestmark = pytest.mark.boot
@@ -147,6 +148,8 @@ password_authentication = true
     assert user_hash not in left and root_hash not in left and "$6$" not in left
     assert "# password_hash: applied" in left and pubkey in left and 'hostname = "settings-edited"' in left
     assert read_p1(fresh_copy, layout.SETTINGS_ERROR_PATH) is None
+    # The settings file replaced twice, the boot state once: no sector of a boot file written.
+    assert_boot_files_untouched(trixie_image, fresh_copy)
 
     if os.environ.get("LIVENG_LONG_TESTS") != "1":
         return  # boot 2 outside CI (its time); the parsing and refusal are unit-tested
