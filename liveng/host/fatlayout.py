@@ -95,10 +95,11 @@ class Volume:
         return tuple(v & 0x0FFFFFFF for v in struct.unpack(f"<{len(raw) // 4}I", raw))
 
     def chain(self, first: int) -> list[int]:
-        fat, out = self.fats[0], []
+        fat, out, seen = self.fats[0], list[int](), set[int]()
         n = first
-        while 2 <= n < _END and n < len(fat) and n not in out:
+        while 2 <= n < _END and n < len(fat) and n not in seen:
             out.append(n)
+            seen.add(n)
             n = fat[n]
         return out
 
@@ -108,8 +109,9 @@ class Volume:
 
     def entries(self, path: str = "", first: int | None = None) -> Iterator[Entry]:
         """Every entry below the directory ``path`` (the root by default), depth first."""
+        parts: list[str] = []  # a long name's pieces, which may begin in the cluster before
         for cluster in self.chain(self.g.root_cluster if first is None else first):
-            raw, parts = self.slots(cluster), list[str]()
+            raw = self.slots(cluster)
             for i in range(0, len(raw), ENTRY):
                 slot = raw[i:i + ENTRY]
                 if slot[0] == 0:
@@ -120,7 +122,7 @@ class Volume:
                 attr = slot[11]
                 if attr == _ATTR_LFN:
                     chars = slot[1:11] + slot[14:26] + slot[28:32]
-                    parts.insert(0, chars.decode("utf-16-le").split("\0")[0])
+                    parts.insert(0, chars.decode("utf-16-le", "replace").split("\0")[0])
                     continue
                 name = "".join(parts) or _short_name(slot)
                 parts = []
@@ -206,6 +208,11 @@ def _close_root(out: Path) -> None:
         empty.unlink(missing_ok=True)
 
 
+def _is_spacer(name: str) -> bool:
+    n = name.lower()
+    return n == SPACER_FILE.lower() or n.startswith(SPACER_NAME) or (n.startswith("spacer") and n[6:].isdigit())
+
+
 @dataclass(frozen=True)
 class Fence:
     boundary: int  # the first cluster the device may write; all below hold unchanging files
@@ -220,7 +227,12 @@ def check(image: Path, runtime: tuple[str, ...]) -> Fence:
     if any(f != vol.fats[0] for f in vol.fats[1:]):
         problems.append("the FAT copies differ")
     entries = list(vol.entries())
+    # Rewritten: the entries named so, and on a card in use whatever the device, the owner or Imager
+    # added to the root, which lands after the spacers; and all below them.
     top = {r.lower() for r in runtime}
+    spacers = [i for i, e in enumerate(entries) if "/" not in e.path and _is_spacer(e.path)]
+    for e in entries[spacers[-1] + 1:] if spacers else []:
+        top.add(e.path.lower().split("/")[0])
     is_runtime = [e.path.lower().split("/")[0] in top for e in entries]
     static_clusters = [c for e, rt in zip(entries, is_runtime, strict=True) if not rt for c in vol.chain(e.first)]
     static_clusters += vol.chain(vol.g.root_cluster)[:1]
@@ -233,7 +245,8 @@ def check(image: Path, runtime: tuple[str, ...]) -> Fence:
             problems.append(f"{e.path} (rewritten by the device) lies among the boot files' clusters")
     # Only the root gets new names on the device (the rewritten entries are the root's).
     for c in vol.chain(vol.g.root_cluster):
-        if c < boundary and _free_at_end(vol.slots(c)):
+        raw = vol.slots(c)
+        if c < boundary and any(raw[i] in _FREE for i in range(0, len(raw), ENTRY)):
             problems.append(f"the root's directory cluster {c} has free slots: a new name could land among "
                             "unchanging ones")
     if problems:
