@@ -1,6 +1,7 @@
 """What must hold after every round, whatever the operation: a shell with nobody at the console
 (the runner waits for it), the system settled, `liveng status` and `liveng verify` content and in
-agreement; then, the VM powered off, p2 as built and p7's ext4 clean to `e2fsck -fn`."""
+agreement; then, the VM powered off, p2 as built, p1's boot files' sectors as built (nothing the
+device writes may reach them: liveng/host/fatlayout.py) and p7's ext4 clean to `e2fsck -fn`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from liveng import layout
 from liveng.host.disk import read_table
 from tests.boot.conftest import partition_hash
+from tests.boot.p1fence import boot_sector_changes
 from tests.vm import Vm
 
 
@@ -60,6 +62,7 @@ def on_host(disk: Path, built: Path, system_hash: str, powered_off: bool) -> lis
     table = read_table(built)
     if partition_hash(disk, layout.Role.SYSTEM, table_of=built) != system_hash:
         problems.append("p2 (the system) is not as built")
+    problems += boot_sector_changes(built, disk, layout_too=False)
     p7 = table.entry(layout.partition(layout.Role.PERSISTENCE).number).start
     with open(disk, "rb") as f:
         f.seek(p7 + 1024)
