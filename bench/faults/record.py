@@ -119,6 +119,7 @@ def section(state: dict[str, Any], ops: list[str], faults: list[str], applies: A
     lines += [f"Rounds from {first} to {last} (commits {', '.join(commits)}); campaign seed "
               f"{state['campaign_seed']}. A round: a booted VM resumed (tests/boot/golden.py), one operation "
               "started, one fault, then a boot with nobody at the console and the checks (shell, p2 as built, "
+              "p1's boot files' sectors as built (rounds of commit 5d573d2 on), "
               "`liveng status`/`verify`, every fsynced file intact, atomically written files whole or absent, "
               "the operation's own outcome, `e2fsck -fn` of p7 after a clean power-off). Cells: recovered/run "
               "(errors of the harness itself, not counted, in brackets).", ""]
