@@ -136,6 +136,14 @@ GRUBENV_BACKUP_PATH = "liveng-state/grubenv.bak"
 # Where images built before 2026-12-07 keep them (beside grub.cfg), and their menus read them: the
 # device keeps using these on such a card (device/bootenv.py paths()).
 LEGACY_GRUBENV_PATHS = ("boot/grub/grubenv", "boot/grub/grubenv.bak")
+
+
+def grubenv_paths(menu: bytes) -> tuple[str, str]:
+    """The (primary, backup) boot state files the card's grub.cfg ``menu`` reads (b"": unreadable, so
+    GRUB has no menu either: this build's paths)."""
+    if f"/{LEGACY_GRUBENV_PATHS[0]}".encode() in menu:
+        return LEGACY_GRUBENV_PATHS
+    return GRUBENV_PATH, GRUBENV_BACKUP_PATH
 EFI_BOOT_DIR = "EFI/BOOT"
 # Settings the owner edits on p1 after flashing (liveng/settings.py), applied at boot by
 # liveng-settings.service; a file that cannot be applied gets the reason written beside it.

@@ -104,9 +104,8 @@ def paths(boot: Path) -> tuple[str, str]:
     try:
         menu = (boot / layout.GRUB_CFG_PATH).read_bytes()
     except OSError:
-        menu = b""  # unreadable: GRUB has no menu either; the current layout
-    legacy = f"/{layout.LEGACY_GRUBENV_PATHS[0]}".encode() in menu
-    return layout.LEGACY_GRUBENV_PATHS if legacy else (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH)
+        menu = b""
+    return layout.grubenv_paths(menu)
 
 
 def read(boot: Path) -> grubenv.Choice:

@@ -200,10 +200,11 @@ def status(image: ImageFile) -> dict[str, Any]:
     table = image.table
     report: dict[str, Any] = {"image_id": table.image_id, "errors": []}
     boot = table.entry(layout.partition(layout.Role.BOOT).number)
-    copies = boot_state_copies(image.path, boot.start, (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH))
-    if copies == [None, None]:  # a card built before the boot state had its own directory?
-        legacy = boot_state_copies(image.path, boot.start, layout.LEGACY_GRUBENV_PATHS)
-        copies = legacy if legacy != [None, None] else copies
+    try:
+        menu = fat_file(image.path, boot.start, layout.GRUB_CFG_PATH)
+    except ImageError:
+        menu = b""
+    copies = boot_state_copies(image.path, boot.start, layout.grubenv_paths(menu))  # where its GRUB reads them
     choice = grubenv.choose(*copies)
     env = choice.env
     report["boot"] = {"order": list(layout.order_from_env(env.get(layout.ENV_ORDER, layout.INITIAL_ORDER))),

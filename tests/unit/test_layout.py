@@ -109,3 +109,14 @@ def test_boot_order_is_kept_as_menu_entry_numbers() -> None:
     assert layout.order_to_env(["slot-b", "slot-a", "factory"]) == "1 0 2"
     assert layout.order_from_env("1 0 2") == ("slot-b", "slot-a", "factory")
     assert layout.order_from_env("9 x 2") == ("factory",)
+
+
+def test_grubenv_paths_follow_the_cards_menu() -> None:
+    """A card built before 2026-12-07 keeps its boot state where its grub.cfg reads it; GRUB reads this
+    build's paths from this build's menu (the device and `liveng inspect` share the rule)."""
+    assert layout.grubenv_paths(grub.grub_cfg("0123abcd", "quiet", 3, "console=ttyS0").encode()) == (
+        layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH)
+    old = (b"set liveng_env=($liveng_disk,msdos1)/boot/grub/grubenv\n"
+           b"set liveng_env_bak=($liveng_disk,msdos1)/boot/grub/grubenv.bak\n")
+    assert layout.grubenv_paths(old) == layout.LEGACY_GRUBENV_PATHS == ("boot/grub/grubenv", "boot/grub/grubenv.bak")
+    assert layout.grubenv_paths(b"") == (layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH)
