@@ -14,6 +14,8 @@ import pytest
 from liveng import layout
 from liveng.host import fatlayout, filesystems
 from liveng.host.errors import BuildError
+from tests.boot.p1fence import boot_sector_changes
+from tests.layout.image import Built, extract, partitions
 
 ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
@@ -102,3 +104,26 @@ def test_a_plain_copy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="free") as raised:
         fatlayout.check(image, layout.P1_RUNTIME)
     assert "lies among the boot files' clusters" in str(raised.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="liveng build needs root")
+def test_boot_files_sectors_are_watched(built: Built, tmp_path: Path) -> None:
+    """The check the boot tests and the campaign make: a byte of grub.cfg changed is reported, one of
+    grubenv (rewritten by the device) is not. Against the real image's p1."""
+    part = partitions(built.image)[1]
+    p1 = int(str(part["start"])) * 512
+    spec = f"{built.image}@@{p1}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    used = tmp_path / "used.img"
+    subprocess.run(["cp", "--sparse=always", built.image, used], check=True)
+    assert boot_sector_changes(built.image, used) == []
+    vol = fatlayout.Volume(extract(built, 1))
+    for path, watched in ((layout.GRUBENV_PATH, False), (layout.GRUB_CFG_PATH, True)):
+        first = int(subprocess.run(["mshowfat", "-i", spec, f"::/{path}"], capture_output=True, text=True,
+                                   check=True, env=env).stdout.split("<")[1].split("-")[0].rstrip(">\n"))
+        with open(used, "r+b") as f:
+            f.seek(p1 + vol.g.cluster_offset(first))
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        assert bool(boot_sector_changes(built.image, used, layout_too=False)) is watched, path

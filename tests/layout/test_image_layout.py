@@ -7,94 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from liveng import bundle, configfiles, grubenv, layout, settings
-from liveng.host import fatlayout
 from liveng.host import recipe as recipes
 from liveng.host.bootloader import grub
 from liveng.host.build import build
 from liveng.host.cli import main
 from liveng.requests import Request
-from tests.boot.p1fence import boot_sector_changes
 from tests.layout import fixture
+from tests.layout.image import SSH_KEY, Built, extract, partitions, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="liveng build needs root")
-
-SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk test@liveng"
-RECIPE = f"""
-target = "pc"
-hostname = "layout-test"
-mirror = "http://mirror.example/debian"
-security_mirror = "none"
-compression = "lz4"
-cmdline = ["quiet"]
-timezone = "Europe/Berlin"
-keyboard = "de"
-[wifi]
-country = "DE"
-ssid = "layout"
-passphrase = "layout-passphrase"
-[sizes]
-boot = 64
-slot = 32
-persistence = 64
-[[files]]
-source = "motd"
-destination = "/etc/motd"
-mode = "0600"
-[[files]]
-source = "hello.service"
-destination = "/etc/systemd/system/hello.service"
-[services]
-enable = ["hello.service"]
-[[users]]
-name = "pi"
-ssh_keys = ["{SSH_KEY}"]
-"""
-
-
-@dataclass(frozen=True)
-class Built:
-    image: Path
-    image_id: str
-    workdir: Path
-
-
-def sh(*argv: str | Path) -> str:
-    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    d = tmp_path_factory.mktemp("layout")
-    (d / "motd").write_text("welcome to liveng\n")
-    (d / "hello.service").write_text("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
-    (d / "recipe.toml").write_text(RECIPE)
-    tarball = fixture.make(d / "rootfs.tar")
-    out = d / "out"
-    out.mkdir()
-    r = recipes.load(d / "recipe.toml")
-    ctx = build(r, out / "test.img", cache_dir=d / "cache", rootfs_tarball=tarball)
-    return Built(image=out / "test.img", image_id=ctx.image_id, workdir=d)
-
-
-def partitions(image: Path) -> dict[int, dict[str, object]]:
-    table = json.loads(sh("sfdisk", "-J", image))["partitiontable"]
-    return {int(p["node"][len(str(image)):]): p for p in table["partitions"]}
-
-
-def extract(b: Built, number: int) -> Path:
-    p = partitions(b.image)[number]
-    out = b.workdir / f"p{number}.bin"
-    with open(b.image, "rb") as src, open(out, "wb") as dst:
-        src.seek(int(str(p["start"])) * 512)
-        dst.write(src.read(int(str(p["size"])) * 512))
-    return out
-
 
 def blkid(b: Built, number: int) -> dict[str, str]:
     text = subprocess.run(["blkid", "-p", "-o", "export", extract(b, number)], capture_output=True,
@@ -199,28 +125,6 @@ def test_boot_partition(built: Built) -> None:
     backup = subprocess.run(["mtype", "-i", spec, f"::/{layout.GRUBENV_BACKUP_PATH}"], capture_output=True,
                             check=True, env=env).stdout
     assert backup == env_block and len(backup) == grubenv.SIZE
-
-
-def test_boot_files_sectors_are_watched(built: Built, tmp_path: Path) -> None:
-    """The check the boot tests and the campaign make: a byte of grub.cfg changed is reported, one of
-    grubenv (rewritten by the device) is not. Against the real image's p1."""
-    part = partitions(built.image)[1]
-    p1 = int(str(part["start"])) * 512
-    spec = f"{built.image}@@{p1}"
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    used = tmp_path / "used.img"
-    subprocess.run(["cp", "--sparse=always", built.image, used], check=True)
-    assert boot_sector_changes(built.image, used) == []
-    vol = fatlayout.Volume(extract(built, 1))
-    for path, watched in ((layout.GRUBENV_PATH, False), (layout.GRUB_CFG_PATH, True)):
-        first = int(subprocess.run(["mshowfat", "-i", spec, f"::/{path}"], capture_output=True, text=True,
-                                   check=True, env=env).stdout.split("<")[1].split("-")[0].rstrip(">\n"))
-        with open(used, "r+b") as f:
-            f.seek(p1 + vol.g.cluster_offset(first))
-            byte = f.read(1)
-            f.seek(-1, 1)
-            f.write(bytes([byte[0] ^ 0xFF]))
-        assert bool(boot_sector_changes(built.image, used, layout_too=False)) is watched, path
 
 
 def test_bios_boot_code(built: Built) -> None:
