@@ -77,10 +77,13 @@ class Entry:
 
 
 class Volume:
-    """A FAT32 file system image, read whole (p1 is a few hundred MiB at most)."""
+    """A FAT32 file system image (or the one at ``offset`` in a disk image), read whole: p1 is a few
+    hundred MiB at most."""
 
-    def __init__(self, image: Path) -> None:
-        self.data = image.read_bytes()
+    def __init__(self, image: Path, offset: int = 0, size: int = -1) -> None:
+        with open(image, "rb") as f:
+            f.seek(offset)
+            self.data = f.read(size)
         d = self.data
         if d[82:87] != b"FAT32":
             raise BuildError(f"{image}: not a FAT32 file system")
@@ -219,10 +222,10 @@ class Fence:
     unchanging: tuple[tuple[int, int], ...]  # (offset, length): p1's bytes the device never writes
 
 
-def check(image: Path, runtime: tuple[str, ...]) -> Fence:
+def check(image: Path, runtime: tuple[str, ...], offset: int = 0, size: int = -1) -> Fence:
     """Verify p1's layout (module docstring) given the root's entries the device rewrites; the byte
-    ranges of p1 the device never writes."""
-    vol = Volume(image)
+    ranges of p1 the device never writes. ``offset``, ``size``: p1 within a disk image."""
+    vol = Volume(image, offset, size)
     problems: list[str] = []
     if any(f != vol.fats[0] for f in vol.fats[1:]):
         problems.append("the FAT copies differ")

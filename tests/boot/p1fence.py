@@ -3,7 +3,6 @@ Used by boot tests and, after every round, by the fault campaign (bench/faults/c
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from liveng import layout
@@ -12,30 +11,21 @@ from liveng.host.disk import read_table
 from liveng.host.errors import BuildError
 
 
-def _p1(disk: Path, table_of: Path, out: Path) -> int:
-    entry = read_table(table_of).entry(layout.partition(layout.Role.BOOT).number)
-    with open(disk, "rb") as src, open(out, "wb") as dst:
-        src.seek(entry.start)
-        dst.write(src.read(entry.size))
-    return entry.start
-
-
 def boot_sector_changes(built: Path, used: Path, layout_too: bool = True) -> list[str]:
     """What differs from ``built`` in ``used``'s FAT, directory and data sectors of p1 that map or hold an
     unchanging file (p1 found by ``built``'s table: a torn table must not hide it); with ``layout_too``,
     also why ``used``'s p1 no longer passes the build's layout check (a torn FAT sector of the
     rewritten files fails it rightly, so the campaign leaves that out)."""
     problems = []
-    with tempfile.TemporaryDirectory(dir=used.parent) as tmp:
-        start = _p1(built, built, Path(tmp) / "built")
-        fence = fatlayout.check(Path(tmp) / "built", layout.P1_RUNTIME)
-        if layout_too:
-            _p1(used, built, Path(tmp) / "used")
-            try:
-                if fatlayout.check(Path(tmp) / "used", layout.P1_RUNTIME) != fence:
-                    problems.append("p1's boot files now end elsewhere than as built")
-            except BuildError as exc:
-                problems.append(str(exc))
+    p1 = read_table(built).entry(layout.partition(layout.Role.BOOT).number)
+    start = p1.start
+    fence = fatlayout.check(built, layout.P1_RUNTIME, p1.start, p1.size)
+    if layout_too:
+        try:
+            if fatlayout.check(used, layout.P1_RUNTIME, p1.start, p1.size) != fence:
+                problems.append("p1's boot files now end elsewhere than as built")
+        except BuildError as exc:
+            problems.append(str(exc))
     with open(built, "rb") as a, open(used, "rb") as b:
         for offset, size in fence.unchanging:
             a.seek(start + offset)
