@@ -18,7 +18,6 @@ tear, and everything written before it stays, as after a cut during that write.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import subprocess
@@ -27,51 +26,41 @@ from typing import Any
 
 from liveng import layout
 from liveng.host.disk import read_table
+from liveng.host.fatlayout import Volume
 from liveng.host.qmp import Qmp
 
 SECTOR = layout.SECTOR
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 JBD2_MAGIC = 0xC03B3998
 JBD2_COMMIT = 2
 
 
-def _fat_geometry(disk: Path, p1: int) -> tuple[int, int, int, int, int]:
-    """(bytes per sector, sectors per cluster, reserved sectors, FAT count, sectors per FAT) of p1."""
-    with open(disk, "rb") as f:
-        f.seek(p1)
-        bpb = f.read(SECTOR)
-    return (int.from_bytes(bpb[11:13], "little"), bpb[13], int.from_bytes(bpb[14:16], "little"), bpb[16],
-            int.from_bytes(bpb[36:40], "little"))
+def _p1(disk: Path) -> tuple[int, Volume]:
+    p1 = read_table(disk).entry(1)
+    return p1.start, Volume(disk, p1.start, p1.size)
 
 
-def _first_cluster(disk: Path, p1: int, path: str) -> int | None:
-    out = subprocess.run(["mshowfat", "-i", f"{disk}@@{p1}", f"::/{path}"], capture_output=True, text=True,
-                         env=MTOOLS_ENV).stdout
-    m = re.search(r"<(\d+)", out)
-    return int(m.group(1)) if m else None
+def _first_cluster(vol: Volume, path: str) -> int | None:
+    entry = vol.find(path)
+    return entry.first if entry and entry.first else None
 
 
 def grubenv_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
-    p1 = read_table(disk).entry(1).start
-    bps, spc, reserved, fats, fat_size = _fat_geometry(disk, p1)
+    p1, vol = _p1(disk)
     name = rng.choice((layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH))
-    cluster = _first_cluster(disk, p1, name)
+    cluster = _first_cluster(vol, name)
     if cluster is None:
         raise RuntimeError(f"{name} is not on p1")
-    data_start = p1 + (reserved + fats * fat_size) * bps
-    first = data_start + (cluster - 2) * spc * bps
     sector = rng.randrange(2)  # the env block is 1024 bytes: two sectors
-    return first + sector * SECTOR, f"{name} sector {sector} (cluster {cluster})"
+    return p1 + vol.g.cluster_offset(cluster) + sector * SECTOR, f"{name} sector {sector} (cluster {cluster})"
 
 
 def fat_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
     """The sector of the first or second FAT that maps grubenv (rewritten by each atomic replace)."""
-    p1 = read_table(disk).entry(1).start
-    bps, _, reserved, fats, fat_size = _fat_geometry(disk, p1)
+    p1, vol = _p1(disk)
     name = rng.choice((layout.GRUBENV_PATH, layout.GRUBENV_BACKUP_PATH, layout.SETTINGS_PATH))
-    cluster = _first_cluster(disk, p1, name) or 2
-    copy = rng.randrange(fats)
-    offset = p1 + (reserved + copy * fat_size) * bps + cluster * 4
+    cluster = _first_cluster(vol, name) or 2
+    copy = rng.randrange(vol.g.fats)
+    offset = p1 + vol.g.fat_offset(copy) + cluster * 4
     return offset - offset % SECTOR, f"FAT {copy + 1} sector mapping {name} (cluster {cluster})"
 
 

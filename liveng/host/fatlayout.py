@@ -137,6 +137,11 @@ class Volume:
                 if attr & _ATTR_DIR:
                     yield from self.entries(child, start)
 
+    def find(self, path: str) -> Entry | None:
+        """The entry at ``path`` (no leading slash), matched as FAT matches names: ignoring case."""
+        want = path.lower()
+        return next((e for e in self.entries() if e.path.lower() == want), None)
+
 
 def _short_name(slot: bytes) -> str:
     base, ext = slot[0:8].decode("ascii", "replace").rstrip(), slot[8:11].decode("ascii", "replace").rstrip()

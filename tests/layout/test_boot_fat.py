@@ -93,6 +93,12 @@ def test_rewrites_reach_no_sector_of_the_boot_files(tmp_path: Path, root_files: 
     assert mtools("mtype", "-i", image, f"::/{layout.GRUB_CFG_PATH}") == menu
     subprocess.run(["fsck.fat", "-n", image], check=True, capture_output=True)
     assert fatlayout.check(image, layout.P1_RUNTIME) == fence  # still laid out as built
+    # The reader the campaign's torn-FAT finder uses agrees with mtools on the rewritten card.
+    vol = fatlayout.Volume(image)
+    for path in (layout.GRUB_CFG_PATH, layout.GRUBENV_PATH, layout.SETTINGS_PATH, "USER-DATA"):
+        entry = vol.find(path)
+        assert entry is not None and vol.chain(entry.first) == clusters(image, path), path
+    assert vol.find(f"{layout.BOOT_STATE_DIR}/.grubenv.98.tmp") is None
 
 
 def test_a_plain_copy_is_refused(tmp_path: Path) -> None:
