@@ -27,6 +27,7 @@ from typing import Any
 from liveng import layout
 from liveng.host.disk import read_table
 from liveng.host.fatlayout import Volume
+from liveng.host.inspect import ext4_superblock
 from liveng.host.qmp import Qmp
 
 SECTOR = layout.SECTOR
@@ -90,11 +91,11 @@ def ebr_sector(disk: Path, rng: random.Random) -> tuple[int, str]:
 
 def _journal_blocks(disk: Path, p7: int) -> tuple[int, list[int]]:
     """p7's block size and the disk block of each journal block, in journal order."""
+    superblock = ext4_superblock(disk, p7)
+    if superblock is None:
+        raise RuntimeError(f"{disk}: no ext4 at byte {p7}")
+    block = int(superblock["Block size"])
     spec = f"{disk}?offset={p7}"
-    # debugfs, not dumpe2fs: trixie's dumpe2fs (1.47.2) no longer opens FILE?offset=N (liveng inspect).
-    header = subprocess.run(["debugfs", "-c", "-R", "stats -h", spec], capture_output=True, text=True,
-                            check=True).stdout
-    block = int(re.search(r"Block size:\s+(\d+)", header).group(1))  # type: ignore[union-attr]
     # -c: without the bitmaps, which a cut can leave with checksums the journal has yet to fix.
     stat = subprocess.run(["debugfs", "-c", "-R", "stat <8>", spec], capture_output=True, text=True,
                           check=True).stdout
