@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import os
 import random
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,22 @@ def worker_of(text: str) -> tuple[int, int]:
     return int(k) - 1, int(n)
 
 
+@contextlib.contextmanager
+def owning(rounddir: Path) -> Iterator[None]:
+    """One process per round directory: a second one would copy its disk over the first's running VM."""
+    rounddir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(rounddir / ".owner.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{rounddir}: another campaign process runs its rounds here; give each process "
+                             "its own --worker K/N (same --workdir) or its own --workdir") from None
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
 def campaign(args: argparse.Namespace) -> int:
     ops = parse_list(args.ops, [o for o in OPS if args.arch in OPS[o].arches], "ops")
     faults = parse_list(args.faults, list(rounds.FAULTS), "faults")
@@ -120,14 +138,14 @@ def campaign(args: argparse.Namespace) -> int:
     kinds &= set(world.kinds_for(args.arch))
     uses = set(ops) | ({p for o in ops for p in rounds.partners(OPS[o], args.arch)} if "two-ops" in faults else set())
     commit = record.commit_id()  # the code this run imported, whatever is committed while it runs
-    w = world.make(args.arch, args.workdir, kinds, "apt-upgrade" in uses, "update-apply" in uses,
-                   need_kernel="apt-kernel" in uses)
-    logdir = args.workdir / "logs"
-    logdir.mkdir(exist_ok=True)
     rounddir = args.workdir / (f"worker{worker}" if workers > 1 else "")
-    rounddir.mkdir(exist_ok=True)
     failed = 0
-    with contextlib.ExitStack() as stack:
+    # The round directory is taken before the world is built: a second process learns it at once.
+    with owning(rounddir), contextlib.ExitStack() as stack:
+        w = world.make(args.arch, args.workdir, kinds, "apt-upgrade" in uses, "update-apply" in uses,
+                       need_kernel="apt-kernel" in uses)
+        logdir = args.workdir / "logs"
+        logdir.mkdir(exist_ok=True)
         if w.repo:
             w.repo_port = stack.enter_context(serve(w.repo)).port
         if w.channel:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench.faults import record, rounds
-from bench.faults.__main__ import main, next_pair, pairs_for, round_seed, worker_of
+from bench.faults.__main__ import main, next_pair, owning, pairs_for, round_seed, worker_of
 from bench.faults.ops import OPS
 from bench.faults.ops_apt import REINST_REQUIRED, apt_retrying, not_filtered, upgraded
 
@@ -392,3 +392,15 @@ def test_the_packages_apt_upgrades_are_read_from_its_list() -> None:
            "3 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\nNeed to get 120 MB of archives.\n")
     assert upgraded(out) == {"linux-image-6.12.118+deb13-amd64", "linux-image-amd64", "liveng-faults-demo"}
     assert upgraded("Calculating upgrade...\n0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n") == set()
+
+
+def test_a_round_directory_has_one_process(tmp_path: Path) -> None:
+    """Two processes in one round directory (a second run without --worker) would copy a disk over
+    the other's running VM: the second is refused, naming the way out; the directory is free after."""
+    with owning(tmp_path / "w"):
+        with pytest.raises(SystemExit, match="--worker K/N"), owning(tmp_path / "w"):
+            pass
+        with owning(tmp_path / "w2"):  # another worker's directory
+            pass
+    with owning(tmp_path / "w"):
+        pass
