@@ -36,7 +36,7 @@ JBD2_COMMIT = 2
 
 
 def _p1(disk: Path) -> tuple[int, Volume]:
-    p1 = read_table(disk).entry(1)
+    p1 = read_table(disk).entry(layout.partition(layout.Role.BOOT).number)
     return p1.start, Volume(disk, p1.start, p1.size)
 
 

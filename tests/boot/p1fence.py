@@ -18,7 +18,6 @@ def boot_sector_changes(built: Path, used: Path, layout_too: bool = True) -> lis
     rewritten files fails it rightly, so the campaign leaves that out)."""
     problems = []
     p1 = read_table(built).entry(layout.partition(layout.Role.BOOT).number)
-    start = p1.start
     fence = fatlayout.check(built, layout.P1_RUNTIME, p1.start, p1.size)
     if layout_too:
         try:
@@ -28,8 +27,8 @@ def boot_sector_changes(built: Path, used: Path, layout_too: bool = True) -> lis
             problems.append(str(exc))
     with open(built, "rb") as a, open(used, "rb") as b:
         for offset, size in fence.unchanging:
-            a.seek(start + offset)
-            b.seek(start + offset)
+            a.seek(p1.start + offset)
+            b.seek(p1.start + offset)
             old, new = a.read(size), b.read(size)
             if old != new:
                 first = next(i for i in range(size) if old[i] != new[i])

@@ -15,7 +15,7 @@ from liveng import layout
 from liveng.host import fatlayout, filesystems
 from liveng.host.errors import BuildError
 from tests.boot.p1fence import boot_sector_changes
-from tests.layout.image import Built, extract, partitions
+from tests.layout.image import Built, partitions
 
 ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
@@ -117,18 +117,16 @@ def test_boot_files_sectors_are_watched(built: Built, tmp_path: Path) -> None:
     """The check the boot tests and the campaign make: a byte of grub.cfg changed is reported, one of
     grubenv (rewritten by the device) is not. Against the real image's p1."""
     part = partitions(built.image)[1]
-    p1 = int(str(part["start"])) * 512
-    spec = f"{built.image}@@{p1}"
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    p1, size = int(str(part["start"])) * 512, int(str(part["size"])) * 512
     used = tmp_path / "used.img"
     subprocess.run(["cp", "--sparse=always", built.image, used], check=True)
     assert boot_sector_changes(built.image, used) == []
-    vol = fatlayout.Volume(extract(built, 1))
+    vol = fatlayout.Volume(built.image, p1, size)
     for path, watched in ((layout.GRUBENV_PATH, False), (layout.GRUB_CFG_PATH, True)):
-        first = int(subprocess.run(["mshowfat", "-i", spec, f"::/{path}"], capture_output=True, text=True,
-                                   check=True, env=env).stdout.split("<")[1].split("-")[0].rstrip(">\n"))
+        entry = vol.find(path)
+        assert entry is not None, path
         with open(used, "r+b") as f:
-            f.seek(p1 + vol.g.cluster_offset(first))
+            f.seek(p1 + vol.g.cluster_offset(entry.first))
             byte = f.read(1)
             f.seek(-1, 1)
             f.write(bytes([byte[0] ^ 0xFF]))
